@@ -1,0 +1,1 @@
+"""Private helpers of :mod:`core`; nothing here is public API."""

@@ -1,0 +1,289 @@
+"""``python -m core``: the batch side of ProductLens, without a browser.
+
+Each sub-command is a thin wrapper over a ``core`` function. User errors (a
+missing path, an empty catalogue, a backbone that cannot load) end with a
+one-line ``error: …`` on stderr and exit code 2; progress bars go to stderr so
+stdout stays machine-readable (``--json`` output, one JSON object on the last line).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from core import config  # noqa: E402
+
+
+class UserError(Exception):
+    """Expected failure: print the message, no traceback."""
+
+
+def _progress_bar(description: str, enabled: bool = True):
+    """A callback ``(done, total, message)`` drawing a tqdm bar on stderr."""
+    if not enabled:
+        return None, lambda: None
+    from tqdm import tqdm
+
+    bar = tqdm(total=0, desc=description, unit="img", file=sys.stderr, dynamic_ncols=True,
+               disable=not sys.stderr.isatty() and os.environ.get("PRODUCTLENS_PROGRESS") != "1")
+
+    def update(done, total, _message=""):
+        if bar.total != total:
+            bar.total = total
+        bar.n = done
+        bar.refresh()
+
+    return update, bar.close
+
+
+def _catalog(args, create=True):
+    from core.catalog import Catalog
+
+    return Catalog(args.workspace, create=create)
+
+
+def _embedder(args):
+    from core.embeddings import Embedder
+
+    return Embedder(backbone=args.backbone, weights=args.weights, image_size=args.image_size)
+
+
+def command_import(args) -> int:
+    from core import ingest
+
+    catalog = _catalog(args)
+    update, close = _progress_bar("import", not args.quiet)
+    report = ingest.import_paths(catalog, args.paths, label=args.label, progress=update)
+    close()
+    for rejected in report.rejected:
+        print(f"rejected: {rejected.name}: {rejected.reason}")
+    if args.json:
+        print(json.dumps(report.to_dict()))
+    else:
+        print(report.summary())
+    if not report.product_ids and report.rejected:
+        raise UserError("no photo could be imported")
+    return 0
+
+
+def command_embed(args) -> int:
+    from core.embeddings import embed_catalog
+
+    catalog = _catalog(args, create=False)
+    if catalog.count_products() == 0:
+        raise UserError("the catalogue is empty: run `python -m core import PATH` first")
+    update, close = _progress_bar("embed", not args.quiet)
+    report = embed_catalog(catalog, _embedder(args), progress=update)
+    close()
+    for product_id, reason in report.failed:
+        print(f"failed: product {product_id}: {reason}")
+    result = {"embedding": report.key, "computed": report.computed, "cached": report.cached,
+              "failed": len(report.failed), "seconds": round(report.seconds, 2),
+              "images_per_second": round(report.images_per_second, 2)}
+    print(json.dumps(result))
+    return 0
+
+
+def _head(args):
+    from core.head import HeadClassifier
+
+    return HeadClassifier(hidden_units=args.hidden_units, max_epochs=args.epochs)
+
+
+def command_train(args) -> int:
+    from core.embeddings import embed_catalog
+    from core.prediction import predict_catalog
+    from core.training import train_version
+
+    catalog = _catalog(args, create=False)
+    embedder = _embedder(args)
+    if catalog.count_embeddings(embedder.key) < catalog.count_products():
+        update, close = _progress_bar("embed", not args.quiet)
+        embed_catalog(catalog, embedder, progress=update)
+        close()
+    update, close = _progress_bar("train", not args.quiet)
+    version = train_version(catalog, embedder, _head(args), progress=update)
+    close()
+    predicted = predict_catalog(catalog, version)
+    metrics = version["metrics"]
+    print(json.dumps({"model_version": version["id"], "classes": len(version["classes"]),
+                      "n_train": metrics["n_train"], "validation_accuracy": metrics["accuracy"],
+                      "train_seconds": metrics["train_seconds"], "predicted": predicted["predicted"]}))
+    return 0
+
+
+def command_predict(args) -> int:
+    from core.prediction import predict_catalog
+
+    catalog = _catalog(args, create=False)
+    result = predict_catalog(catalog, args.version, top_k=args.top_k)
+    print(json.dumps(result))
+    return 0
+
+
+def command_export(args) -> int:
+    from core import export
+    from core.training import load_version
+
+    catalog = _catalog(args, create=False)
+    target = Path(args.output or catalog.workspace / "exports")
+    written = []
+    if args.what in ("labels", "all"):
+        for suffix in ([args.format] if args.format else ["csv", "parquet"]):
+            written.append(export.export_labels(catalog, target / f"labels.{suffix}"))
+    if args.what in ("embeddings", "all"):
+        version = catalog.active_model_version()
+        key = args.embedding or (version["backbone"] if version else _embedder(args).key)
+        written.append(export.export_embeddings(catalog, target / f"embeddings.{args.embeddings_format}", key))
+    if args.what in ("model", "all"):
+        load_version(catalog)  # fails early with a clear message when nothing is trained
+        written.append(export.export_classifier(catalog, target / "productlens_classifier.keras"))
+    print(json.dumps({"written": [str(path) for path in written]}))
+    return 0
+
+
+def command_status(args) -> int:
+    catalog = _catalog(args)
+    status = catalog.status()
+    if args.json:
+        print(json.dumps(status))
+    else:
+        print(f"workspace:   {status['workspace']}")
+        print(f"products:    {status['products']} ({status['labelled']} labelled, {status['unlabelled']} unlabelled)")
+        print(f"categories:  {status['categories']}")
+        model = status["active_model"]
+        if model:
+            accuracy = "n/a" if model["accuracy"] is None else f"{model['accuracy']:.1%}"
+            print(f"model:       version {model['version']} ({model['classes']} categories, "
+                  f"validation accuracy {accuracy})")
+        else:
+            print("model:       none yet (run `python -m core train`)")
+    return 0
+
+
+def command_versions(args) -> int:
+    from core.training import activate
+
+    catalog = _catalog(args, create=False)
+    if args.activate is not None:
+        activate(catalog, args.activate)
+    rows = [{"version": v["id"], "active": v["is_active"], "created_at": v["created_at"],
+             "classes": len(v["classes"]), "accuracy": v["metrics"].get("accuracy"), "embedding": v["backbone"]}
+            for v in catalog.model_versions()]
+    print(json.dumps(rows))
+    return 0
+
+
+def command_evaluate(args) -> int:
+    from core.evaluate import evaluate
+
+    bars = {}
+
+    def progress(stage, done, total):
+        if args.quiet:
+            return
+        if stage not in bars:
+            for update, close in bars.values():
+                close()
+            bars.clear()
+            bars[stage] = _progress_bar(stage)
+        bars[stage][0](done, total)
+
+    result = evaluate(args.train, args.test, embedder=_embedder(args), head=_head(args),
+                      predictions_csv=args.predictions_csv, progress=progress)
+    for update, close in bars.values():
+        close()
+    print(json.dumps(result))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from core.backbones import BACKBONES
+
+    parser = argparse.ArgumentParser(prog="python -m core", description="ProductLens: sort product photos "
+                                     "into categories with a pretrained CNN and a trainable head.")
+    parser.add_argument("--workspace", help="workspace folder (default: $PRODUCTLENS_WORKSPACE or ./workspace)")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def add_model_options(sub, head=False):
+        sub.add_argument("--backbone", default=config.DEFAULT_BACKBONE, choices=sorted(BACKBONES),
+                         help=f"feature extractor (default {config.DEFAULT_BACKBONE}, works offline)")
+        sub.add_argument("--weights", default="imagenet",
+                         help="'imagenet' (default) or a local Keras weights file for the backbone")
+        sub.add_argument("--image-size", type=int, default=None, help="input resolution (default: backbone's)")
+        sub.add_argument("--quiet", action="store_true", help="no progress bars")
+        if head:
+            sub.add_argument("--hidden-units", type=int, default=0, help="hidden layer width, 0 = linear head")
+            sub.add_argument("--epochs", type=int, default=200, help="maximum training epochs")
+
+    sub = commands.add_parser("import", help="add photos: files, folders of category folders, zips, CSV manifests")
+    sub.add_argument("paths", nargs="+", help="image files, folders, .zip archives or path,label CSV files")
+    sub.add_argument("--label", help="give every imported photo this category")
+    sub.add_argument("--json", action="store_true", help="print the summary as JSON")
+    sub.add_argument("--quiet", action="store_true", help="no progress bar")
+    sub.set_defaults(handler=command_import)
+
+    sub = commands.add_parser("embed", help="compute backbone features for products that lack them")
+    add_model_options(sub)
+    sub.set_defaults(handler=command_embed)
+
+    sub = commands.add_parser("train", help="train a new head version on the current labels, then predict")
+    add_model_options(sub, head=True)
+    sub.set_defaults(handler=command_train)
+
+    sub = commands.add_parser("predict", help="predict every embedded product with a model version")
+    sub.add_argument("--version", type=int, default=None, help="model version (default: active)")
+    sub.add_argument("--top-k", type=int, default=5, help="categories kept per product (default 5)")
+    sub.set_defaults(handler=command_predict)
+
+    sub = commands.add_parser("export", help="write labels, embeddings or the classifier to files")
+    sub.add_argument("what", nargs="?", default="all", choices=["labels", "embeddings", "model", "all"])
+    sub.add_argument("--output", help="folder to write to (default: WORKSPACE/exports)")
+    sub.add_argument("--format", choices=["csv", "parquet"], help="labels format (default: both)")
+    sub.add_argument("--embeddings-format", choices=["parquet", "npy"], default="parquet")
+    sub.add_argument("--embedding", help="embedding key (default: the active model's)")
+    sub.add_argument("--backbone", default=config.DEFAULT_BACKBONE, choices=sorted(BACKBONES))
+    sub.add_argument("--weights", default="imagenet")
+    sub.add_argument("--image-size", type=int, default=None)
+    sub.set_defaults(handler=command_export)
+
+    sub = commands.add_parser("status", help="catalogue summary")
+    sub.add_argument("--json", action="store_true", help="one JSON object")
+    sub.set_defaults(handler=command_status)
+
+    sub = commands.add_parser("versions", help="list model versions; --activate N rolls back or forward")
+    sub.add_argument("--activate", type=int, default=None, metavar="N")
+    sub.set_defaults(handler=command_versions)
+
+    sub = commands.add_parser("evaluate", help="import, embed, train on --train and measure on --test "
+                              "in a throw-away workspace")
+    sub.add_argument("--train", required=True, help="folder of category folders to train on")
+    sub.add_argument("--test", required=True, help="folder of category folders to measure on")
+    sub.add_argument("--predictions-csv", help="write path,true_label,predicted_label,confidence here")
+    add_model_options(sub, head=True)
+    sub.set_defaults(handler=command_evaluate)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    from core.backbones import BackboneUnavailableError
+    from core.catalog import CatalogError
+    from core.training import TrainingError
+
+    try:
+        return args.handler(args)
+    except (UserError, CatalogError, TrainingError, BackboneUnavailableError, FileNotFoundError,
+            KeyError, ValueError) as error:
+        message = error.args[0] if isinstance(error, KeyError) and error.args else error
+        print(f"error: {message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: work done so far is saved", file=sys.stderr)
+        return 130

@@ -1,0 +1,198 @@
+"""Turn product photos into backbone feature vectors, batched, streaming and cached.
+
+:class:`Embedder` wraps a backbone (see :mod:`core.backbones`) with the
+pre-processing that decides what the features mean: input resolution, crop and
+flip test-time augmentation (the feature of a photo and of its mirror image,
+averaged). Those settings are part of the embedding's *key* (e.g.
+``efficientnet_lite0`` or ``efficientnet_lite0@288``), under which the catalogue
+caches vectors, so changing a setting never mixes incompatible features.
+:func:`embed_catalog` embeds every product that has no vector under that key yet,
+decoding the next chunk of photos on worker threads while the model runs, and
+writes each chunk to the catalogue as soon as it is done (memory does not grow
+with the catalogue, and an interrupted run resumes where it stopped).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import numpy as np
+
+from core import backbones, config, images
+from core.catalog import Catalog
+
+ProgressCallback = Callable[[int, int, str], None]
+
+
+class Embedder:
+    """Feature extractor: photos in, ``(n, feature_dim)`` float32 vectors out."""
+
+    def __init__(self, backbone: str = config.DEFAULT_BACKBONE, weights: str | None = "imagenet",
+                 image_size: int | None = None, crop: str = "full", flip_tta: bool = True,
+                 batch_size: int = 32, decode_workers: int | None = None):
+        spec = backbones.spec(backbone)
+        if crop not in ("full", "center"):
+            raise ValueError(f"crop must be 'full' or 'center', got {crop!r}")
+        if batch_size < 1:
+            raise ValueError("batch_size must be at least 1")
+        self.backbone = backbone
+        self.weights = weights
+        self.image_size = int(image_size or spec.image_size)
+        self.crop = crop
+        self.flip_tta = flip_tta
+        self.batch_size = batch_size
+        self.decode_workers = decode_workers or max(1, min(4, os.cpu_count() or 1))
+        self.feature_dim = spec.feature_dim
+        self._model = None
+        self._forward = None
+
+    @property
+    def key(self) -> str:
+        """Name under which this configuration's vectors are cached in the catalogue."""
+        spec = backbones.spec(self.backbone)
+        key = self.backbone
+        if self.image_size != spec.image_size:
+            key += f"@{self.image_size}"
+        if self.crop != "full":
+            key += f"+{self.crop}"
+        if not self.flip_tta:
+            key += "+noflip"
+        if self.weights not in ("imagenet",):
+            key += "+random" if self.weights is None else f"+weights:{os.path.basename(str(self.weights))}"
+        return key
+
+    @property
+    def model(self):
+        if self._model is None:
+            self._model = backbones.build_feature_model(self.backbone, self.weights, self.image_size)
+        return self._model
+
+    def _compiled_forward(self):
+        if self._forward is None:
+            import tensorflow as tf
+
+            model = self.model
+            flip = self.flip_tta
+
+            @tf.function(reduce_retracing=True)
+            def forward(pixels):
+                pixels = tf.cast(pixels, tf.float32)
+                features = model(pixels, training=False)
+                if flip:
+                    features = (features + model(tf.reverse(pixels, axis=[2]), training=False)) / 2.0
+                return features
+
+            self._forward = forward
+        return self._forward
+
+    def embed_pixels(self, pixels: np.ndarray) -> np.ndarray:
+        """``pixels``: uint8 ``(n, image_size, image_size, 3)``; returns float32 ``(n, feature_dim)``."""
+        pixels = np.asarray(pixels)
+        if pixels.ndim != 4 or pixels.shape[1:] != (self.image_size, self.image_size, 3):
+            raise ValueError(f"expected pixels of shape (n, {self.image_size}, {self.image_size}, 3), "
+                             f"got {pixels.shape}")
+        forward = self._compiled_forward()
+        outputs = [forward(pixels[start:start + self.batch_size]).numpy()
+                   for start in range(0, len(pixels), self.batch_size)]
+        if not outputs:
+            return np.zeros((0, self.feature_dim), dtype=np.float32)
+        return np.concatenate(outputs).astype(np.float32)
+
+    def load_pixels(self, source) -> np.ndarray:
+        return images.load_for_model(source, self.image_size, self.crop)
+
+    def embed_sources(self, sources: Sequence, progress: ProgressCallback | None = None
+                      ) -> tuple[np.ndarray, list[tuple[int, str]]]:
+        """Embed paths or bytes; return ``(vectors, failures)``; failed rows are NaN."""
+        vectors = np.full((len(sources), self.feature_dim), np.nan, dtype=np.float32)
+        failures: list[tuple[int, str]] = []
+        for indices, pixels, errors in self._decoded_batches(list(enumerate(sources))):
+            failures.extend(errors)
+            if len(indices):
+                vectors[indices] = self.embed_pixels(pixels)
+            if progress:
+                progress(int(min(len(sources), (indices.max() + 1) if len(indices) else 0)), len(sources), "")
+        return vectors, failures
+
+    def _decoded_batches(self, numbered_sources: list[tuple[int, object]]):
+        """Yield ``(indices, pixels, errors)`` per batch, decoding batch i+1 while i is embedded."""
+
+        def decode(entry):
+            index, source = entry
+            try:
+                return index, self.load_pixels(source), None
+            except images.ImageError as error:
+                return index, None, str(error)
+            except OSError as error:
+                return index, None, f"cannot read image ({error.strerror or error})"
+
+        def decode_batch(executor, batch):
+            return [executor.submit(decode, entry) for entry in batch]
+
+        batches = [numbered_sources[i:i + self.batch_size] for i in range(0, len(numbered_sources), self.batch_size)]
+        with ThreadPoolExecutor(self.decode_workers) as executor:
+            pending = decode_batch(executor, batches[0]) if batches else None
+            for batch_number in range(len(batches)):
+                results = [future.result() for future in pending]
+                if batch_number + 1 < len(batches):
+                    pending = decode_batch(executor, batches[batch_number + 1])
+                good = [(index, array) for index, array, error in results if error is None]
+                errors = [(index, error) for index, array, error in results if error is not None]
+                indices = np.array([index for index, _ in good], dtype=np.int64)
+                pixels = (np.stack([array for _, array in good]) if good
+                          else np.zeros((0, self.image_size, self.image_size, 3), np.uint8))
+                yield indices, pixels, errors
+
+
+@dataclass
+class EmbedReport:
+    key: str
+    computed: int = 0
+    cached: int = 0
+    failed: list[tuple[int, str]] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def images_per_second(self) -> float:
+        return self.computed / self.seconds if self.seconds > 0 else 0.0
+
+
+def embed_catalog(catalog: Catalog, embedder: Embedder, progress: ProgressCallback | None = None,
+                  chunk_size: int = 256, product_ids: Sequence[int] | None = None) -> EmbedReport:
+    """Embed every product (or ``product_ids``) that has no cached vector under ``embedder.key``."""
+    missing = catalog.missing_embeddings(embedder.key)
+    if product_ids is not None:
+        wanted = {int(pid) for pid in product_ids}
+        missing = [pid for pid in missing if pid in wanted]
+        total = len(wanted)
+    else:
+        total = catalog.count_products()
+    report = EmbedReport(embedder.key, cached=total - len(missing))
+    if not missing:
+        if progress:
+            progress(total, total, "all embeddings cached")
+        return report
+    start = time.perf_counter()
+    done = report.cached
+    for chunk_start in range(0, len(missing), chunk_size):
+        chunk = missing[chunk_start:chunk_start + chunk_size]
+        paths = [catalog.image_path(product) for product in catalog.products(chunk)]
+
+        def chunk_progress(done_in_chunk, _total, _message, offset=done):
+            if progress:
+                progress(offset + done_in_chunk, total, "embedding")
+
+        vectors, failures = embedder.embed_sources(paths, progress=chunk_progress)
+        good = [i for i in range(len(chunk)) if not np.isnan(vectors[i, 0])]
+        catalog.store_embeddings(embedder.key, [chunk[i] for i in good], vectors[good])
+        report.failed.extend((chunk[i], reason) for i, reason in failures)
+        report.computed += len(good)
+        done += len(chunk)
+        if progress:
+            progress(done, total, "embedding")
+    report.seconds = time.perf_counter() - start
+    return report

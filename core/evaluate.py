@@ -1,0 +1,82 @@
+"""The whole loop on two labelled folder trees, in a throw-away workspace.
+
+``evaluate(train_dir, test_dir)`` imports both trees (label = immediate parent
+folder name), embeds every photo, trains the head on the training tree only,
+predicts the test tree and returns the numbers a benchmark needs: accuracy,
+sizes, timings and peak memory. Nothing touches the user's workspace.
+"""
+
+from __future__ import annotations
+
+import csv
+import resource
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from core import ingest
+from core.catalog import Catalog
+from core.embeddings import Embedder, embed_catalog
+from core.head import HeadClassifier
+from core.training import labelled_embeddings, train_version
+
+ProgressCallback = Callable[[str, int, int], None]
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def evaluate(train_dir: str | Path, test_dir: str | Path, embedder: Embedder | None = None,
+             head: HeadClassifier | None = None, predictions_csv: str | Path | None = None,
+             workspace: str | Path | None = None, progress: ProgressCallback | None = None) -> dict:
+    embedder = embedder or Embedder()
+    head = head or HeadClassifier()
+    for path in (train_dir, test_dir):
+        if not Path(path).is_dir():
+            raise FileNotFoundError(f"{path} is not a folder")
+
+    def stage(name):
+        return (lambda done, total, _message: progress(name, done, total)) if progress else None
+
+    with tempfile.TemporaryDirectory(prefix="productlens-evaluate-") as temporary:
+        catalog = Catalog(workspace or temporary)
+        train_report = ingest.import_paths(catalog, [train_dir], progress=stage("import train"))
+        # Test labels stay out of the catalogue so they can never leak into training.
+        test_report = ingest.import_paths(catalog, [test_dir], progress=stage("import test"), apply_labels=False)
+        test_ids = list(dict.fromkeys(test_report.product_ids))
+
+        embed_report = embed_catalog(catalog, embedder, progress=stage("embed"))
+        started = time.perf_counter()
+        version = train_version(catalog, embedder, head, product_ids=train_report.product_ids,
+                                progress=stage("train"))
+        train_seconds = time.perf_counter() - started
+
+        ids, features = catalog.embeddings(embedder.key, test_ids)
+        top_labels, top_probabilities = head.top_k(features, 1)
+        predicted = np.array([row[0] for row in top_labels], dtype=object)
+        truth = np.array([test_report.found_labels.get(int(pid)) for pid in ids], dtype=object)
+        n_train = len(labelled_embeddings(catalog, embedder.key, train_report.product_ids)[0])
+        if predictions_csv:
+            with open(predictions_csv, "w", newline="") as handle:
+                writer = csv.writer(handle)
+                writer.writerow(["path", "true_label", "predicted_label", "confidence"])
+                for pid, true, guess, probability in zip(ids, truth, predicted, top_probabilities[:, 0]):
+                    writer.writerow([test_report.names[int(pid)], true, guess, f"{probability:.6f}"])
+        catalog.close()
+        return {
+            "accuracy": float(np.mean(predicted == truth)) if len(truth) else None,
+            "n_train": int(n_train),
+            "n_test": int(len(truth)),
+            "n_classes": int(len(version["classes"])),
+            "backbone": embedder.backbone,
+            "embedding": embedder.key,
+            "embed_seconds": round(embed_report.seconds, 2),
+            "train_seconds": round(train_seconds, 2),
+            "images_per_second": round(embed_report.images_per_second, 2),
+            "rejected": len(train_report.rejected) + len(test_report.rejected),
+            "peak_memory_mb": round(_peak_rss_mb(), 1),
+        }

@@ -1,0 +1,104 @@
+"""Train the classification head on the catalogue's labels and keep every version.
+
+:func:`train_version` takes the current labels of embedded products, fits a
+:class:`~core.head.HeadClassifier`, saves it atomically under
+``workspace/models/`` and only then records it as a model version (with its
+validation metrics and settings) and makes it active. A crash at any point
+leaves the previous active version in place. :func:`load_version` rebuilds the
+head of any stored version; :func:`activate` rolls back or forward.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import asdict, dataclass
+from typing import Callable, Sequence
+
+import numpy as np
+
+from core.catalog import Catalog
+from core.embeddings import Embedder
+from core.head import HeadClassifier
+
+ProgressCallback = Callable[[int, int, str], None]
+
+
+class TrainingError(ValueError):
+    """Not enough labelled, embedded products to train; the message says what is missing."""
+
+
+@dataclass(frozen=True)
+class EmbedderSettings:
+    backbone: str
+    image_size: int
+    crop: str
+    flip_tta: bool
+    weights: str | None = "imagenet"
+
+    @classmethod
+    def of(cls, embedder: Embedder) -> "EmbedderSettings":
+        return cls(embedder.backbone, embedder.image_size, embedder.crop, embedder.flip_tta, embedder.weights)
+
+    def embedder(self, **overrides) -> Embedder:
+        return Embedder(**{**asdict(self), **overrides})
+
+
+def labelled_embeddings(catalog: Catalog, embedding_key: str, product_ids: Sequence[int] | None = None
+                        ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(product_ids, features, labels)`` of products that have both a label and an embedding."""
+    labels = catalog.current_labels()
+    if product_ids is not None:
+        wanted = {int(pid) for pid in product_ids}
+        labels = {pid: label for pid, label in labels.items() if pid in wanted}
+    ids, features = catalog.embeddings(embedding_key, list(labels))
+    return ids, features, np.array([labels[int(pid)] for pid in ids], dtype=object)
+
+
+def train_version(catalog: Catalog, embedder: Embedder, head: HeadClassifier | None = None,
+                  product_ids: Sequence[int] | None = None, progress: ProgressCallback | None = None,
+                  activate: bool = True) -> dict:
+    """Fit a head on the current labels and store it as the new (active) model version."""
+    head = head or HeadClassifier()
+    ids, features, labels = labelled_embeddings(catalog, embedder.key, product_ids)
+    if len(ids) == 0:
+        raise TrainingError("no labelled products with embeddings: import labelled photos (a folder of "
+                            "category folders) and run `embed` first")
+    categories = sorted(set(labels))
+    if len(categories) < 2:
+        raise TrainingError(f"training needs labelled products in at least 2 categories; found "
+                            f"{len(categories)} ({', '.join(categories) or 'none'})")
+    started = time.perf_counter()
+    head.fit(features, labels, progress=progress)
+    train_seconds = time.perf_counter() - started
+    relative = f"models/head-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}.keras"
+    head.save(catalog.workspace / relative)
+    metrics = dict(head.metrics_)
+    metrics.update(n_train=int(len(ids)), train_seconds=round(train_seconds, 3), best_epoch=head.best_epoch_)
+    params = {"embedder": asdict(EmbedderSettings.of(embedder)), "head": head.get_params()}
+    version_id = catalog.add_model_version(embedder.key, list(head.classes_), metrics, params, relative,
+                                           activate=activate)
+    return catalog.model_version(version_id)
+
+
+def load_version(catalog: Catalog, version: dict | int | None = None) -> tuple[dict, HeadClassifier]:
+    """The stored version (default: the active one) and its head."""
+    if version is None:
+        version = catalog.active_model_version()
+        if version is None:
+            raise TrainingError("no trained model yet: label some products and run `train`")
+    elif isinstance(version, int):
+        version = catalog.model_version(version)
+    return version, HeadClassifier.load(catalog.workspace / version["path"], version["classes"])
+
+
+def embedder_for(version: dict) -> Embedder:
+    return EmbedderSettings(**version["params"]["embedder"]).embedder()
+
+
+def activate(catalog: Catalog, version_id: int) -> dict:
+    version = catalog.model_version(version_id)
+    if not (catalog.workspace / version["path"]).exists():
+        raise TrainingError(f"model version {version_id}'s file {version['path']} is missing")
+    catalog.activate_model_version(version_id)
+    return catalog.model_version(version_id)

@@ -1,0 +1,64 @@
+"""Shared fixtures: real photos from assets/demo, throw-away workspaces, one real backbone."""
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+REPO = Path(__file__).resolve().parents[1]
+DEMO = REPO / "assets" / "demo"
+
+# ImageNet class index of the first photo of each demo category that ImageNet knows.
+IMAGENET_CHECKS = {
+    "Banana": 954,
+    "Lemon": 951,
+    "Granny-Smith": 948,
+    "Orange": 950,
+    "Pineapple": 953,
+}
+
+
+def demo_photos(category: str) -> list[Path]:
+    return sorted((DEMO / category).glob("*.jpg"))
+
+
+def imagenet_check_photo(category: str) -> Path:
+    """The photo of ``category`` that the demo README promises ImageNet recognises."""
+    marker = {"Banana": "Banana_008", "Lemon": "Lemon_013", "Granny-Smith": "Granny-Smith_037",
+              "Orange": "Orange_037", "Pineapple": "Pineapple_018"}[category]
+    return DEMO / category / f"{marker}.jpg"
+
+
+@pytest.fixture(scope="session")
+def demo_dir() -> Path:
+    return DEMO
+
+
+@pytest.fixture
+def workspace(tmp_path) -> Path:
+    return tmp_path / "workspace"
+
+
+@pytest.fixture(scope="session")
+def demo_split(tmp_path_factory) -> tuple[Path, Path]:
+    """The demo catalogue split into train (6 per category) and test (2 per category) trees."""
+    root = tmp_path_factory.mktemp("demo_split")
+    for category_dir in sorted(p for p in DEMO.iterdir() if p.is_dir()):
+        photos = sorted(category_dir.glob("*.jpg"))
+        for split, chosen in (("train", photos[:6]), ("test", photos[6:])):
+            target = root / split / category_dir.name
+            target.mkdir(parents=True)
+            for photo in chosen:
+                shutil.copy(photo, target / photo.name)
+    return root / "train", root / "test"
+
+
+@pytest.fixture(scope="session")
+def embedder():
+    """The real default backbone with ImageNet weights, loaded once for the whole run."""
+    from core.embeddings import Embedder
+
+    return Embedder()
