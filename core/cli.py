@@ -107,7 +107,7 @@ def command_train(args) -> int:
         embed_catalog(catalog, embedder, progress=update)
         close()
     update, close = _progress_bar("train", not args.quiet)
-    version = train_version(catalog, embedder, _head(args), progress=update)
+    version = train_version(catalog, embedder, _head(args), progress=update, augmented_views=args.views)
     close()
     predicted = predict_catalog(catalog, version)
     metrics = version["metrics"]
@@ -195,7 +195,7 @@ def command_evaluate(args) -> int:
         bars[stage][0](done, total)
 
     result = evaluate(args.train, args.test, embedder=_embedder(args), head=_head(args),
-                      predictions_csv=args.predictions_csv, progress=progress)
+                      predictions_csv=args.predictions_csv, progress=progress, augmented_views=args.views)
     for update, close in bars.values():
         close()
     print(json.dumps(result))
@@ -204,6 +204,7 @@ def command_evaluate(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from core.backbones import BACKBONES
+    from core.training import DEFAULT_AUGMENTED_VIEWS
 
     parser = argparse.ArgumentParser(prog="python -m core", description="ProductLens: sort product photos "
                                      "into categories with a pretrained CNN and a trainable head.")
@@ -220,6 +221,9 @@ def build_parser() -> argparse.ArgumentParser:
         if head:
             sub.add_argument("--hidden-units", type=int, default=0, help="hidden layer width, 0 = linear head")
             sub.add_argument("--epochs", type=int, default=200, help="maximum training epochs")
+            sub.add_argument("--views", type=int, default=DEFAULT_AUGMENTED_VIEWS,
+                             help=f"augmented crop views per labelled photo (default {DEFAULT_AUGMENTED_VIEWS}; "
+                                  "0 = fastest, less accurate)")
 
     sub = commands.add_parser("import", help="add photos: files, folders of category folders, zips, CSV manifests")
     sub.add_argument("paths", nargs="+", help="image files, folders, .zip archives or path,label CSV files")

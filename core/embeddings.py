@@ -6,6 +6,10 @@ flip test-time augmentation (the feature of a photo and of its mirror image,
 averaged). Those settings are part of the embedding's *key* (e.g.
 ``efficientnet_lite0`` or ``efficientnet_lite0@288``), under which the catalogue
 caches vectors, so changing a setting never mixes incompatible features.
+*Augmented views* (random crops and mirrors of a labelled photo, key
+``<key>#view<i>``) are extra training examples for the head: they teach it that a
+product is the same product when framed differently, which a catalogue of
+near-identical shots cannot teach on its own.
 :func:`embed_catalog` embeds every product that has no vector under that key yet,
 decoding the next chunk of photos on worker threads while the model runs, and
 writes each chunk to the catalogue as soon as it is done (memory does not grow
@@ -105,12 +109,40 @@ class Embedder:
     def load_pixels(self, source) -> np.ndarray:
         return images.load_for_model(source, self.image_size, self.crop)
 
-    def embed_sources(self, sources: Sequence, progress: ProgressCallback | None = None
+    def view_key(self, view: int) -> str:
+        """Cache key of augmented training view number ``view`` (0-based)."""
+        return f"{self.key}#view{view}"
+
+    def load_view_pixels(self, source_and_seed) -> np.ndarray:
+        """A random crop (55-90% of each side, aspect 4:5 to 5:4) of the photo, mirrored half the time.
+
+        Seeded per product and view, so a view's features are reproducible.
+        """
+        from PIL import Image
+
+        source, seed = source_and_seed
+        rng = np.random.default_rng(seed)
+        image = images.decode(source, target_size=self.image_size)
+        width, height = image.size
+        side, aspect = rng.uniform(0.55, 0.9), rng.uniform(0.8, 1.25)
+        crop_width = max(1, min(width, int(width * side * np.sqrt(aspect))))
+        crop_height = max(1, min(height, int(height * side / np.sqrt(aspect))))
+        left = int(rng.integers(0, width - crop_width + 1))
+        top = int(rng.integers(0, height - crop_height + 1))
+        image = image.crop((left, top, left + crop_width, top + crop_height))
+        if rng.random() < 0.5:
+            image = image.transpose(Image.FLIP_LEFT_RIGHT)
+        return np.asarray(image.resize((self.image_size, self.image_size), Image.BILINEAR), dtype=np.uint8)
+
+    def embed_sources(self, sources: Sequence, progress: ProgressCallback | None = None, loader=None
                       ) -> tuple[np.ndarray, list[tuple[int, str]]]:
-        """Embed paths or bytes; return ``(vectors, failures)``; failed rows are NaN."""
+        """Embed paths or bytes; return ``(vectors, failures)``; failed rows are NaN.
+
+        ``loader`` turns one source into pixels (default :meth:`load_pixels`).
+        """
         vectors = np.full((len(sources), self.feature_dim), np.nan, dtype=np.float32)
         failures: list[tuple[int, str]] = []
-        for indices, pixels, errors in self._decoded_batches(list(enumerate(sources))):
+        for indices, pixels, errors in self._decoded_batches(list(enumerate(sources)), loader or self.load_pixels):
             failures.extend(errors)
             if len(indices):
                 vectors[indices] = self.embed_pixels(pixels)
@@ -118,13 +150,13 @@ class Embedder:
                 progress(int(min(len(sources), (indices.max() + 1) if len(indices) else 0)), len(sources), "")
         return vectors, failures
 
-    def _decoded_batches(self, numbered_sources: list[tuple[int, object]]):
+    def _decoded_batches(self, numbered_sources: list[tuple[int, object]], loader):
         """Yield ``(indices, pixels, errors)`` per batch, decoding batch i+1 while i is embedded."""
 
         def decode(entry):
             index, source = entry
             try:
-                return index, self.load_pixels(source), None
+                return index, loader(source), None
             except images.ImageError as error:
                 return index, None, str(error)
             except OSError as error:
@@ -162,16 +194,22 @@ class EmbedReport:
 
 
 def embed_catalog(catalog: Catalog, embedder: Embedder, progress: ProgressCallback | None = None,
-                  chunk_size: int = 256, product_ids: Sequence[int] | None = None) -> EmbedReport:
-    """Embed every product (or ``product_ids``) that has no cached vector under ``embedder.key``."""
-    missing = catalog.missing_embeddings(embedder.key)
+                  chunk_size: int = 256, product_ids: Sequence[int] | None = None,
+                  view: int | None = None) -> EmbedReport:
+    """Embed every product (or ``product_ids``) that has no cached vector under ``embedder.key``.
+
+    With ``view=i``, compute augmented training view ``i`` instead (key
+    :meth:`Embedder.view_key`).
+    """
+    key = embedder.key if view is None else embedder.view_key(view)
+    missing = catalog.missing_embeddings(key)
     if product_ids is not None:
         wanted = {int(pid) for pid in product_ids}
         missing = [pid for pid in missing if pid in wanted]
         total = len(wanted)
     else:
         total = catalog.count_products()
-    report = EmbedReport(embedder.key, cached=total - len(missing))
+    report = EmbedReport(key, cached=total - len(missing))
     if not missing:
         if progress:
             progress(total, total, "all embeddings cached")
@@ -180,19 +218,26 @@ def embed_catalog(catalog: Catalog, embedder: Embedder, progress: ProgressCallba
     done = report.cached
     for chunk_start in range(0, len(missing), chunk_size):
         chunk = missing[chunk_start:chunk_start + chunk_size]
-        paths = [catalog.image_path(product) for product in catalog.products(chunk)]
+        products = catalog.products(chunk)
+        if view is None:
+            sources, loader = [catalog.image_path(product) for product in products], None
+        else:
+            sources = [(catalog.image_path(product), int(product.sha256[:12], 16) + 7919 * view)
+                       for product in products]
+            loader = embedder.load_view_pixels
+        stage = "embedding" if view is None else f"augmented view {view + 1}"
 
         def chunk_progress(done_in_chunk, _total, _message, offset=done):
             if progress:
-                progress(offset + done_in_chunk, total, "embedding")
+                progress(offset + done_in_chunk, total, stage)
 
-        vectors, failures = embedder.embed_sources(paths, progress=chunk_progress)
+        vectors, failures = embedder.embed_sources(sources, progress=chunk_progress, loader=loader)
         good = [i for i in range(len(chunk)) if not np.isnan(vectors[i, 0])]
-        catalog.store_embeddings(embedder.key, [chunk[i] for i in good], vectors[good])
+        catalog.store_embeddings(key, [chunk[i] for i in good], vectors[good])
         report.failed.extend((chunk[i], reason) for i, reason in failures)
         report.computed += len(good)
         done += len(chunk)
         if progress:
-            progress(done, total, "embedding")
+            progress(done, total, stage)
     report.seconds = time.perf_counter() - start
     return report

@@ -21,7 +21,7 @@ from core import ingest
 from core.catalog import Catalog
 from core.embeddings import Embedder, embed_catalog
 from core.head import HeadClassifier
-from core.training import labelled_embeddings, train_version
+from core.training import DEFAULT_AUGMENTED_VIEWS, labelled_embeddings, train_version
 
 ProgressCallback = Callable[[str, int, int], None]
 
@@ -32,7 +32,8 @@ def _peak_rss_mb() -> float:
 
 def evaluate(train_dir: str | Path, test_dir: str | Path, embedder: Embedder | None = None,
              head: HeadClassifier | None = None, predictions_csv: str | Path | None = None,
-             workspace: str | Path | None = None, progress: ProgressCallback | None = None) -> dict:
+             workspace: str | Path | None = None, progress: ProgressCallback | None = None,
+             augmented_views: int = DEFAULT_AUGMENTED_VIEWS) -> dict:
     embedder = embedder or Embedder()
     head = head or HeadClassifier()
     for path in (train_dir, test_dir):
@@ -51,15 +52,20 @@ def evaluate(train_dir: str | Path, test_dir: str | Path, embedder: Embedder | N
 
         embed_report = embed_catalog(catalog, embedder, progress=stage("embed"))
         started = time.perf_counter()
+        train_ids = labelled_embeddings(catalog, embedder.key, train_report.product_ids)[0].tolist()
+        for view in range(augmented_views):
+            embed_catalog(catalog, embedder, progress=stage(f"augmented view {view + 1}"),
+                          product_ids=train_ids, view=view)
+        views_seconds = time.perf_counter() - started
         version = train_version(catalog, embedder, head, product_ids=train_report.product_ids,
-                                progress=stage("train"))
-        train_seconds = time.perf_counter() - started
+                                progress=stage("train"), augmented_views=augmented_views)
+        train_seconds = version["metrics"]["train_seconds"]
 
         ids, features = catalog.embeddings(embedder.key, test_ids)
         top_labels, top_probabilities = head.top_k(features, 1)
         predicted = np.array([row[0] for row in top_labels], dtype=object)
         truth = np.array([test_report.found_labels.get(int(pid)) for pid in ids], dtype=object)
-        n_train = len(labelled_embeddings(catalog, embedder.key, train_report.product_ids)[0])
+        n_train = len(train_ids)
         if predictions_csv:
             with open(predictions_csv, "w", newline="") as handle:
                 writer = csv.writer(handle)
@@ -74,7 +80,9 @@ def evaluate(train_dir: str | Path, test_dir: str | Path, embedder: Embedder | N
             "n_classes": int(len(version["classes"])),
             "backbone": embedder.backbone,
             "embedding": embedder.key,
+            "augmented_views": augmented_views,
             "embed_seconds": round(embed_report.seconds, 2),
+            "views_seconds": round(views_seconds, 2),
             "train_seconds": round(train_seconds, 2),
             "images_per_second": round(embed_report.images_per_second, 2),
             "rejected": len(train_report.rejected) + len(test_report.rejected),

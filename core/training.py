@@ -55,10 +55,19 @@ def labelled_embeddings(catalog: Catalog, embedding_key: str, product_ids: Seque
     return ids, features, np.array([labels[int(pid)] for pid in ids], dtype=object)
 
 
+DEFAULT_AUGMENTED_VIEWS = 2
+
+
 def train_version(catalog: Catalog, embedder: Embedder, head: HeadClassifier | None = None,
                   product_ids: Sequence[int] | None = None, progress: ProgressCallback | None = None,
-                  activate: bool = True) -> dict:
-    """Fit a head on the current labels and store it as the new (active) model version."""
+                  activate: bool = True, augmented_views: int = DEFAULT_AUGMENTED_VIEWS) -> dict:
+    """Fit a head on the current labels and store it as the new (active) model version.
+
+    ``augmented_views`` random-crop views per labelled product are embedded (once,
+    then cached) and used as extra training rows.
+    """
+    from core.embeddings import embed_catalog
+
     head = head or HeadClassifier()
     ids, features, labels = labelled_embeddings(catalog, embedder.key, product_ids)
     if len(ids) == 0:
@@ -68,14 +77,23 @@ def train_version(catalog: Catalog, embedder: Embedder, head: HeadClassifier | N
     if len(categories) < 2:
         raise TrainingError(f"training needs labelled products in at least 2 categories; found "
                             f"{len(categories)} ({', '.join(categories) or 'none'})")
+    views = []
+    for view in range(augmented_views):
+        embed_catalog(catalog, embedder, progress=progress, product_ids=ids.tolist(), view=view)
+        view_ids, view_features = catalog.embeddings(embedder.view_key(view), ids.tolist())
+        if len(view_ids) != len(ids):  # a photo unreadable now: fall back to its plain features
+            by_id = dict(zip(view_ids.tolist(), view_features))
+            view_features = np.stack([by_id.get(int(pid), row) for pid, row in zip(ids, features)])
+        views.append(view_features)
     started = time.perf_counter()
-    head.fit(features, labels, progress=progress)
+    head.fit(features, labels, augmented_views=views, progress=progress)
     train_seconds = time.perf_counter() - started
     relative = f"models/head-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}.keras"
     head.save(catalog.workspace / relative)
     metrics = dict(head.metrics_)
     metrics.update(n_train=int(len(ids)), train_seconds=round(train_seconds, 3), best_epoch=head.best_epoch_)
-    params = {"embedder": asdict(EmbedderSettings.of(embedder)), "head": head.get_params()}
+    params = {"embedder": asdict(EmbedderSettings.of(embedder)), "head": head.get_params(),
+              "augmented_views": augmented_views}
     version_id = catalog.add_model_version(embedder.key, list(head.classes_), metrics, params, relative,
                                            activate=activate)
     return catalog.model_version(version_id)

@@ -1,0 +1,113 @@
+"""The command line end to end, as a user runs it: real processes, real photos, real model."""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run(*args, workspace=None, check=True):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    command = [sys.executable, "-m", "core"] + (["--workspace", str(workspace)] if workspace else []) + list(args)
+    result = subprocess.run(command, capture_output=True, text=True, cwd=REPO, env=env, timeout=600)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{command} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+def last_json(result):
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def test_help_everywhere():
+    assert "import" in run("--help").stdout
+    for command in ("import", "embed", "train", "predict", "export", "status", "versions", "evaluate"):
+        assert "usage" in run(command, "--help").stdout
+
+
+def test_full_batch_workflow(tmp_path, demo_dir):
+    workspace = tmp_path / "ws"
+    status = last_json(run("status", "--json", workspace=workspace))
+    assert status["products"] == 0 and status["active_model"] is None
+
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"definitely not a jpeg")
+    imported = run("import", str(demo_dir), str(bad), workspace=workspace)
+    assert f"rejected: {bad}: not an image" in imported.stdout
+    assert "80 added" in imported.stdout
+
+    embedded = last_json(run("embed", workspace=workspace))
+    assert embedded["computed"] == 80 and embedded["images_per_second"] > 0
+    assert last_json(run("embed", workspace=workspace))["cached"] == 80
+
+    trained = last_json(run("train", "--epochs", "40", workspace=workspace))
+    assert trained["model_version"] == 1 and trained["classes"] == 10 and trained["predicted"] == 80
+
+    status = last_json(run("status", "--json", workspace=workspace))
+    assert (status["products"], status["labelled"], status["categories"]) == (80, 80, 10)
+    assert status["active_model"]["version"] == 1
+
+    assert last_json(run("predict", workspace=workspace))["predicted"] == 80
+    written = last_json(run("export", "--output", str(tmp_path / "out"), workspace=workspace))["written"]
+    names = sorted(Path(p).name for p in written)
+    assert names == ["embeddings.parquet", "labels.csv", "labels.parquet", "productlens_classifier.keras"]
+    with open(tmp_path / "out" / "labels.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == 80 and sum(r["label"] == r["predicted_label"] for r in rows) >= 72
+
+    versions = last_json(run("versions", workspace=workspace))
+    assert [v["version"] for v in versions] == [1] and versions[0]["active"]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["import", "/no/such/folder"], "no photo could be imported"),
+    (["embed"], "no catalogue"),
+    (["train"], "no catalogue"),
+    (["versions", "--activate", "7"], "no catalogue"),
+])
+def test_user_errors_are_one_line_without_traceback(tmp_path, args, message):
+    result = run(*args, workspace=tmp_path / "empty", check=False)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and message in errors[0], result.stderr
+
+
+def test_empty_catalogue_errors(tmp_path):
+    workspace = tmp_path / "ws"
+    run("status", workspace=workspace)  # creates an empty catalogue
+    for command, message in (("embed", "empty"), ("train", "no labelled products"), ("predict", "no trained model")):
+        result = run(command, workspace=workspace, check=False)
+        assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_workspace_from_environment(tmp_path, demo_dir):
+    env_workspace = tmp_path / "from-env"
+    env = dict(os.environ, PRODUCTLENS_WORKSPACE=str(env_workspace), TF_CPP_MIN_LOG_LEVEL="3")
+    subprocess.run([sys.executable, "-m", "core", "import", str(demo_dir / "Lemon")], cwd=REPO, env=env,
+                   check=True, capture_output=True, timeout=300)
+    assert (env_workspace / "catalog.sqlite").is_file()
+
+
+def test_evaluate_on_held_out_photos(tmp_path, demo_split):
+    train_dir, test_dir = demo_split
+    predictions = tmp_path / "predictions.csv"
+    result = last_json(run("evaluate", "--train", str(train_dir), "--test", str(test_dir), "--epochs", "60",
+                           "--predictions-csv", str(predictions)))
+    assert (result["n_train"], result["n_test"], result["n_classes"]) == (60, 20, 10)
+    assert result["backbone"] == "efficientnet_lite0"
+    assert result["accuracy"] >= 0.8
+    for key in ("embed_seconds", "train_seconds", "images_per_second", "peak_memory_mb"):
+        assert result[key] > 0
+    with open(predictions) as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == 20 and set(rows[0]) == {"path", "true_label", "predicted_label", "confidence"}
+    accuracy = sum(r["true_label"] == r["predicted_label"] for r in rows) / len(rows)
+    assert accuracy == pytest.approx(result["accuracy"])
+    assert all(Path(r["path"]).parent.name == r["true_label"] for r in rows)

@@ -1,0 +1,86 @@
+import numpy as np
+import pytest
+
+from conftest import demo_photos
+from core import ingest
+from core.catalog import Catalog
+from core.embeddings import Embedder, embed_catalog
+
+
+def test_embeds_catalog_once_and_reports_progress(workspace, embedder):
+    catalog = Catalog(workspace)
+    ingest.import_paths(catalog, demo_photos("Lemon")[:5] + demo_photos("Banana")[:5])
+    calls = []
+    report = embed_catalog(catalog, embedder, progress=lambda done, total, _: calls.append((done, total)),
+                           chunk_size=4)
+    assert report.computed == 10 and report.cached == 0 and not report.failed
+    assert calls[-1] == (10, 10)
+    assert all(b >= a for (a, _), (b, _) in zip(calls, calls[1:]))
+    ids, vectors = catalog.embeddings(embedder.key)
+    assert vectors.shape == (10, 1280) and np.isfinite(vectors).all()
+    again = embed_catalog(catalog, embedder)
+    assert again.computed == 0 and again.cached == 10
+
+
+def test_augmented_views_are_cached_reproducible_and_close(workspace, embedder):
+    catalog = Catalog(workspace)
+    ingest.import_paths(catalog, demo_photos("Pineapple")[:3])
+    embed_catalog(catalog, embedder)
+    first = embed_catalog(catalog, embedder, view=0, product_ids=catalog.product_ids()[:2])
+    assert first.key == embedder.view_key(0) and first.computed == 2
+    assert embed_catalog(catalog, embedder, view=0, product_ids=catalog.product_ids()[:2]).computed == 0
+    ids, views = catalog.embeddings(embedder.view_key(0))
+    _, plain = catalog.embeddings(embedder.key, ids.tolist())
+    assert not np.allclose(views, plain), "a view is a different crop, so its features differ"
+    cosine = (views * plain).sum(1) / np.linalg.norm(views, axis=1) / np.linalg.norm(plain, axis=1)
+    assert (cosine > 0.6).all(), "but it still shows the same product"
+    product = catalog.products()[0]
+    seed = int(product.sha256[:12], 16)
+    again, _ = embedder.embed_sources([(catalog.image_path(product), seed)], loader=embedder.load_view_pixels)
+    np.testing.assert_allclose(again[0], views[0], atol=0.02)
+
+
+def test_features_match_a_direct_forward_pass(embedder):
+    photo = demo_photos("Orange")[0]
+    pixels = embedder.load_pixels(photo)
+    direct = embedder.model.predict(pixels[None].astype("float32"), verbose=0)[0]
+    mirrored = embedder.model.predict(pixels[None, :, ::-1].astype("float32"), verbose=0)[0]
+    vectors, failures = embedder.embed_sources([photo])
+    assert not failures
+    np.testing.assert_allclose(vectors[0], (direct + mirrored) / 2, rtol=1e-4, atol=1e-4)
+
+
+def test_same_category_photos_are_closer_than_other_categories(embedder):
+    lemons, _ = embedder.embed_sources(demo_photos("Lemon")[:4])
+    milk, _ = embedder.embed_sources(demo_photos("Arla-Standard-Milk")[:4])
+    normalise = lambda v: v / np.linalg.norm(v, axis=1, keepdims=True)  # noqa: E731
+    lemons, milk = normalise(lemons), normalise(milk)
+    within = (lemons @ lemons.T)[np.triu_indices(4, 1)].mean()
+    across = (lemons @ milk.T).mean()
+    assert within > across + 0.1
+
+
+def test_a_photo_damaged_after_import_is_reported_not_fatal(workspace, embedder):
+    catalog = Catalog(workspace)
+    ingest.import_paths(catalog, demo_photos("Lemon")[:3])
+    damaged = catalog.products()[1]
+    catalog.image_path(damaged).write_bytes(b"broken")
+    report = embed_catalog(catalog, embedder)
+    assert report.computed == 2
+    assert [pid for pid, _ in report.failed] == [damaged.id]
+    assert catalog.missing_embeddings(embedder.key) == [damaged.id]
+
+
+def test_embedding_key_separates_settings():
+    assert Embedder().key == "efficientnet_lite0"
+    assert Embedder(image_size=224).key == "efficientnet_lite0@224"
+    assert Embedder().view_key(1) == "efficientnet_lite0#view1"
+    assert Embedder(flip_tta=False, crop="center").key == "efficientnet_lite0+center+noflip"
+    assert Embedder(weights=None).key.endswith("+random")
+    with pytest.raises(ValueError):
+        Embedder(crop="zoom")
+
+
+def test_rejects_wrong_pixel_shape(embedder):
+    with pytest.raises(ValueError, match="shape"):
+        embedder.embed_pixels(np.zeros((1, 10, 10, 3), np.uint8))

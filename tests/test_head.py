@@ -1,0 +1,88 @@
+import numpy as np
+import pytest
+
+from core.head import HeadClassifier, NotFittedError
+
+
+def blobs(n_per_class=40, n_classes=4, dim=16, seed=0, spread=1.0):
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(scale=4.0, size=(n_classes, dim))
+    features = np.concatenate([centres[c] + rng.normal(scale=spread, size=(n_per_class, dim))
+                               for c in range(n_classes)]).astype(np.float32)
+    labels = np.repeat([f"class-{c}" for c in range(n_classes)], n_per_class)
+    return features, labels
+
+
+@pytest.mark.parametrize("hidden_units", [0, 32])
+def test_learns_separable_categories(hidden_units):
+    features, labels = blobs()
+    test_features, test_labels = blobs(seed=0, n_per_class=10)
+    head = HeadClassifier(hidden_units=hidden_units, max_epochs=60).fit(features, labels)
+    assert list(head.classes_) == ["class-0", "class-1", "class-2", "class-3"]
+    assert np.mean(head.predict(test_features) == test_labels) > 0.95
+    probabilities = head.predict_proba(test_features)
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, atol=1e-4)
+    assert head.metrics_["accuracy"] > 0.9
+    assert set(head.metrics_["per_class"]) == set(head.classes_)
+    assert np.array(head.metrics_["confusion_matrix"]).shape == (4, 4)
+
+
+def test_top_k_is_sorted_and_consistent():
+    features, labels = blobs()
+    head = HeadClassifier(max_epochs=30).fit(features, labels)
+    top_labels, top_probabilities = head.top_k(features[:5], k=3)
+    assert all(len(row) == 3 for row in top_labels)
+    assert (np.diff(top_probabilities, axis=1) <= 0).all()
+    assert [row[0] for row in top_labels] == list(head.predict(features[:5]))
+
+
+def test_early_stopping_uses_the_validation_split():
+    features, labels = blobs(spread=6.0)
+    head = HeadClassifier(max_epochs=400, patience=5, refit_full=False).fit(features, labels)
+    assert head.best_epoch_ < 400
+    assert len(head.history_["val_loss"]) < 400
+
+
+def test_class_weighting_helps_a_rare_category():
+    rng = np.random.default_rng(1)
+    common = rng.normal(0.0, 1.0, size=(300, 2))
+    rare = rng.normal(1.5, 1.0, size=(15, 2))
+    features = np.concatenate([common, rare]).astype(np.float32)
+    labels = np.array(["common"] * 300 + ["rare"] * 15)
+    balanced = HeadClassifier(hidden_units=0, max_epochs=80, class_weight="balanced").fit(features, labels)
+    plain = HeadClassifier(hidden_units=0, max_epochs=80, class_weight=None).fit(features, labels)
+    probe = rng.normal(1.5, 1.0, size=(200, 2)).astype(np.float32)
+    assert np.mean(balanced.predict(probe) == "rare") > np.mean(plain.predict(probe) == "rare")
+
+
+def test_errors_are_helpful():
+    features, labels = blobs()
+    with pytest.raises(NotFittedError, match="fit"):
+        HeadClassifier().predict(features)
+    with pytest.raises(ValueError, match="at least 2 categories"):
+        HeadClassifier().fit(features, ["only"] * len(features))
+    with pytest.raises(ValueError, match="one label per row"):
+        HeadClassifier().fit(features, labels[:-1])
+    broken = features.copy()
+    broken[0, 0] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        HeadClassifier().fit(broken, labels)
+
+
+def test_save_and_load_round_trip(tmp_path):
+    features, labels = blobs()
+    head = HeadClassifier(max_epochs=20).fit(features, labels)
+    path = head.save(tmp_path / "head.keras")
+    assert not [p for p in tmp_path.iterdir() if ".tmp" in p.name]
+    loaded = HeadClassifier.load(path, head.classes_)
+    np.testing.assert_allclose(loaded.predict_proba(features), head.predict_proba(features), atol=1e-6)
+    with pytest.raises(ValueError, match="outputs"):
+        HeadClassifier.load(path, ["a", "b"])
+
+
+def test_a_single_example_category_still_trains():
+    features, labels = blobs(n_per_class=20)
+    features = np.concatenate([features, features[:1] + 10])
+    labels = np.concatenate([labels, ["singleton"]])
+    head = HeadClassifier(max_epochs=20).fit(features, labels)
+    assert "singleton" in head.classes_

@@ -1,0 +1,84 @@
+import os
+
+import numpy as np
+import pytest
+
+from core import ingest
+from core.catalog import Catalog
+from core.embeddings import embed_catalog
+from core.head import HeadClassifier
+from core.prediction import predict_catalog
+from core.training import TrainingError, activate, load_version, train_version
+
+
+@pytest.fixture(scope="module")
+def trained_workspace(tmp_path_factory, demo_dir, embedder):
+    workspace = tmp_path_factory.mktemp("trained")
+    catalog = Catalog(workspace)
+    ingest.import_paths(catalog, [demo_dir])
+    embed_catalog(catalog, embedder)
+    return workspace
+
+
+def fast_head():
+    return HeadClassifier(max_epochs=40)
+
+
+def test_train_stores_an_active_version_with_metrics(trained_workspace, embedder):
+    catalog = Catalog(trained_workspace)
+    version = train_version(catalog, embedder, fast_head())
+    assert version["is_active"] and len(version["classes"]) == 10
+    metrics = version["metrics"]
+    assert metrics["n_train"] == 80 and 0.0 <= metrics["accuracy"] <= 1.0
+    assert set(metrics["per_class"]) == set(version["classes"])
+    assert (catalog.workspace / version["path"]).is_file()
+    result = predict_catalog(catalog)
+    assert result["predicted"] == 80
+    predictions = catalog.predictions(version["id"])
+    labels = catalog.current_labels()
+    accuracy = np.mean([predictions[pid]["label"] == label for pid, label in labels.items()])
+    assert accuracy > 0.9, "the head should fit its own training photos"
+    first = next(iter(predictions.values()))
+    assert len(first["labels"]) == 5 and first["probabilities"] == sorted(first["probabilities"], reverse=True)
+
+
+def test_previous_version_can_be_reactivated(trained_workspace, embedder):
+    catalog = Catalog(trained_workspace)
+    first = train_version(catalog, embedder, fast_head())
+    second = train_version(catalog, embedder, fast_head())
+    assert catalog.active_model_version()["id"] == second["id"]
+    activate(catalog, first["id"])
+    assert catalog.active_model_version()["id"] == first["id"]
+    assert [v["is_active"] for v in catalog.model_versions()].count(True) == 1
+    version, head = load_version(catalog)
+    assert version["id"] == first["id"] and list(head.classes_) == first["classes"]
+
+
+def test_a_crash_while_saving_keeps_the_previous_model(trained_workspace, embedder, monkeypatch):
+    catalog = Catalog(trained_workspace)
+    good = train_version(catalog, embedder, fast_head())
+    models_before = set(os.listdir(catalog.workspace / "models"))
+
+    def crash(*args, **kwargs):
+        raise OSError("disk full (simulated crash during rename)")
+
+    monkeypatch.setattr("core.head.os.replace", crash)
+    with pytest.raises(OSError, match="disk full"):
+        train_version(catalog, embedder, fast_head())
+    monkeypatch.undo()
+    assert catalog.active_model_version()["id"] == good["id"]
+    assert set(os.listdir(catalog.workspace / "models")) == models_before, "no partial model file left"
+    assert load_version(catalog)[1].predict_proba(catalog.embeddings(embedder.key)[1][:2]).shape == (2, 10)
+
+
+def test_training_needs_two_categories(tmp_path, embedder, demo_dir):
+    catalog = Catalog(tmp_path / "ws")
+    ingest.import_paths(catalog, [demo_dir / "Lemon"], label="Lemon")
+    embed_catalog(catalog, embedder)
+    with pytest.raises(TrainingError, match="at least 2 categories"):
+        train_version(catalog, embedder)
+
+
+def test_training_an_empty_catalogue_says_what_to_do(tmp_path, embedder):
+    with pytest.raises(TrainingError, match="import"):
+        train_version(Catalog(tmp_path / "ws"), embedder)
