@@ -1,32 +1,58 @@
-"""ProductLens: the home page and router of the Streamlit app."""
+"""ProductLens: the router and the home page of the Streamlit app."""
 
 import streamlit as st
 
-from core.catalog import Catalog
-from core.config import workspace_dir
+from core.demo import load_demo
+from pages.common import catalog, sidebar
 
-st.set_page_config(page_title="ProductLens", page_icon="🔎", layout="wide")
-
-
-@st.cache_resource
-def open_catalog(workspace: str) -> Catalog:
-    return Catalog(workspace)
+st.set_page_config(page_title="ProductLens", page_icon="assets/icon.svg", layout="wide")
+st.logo("assets/logo.svg", icon_image="assets/icon.svg")
 
 
-catalog = open_catalog(str(workspace_dir()))
-status = catalog.status()
+def home() -> None:
+    status = catalog().status()
+    st.title("ProductLens")
+    st.caption("Sort product photos into categories: predictions from a pretrained CNN, "
+               "a head you retrain in seconds on your corrections.")
+    if status["products"] == 0:
+        st.info("Your catalogue is empty. Upload photos, or try ProductLens on a small demo catalogue "
+                "(10 grocery categories, 80 photos, a few left unlabelled).")
+        if st.button("Load demo catalogue", type="primary"):
+            with st.spinner("Importing the demo photos…"):
+                report = load_demo(catalog())
+            st.success(f"Imported {len(report.added)} demo photos. Next: train a model.")
+            st.rerun()
+        st.page_link("pages/upload.py", label="Upload photos", icon=":material/upload:")
+        return
+    model = status["active_model"]
+    awaiting = status["unlabelled"]
+    columns = st.columns(5)
+    columns[0].metric("Products", status["products"])
+    columns[1].metric("Labelled", status["labelled"])
+    columns[2].metric("Awaiting review", awaiting)
+    columns[3].metric("Categories", status["categories"])
+    columns[4].metric("Active model", f"v{model['version']}" if model else "none",
+                      f"{model['accuracy']:.0%} validation accuracy" if model and model["accuracy"] else None,
+                      delta_color="off")
+    if model:
+        st.caption(f"Last retrain: {model['created_at'][:16].replace('T', ' ')} UTC")
+    st.subheader("Next")
+    if model is None:
+        st.page_link("pages/train.py", label="Train your first model", icon=":material/model_training:")
+    elif awaiting:
+        st.page_link("pages/review.py", label=f"Review {awaiting} unlabelled products, least confident first",
+                     icon=":material/fact_check:")
+    st.page_link("pages/upload.py", label="Upload more photos", icon=":material/upload:")
+    st.page_link("pages/explore.py", label="Explore the catalogue map", icon=":material/scatter_plot:")
 
-st.title("ProductLens")
-st.caption("Sort product photos into categories with a pretrained CNN and a head you retrain in seconds.")
 
-columns = st.columns(4)
-columns[0].metric("Products", status["products"])
-columns[1].metric("Labelled", status["labelled"])
-columns[2].metric("Categories", status["categories"])
-model = status["active_model"]
-columns[3].metric("Active model", f"v{model['version']}" if model else "none")
-
-if status["products"] == 0:
-    st.info("The catalogue is empty. Import photos from the command line: "
-            "`python -m core import path/to/folder-of-category-folders`, then `python -m core train`.")
-st.caption(f"Workspace: `{status['workspace']}`")
+pages = [
+    st.Page(home, title="Home", icon=":material/home:", default=True),
+    st.Page("pages/upload.py", title="Upload", icon=":material/upload:"),
+    st.Page("pages/review.py", title="Review", icon=":material/fact_check:"),
+    st.Page("pages/train.py", title="Train", icon=":material/model_training:"),
+    st.Page("pages/explore.py", title="Explore", icon=":material/scatter_plot:"),
+]
+navigation = st.navigation(pages)
+sidebar()
+navigation.run()

@@ -53,7 +53,8 @@ CREATE TABLE IF NOT EXISTS labels (
     previous_label TEXT,
     source TEXT NOT NULL CHECK (source IN ('human', 'import', 'model-accepted')),
     author TEXT,
-    created_at TEXT NOT NULL
+    created_at TEXT NOT NULL,
+    action TEXT
 );
 CREATE INDEX IF NOT EXISTS labels_by_product ON labels(product_id, id);
 CREATE TABLE IF NOT EXISTS embeddings (
@@ -124,6 +125,7 @@ class LabelEvent:
     source: str
     author: str | None
     created_at: str
+    action: str | None = None
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -273,13 +275,15 @@ class Catalog:
         return None if row is None else row["label"]
 
     def set_labels(self, assignments: Iterable[tuple[int, str | None]], source: str = "human",
-                   author: str | None = None, only_if_unlabelled: bool = False) -> int:
+                   author: str | None = None, only_if_unlabelled: bool = False, action: str | None = None) -> int:
         """Append label events; return how many labels changed.
 
         A label equal to the current one is not recorded again. With
         ``only_if_unlabelled`` products that already have a label keep it (used by
-        imports so a re-import never overrides a person's correction).
+        imports so a re-import never overrides a person's correction). All events
+        of one call share an ``action`` id, which is what undo reverts.
         """
+        action = action or uuid.uuid4().hex
         if source not in LABEL_SOURCES:
             raise ValueError(f"label source must be one of {LABEL_SOURCES}, got {source!r}")
         changed = 0
@@ -294,9 +298,9 @@ class Catalog:
                 if previous == label or (only_if_unlabelled and previous is not None):
                     continue
                 connection.execute(
-                    "INSERT INTO labels (product_id, label, previous_label, source, author, created_at) "
-                    "VALUES (?, ?, ?, ?, ?, ?)",
-                    (int(product_id), label, previous, source, author, now),
+                    "INSERT INTO labels (product_id, label, previous_label, source, author, created_at, action) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (int(product_id), label, previous, source, author, now, action),
                 )
                 changed += 1
         return changed

@@ -80,10 +80,9 @@ class Embedder:
             import tensorflow as tf
 
             model = self.model
-            flip = self.flip_tta
 
             @tf.function(reduce_retracing=True)
-            def forward(pixels):
+            def forward(pixels, flip):
                 pixels = tf.cast(pixels, tf.float32)
                 features = model(pixels, training=False)
                 if flip:
@@ -93,14 +92,19 @@ class Embedder:
             self._forward = forward
         return self._forward
 
-    def embed_pixels(self, pixels: np.ndarray) -> np.ndarray:
-        """``pixels``: uint8 ``(n, image_size, image_size, 3)``; returns float32 ``(n, feature_dim)``."""
+    def embed_pixels(self, pixels: np.ndarray, flip_tta: bool | None = None) -> np.ndarray:
+        """``pixels``: uint8 ``(n, image_size, image_size, 3)``; returns float32 ``(n, feature_dim)``.
+
+        ``flip_tta`` overrides the embedder's setting (augmented views are
+        already randomly mirrored, so averaging them with a mirror is wasted work).
+        """
+        flip = self.flip_tta if flip_tta is None else flip_tta
         pixels = np.asarray(pixels)
         if pixels.ndim != 4 or pixels.shape[1:] != (self.image_size, self.image_size, 3):
             raise ValueError(f"expected pixels of shape (n, {self.image_size}, {self.image_size}, 3), "
                              f"got {pixels.shape}")
         forward = self._compiled_forward()
-        outputs = [forward(pixels[start:start + self.batch_size]).numpy()
+        outputs = [forward(pixels[start:start + self.batch_size], flip).numpy()
                    for start in range(0, len(pixels), self.batch_size)]
         if not outputs:
             return np.zeros((0, self.feature_dim), dtype=np.float32)
@@ -134,8 +138,8 @@ class Embedder:
             image = image.transpose(Image.FLIP_LEFT_RIGHT)
         return np.asarray(image.resize((self.image_size, self.image_size), Image.BILINEAR), dtype=np.uint8)
 
-    def embed_sources(self, sources: Sequence, progress: ProgressCallback | None = None, loader=None
-                      ) -> tuple[np.ndarray, list[tuple[int, str]]]:
+    def embed_sources(self, sources: Sequence, progress: ProgressCallback | None = None, loader=None,
+                      flip_tta: bool | None = None) -> tuple[np.ndarray, list[tuple[int, str]]]:
         """Embed paths or bytes; return ``(vectors, failures)``; failed rows are NaN.
 
         ``loader`` turns one source into pixels (default :meth:`load_pixels`).
@@ -145,7 +149,7 @@ class Embedder:
         for indices, pixels, errors in self._decoded_batches(list(enumerate(sources)), loader or self.load_pixels):
             failures.extend(errors)
             if len(indices):
-                vectors[indices] = self.embed_pixels(pixels)
+                vectors[indices] = self.embed_pixels(pixels, flip_tta)
             if progress:
                 progress(int(min(len(sources), (indices.max() + 1) if len(indices) else 0)), len(sources), "")
         return vectors, failures
@@ -231,7 +235,8 @@ def embed_catalog(catalog: Catalog, embedder: Embedder, progress: ProgressCallba
             if progress:
                 progress(offset + done_in_chunk, total, stage)
 
-        vectors, failures = embedder.embed_sources(sources, progress=chunk_progress, loader=loader)
+        vectors, failures = embedder.embed_sources(sources, progress=chunk_progress, loader=loader,
+                                                   flip_tta=None if view is None else False)
         good = [i for i in range(len(chunk)) if not np.isnan(vectors[i, 0])]
         catalog.store_embeddings(key, [chunk[i] for i in good], vectors[good])
         report.failed.extend((chunk[i], reason) for i, reason in failures)

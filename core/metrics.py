@@ -34,3 +34,23 @@ def classification_metrics(y_true: Sequence[str], y_pred: Sequence[str], classes
         "confusion_matrix": matrix.astype(int).tolist(),
         "classes": classes,
     }
+
+
+def compare_versions(previous: dict | None, current: dict) -> list[dict]:
+    """Per-category recall of two versions' validation metrics, biggest change first.
+
+    Each row: ``category``, ``before`` (None for a new category), ``after``,
+    ``change``. Recall is the share of a category's products the model gets right,
+    which is what a merchandiser feels.
+    """
+    before = (previous or {}).get("per_class", {})
+    rows = []
+    for category, values in current.get("per_class", {}).items():
+        if values.get("support", 0) == 0:
+            continue
+        old = before.get(category)
+        old_recall = old["recall"] if old and old.get("support", 0) else None
+        rows.append({"category": category, "before": old_recall, "after": values["recall"],
+                     "change": None if old_recall is None else values["recall"] - old_recall})
+    rows.sort(key=lambda row: -(abs(row["change"]) if row["change"] is not None else 0))
+    return rows

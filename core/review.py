@@ -1,0 +1,125 @@
+"""The correction workbench: which products to show, and the edits people make.
+
+:func:`review_table` joins products, current labels and the active model's
+predictions into one table (one row per product; ``disagrees`` is True where a
+label exists and the prediction differs). :func:`select` filters and orders it:
+least confident first by default, or newest, or by category. The edit
+functions (:func:`relabel`, :func:`accept_predictions`, :func:`rename_category`,
+:func:`undo_last_action`) all append to the label history, so nothing is ever
+overwritten and every change can be traced and undone.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import pandas as pd
+
+from core.catalog import Catalog
+
+ORDERS = ("least confident", "newest", "category")
+COLUMNS = ["product_id", "filename", "added_at", "label", "label_source", "predicted_label", "confidence",
+           "top_labels", "top_probabilities", "disagrees"]
+
+
+def review_table(catalog: Catalog) -> pd.DataFrame:
+    rows = catalog.connection.execute(
+        "SELECT p.id, p.filename, p.added_at, l.label, l.source FROM products p LEFT JOIN ("
+        "  SELECT labels.product_id, labels.label, labels.source FROM labels JOIN ("
+        "    SELECT product_id, MAX(id) AS id FROM labels GROUP BY product_id) latest ON latest.id = labels.id"
+        ") l ON l.product_id = p.id ORDER BY p.id").fetchall()
+    active = catalog.active_model_version()
+    predictions = catalog.predictions(active["id"]) if active else {}
+    records = []
+    for product_id, filename, added_at, label, source in rows:
+        prediction = predictions.get(product_id)
+        predicted = prediction["label"] if prediction else None
+        records.append({
+            "product_id": product_id, "filename": filename, "added_at": added_at, "label": label,
+            "label_source": source if label is not None else None, "predicted_label": predicted,
+            "confidence": prediction["confidence"] if prediction else None,
+            "top_labels": prediction["labels"] if prediction else [],
+            "top_probabilities": prediction["probabilities"] if prediction else [],
+            "disagrees": bool(label is not None and predicted is not None and label != predicted),
+        })
+    return pd.DataFrame(records, columns=COLUMNS)
+
+
+def select(table: pd.DataFrame, order: str = "least confident", predicted: Sequence[str] | None = None,
+           confidence_range: tuple[float, float] = (0.0, 1.0), labelled: bool | None = None,
+           disagreements_only: bool = False) -> pd.DataFrame:
+    """Filter and order the review table (see the module docstring)."""
+    if order not in ORDERS:
+        raise ValueError(f"order must be one of {ORDERS}, got {order!r}")
+    selected = table
+    if predicted:
+        selected = selected[selected["predicted_label"].isin(list(predicted))]
+    low, high = confidence_range
+    if (low, high) != (0.0, 1.0):
+        selected = selected[selected["confidence"].between(low, high)]
+    if labelled is not None:
+        selected = selected[selected["label"].notna() == labelled]
+    if disagreements_only:
+        selected = selected[selected["disagrees"]]
+    if order == "least confident":
+        # Products without a prediction yet come last: there is nothing to check.
+        selected = selected.sort_values(["confidence", "product_id"], na_position="last")
+    elif order == "newest":
+        selected = selected.sort_values(["added_at", "product_id"], ascending=False)
+    else:
+        key = selected["label"].fillna(selected["predicted_label"]).fillna("")
+        selected = selected.assign(_key=key).sort_values(["_key", "product_id"]).drop(columns="_key")
+    return selected.reset_index(drop=True)
+
+
+def relabel(catalog: Catalog, product_ids: Sequence[int], label: str | None, author: str | None = None) -> int:
+    """Give ``product_ids`` the category ``label`` (a person's decision)."""
+    return catalog.set_labels([(int(pid), label) for pid in product_ids], source="human", author=author)
+
+
+def accept_predictions(catalog: Catalog, threshold: float, author: str | None = None,
+                       product_ids: Sequence[int] | None = None) -> int:
+    """Label every *unlabelled* product whose prediction's confidence is >= ``threshold``."""
+    table = review_table(catalog)
+    candidates = table[table["label"].isna() & table["predicted_label"].notna() & (table["confidence"] >= threshold)]
+    if product_ids is not None:
+        candidates = candidates[candidates["product_id"].isin([int(pid) for pid in product_ids])]
+    return catalog.set_labels(zip(candidates["product_id"].tolist(), candidates["predicted_label"].tolist()),
+                              source="model-accepted", author=author)
+
+
+def confirm(catalog: Catalog, product_ids: Sequence[int], author: str | None = None) -> int:
+    """Confirm a page: unlabelled products take their predicted category."""
+    return accept_predictions(catalog, 0.0, author, product_ids)
+
+
+def rename_category(catalog: Catalog, old: str, new: str, author: str | None = None) -> int:
+    """Rename ``old`` to ``new``; if ``new`` exists this merges the two. History is kept."""
+    new = (new or "").strip()
+    if not new:
+        raise ValueError("the new category name is empty")
+    members = [pid for pid, label in catalog.current_labels().items() if label == old]
+    if not members:
+        raise ValueError(f"no product is labelled {old!r}")
+    return catalog.set_labels([(pid, new) for pid in members], source="human", author=author)
+
+
+def undo_last_action(catalog: Catalog, author: str | None = None) -> int:
+    """Revert the most recent labelling action (of ``author``, if given) by appending its inverse.
+
+    Repeated calls step further back; an action that was undone is not undone twice.
+    """
+    query = ("SELECT action FROM labels l WHERE action IS NOT NULL AND source != 'import' "
+             "AND action NOT LIKE 'undo:%' "
+             "AND NOT EXISTS (SELECT 1 FROM labels u WHERE u.action = 'undo:' || l.action)")
+    parameters: list = []
+    if author is not None:
+        query += " AND author IS ?"
+        parameters.append(author)
+    row = catalog.connection.execute(query + " ORDER BY id DESC LIMIT 1", parameters).fetchone()
+    if row is None:
+        return 0
+    events = catalog.connection.execute(
+        "SELECT product_id, previous_label FROM labels WHERE action = ? ORDER BY id", (row[0],)).fetchall()
+    return catalog.set_labels([(pid, previous) for pid, previous in events], source="human", author=author,
+                              action=f"undo:{row[0]}")

@@ -1,0 +1,60 @@
+"""Streamlit glue shared by the pages: cached resources, the user's name, progress bars.
+
+Heavy objects (the catalogue connection, the backbone) are created once per
+process with ``st.cache_resource``; per-user state lives in ``st.session_state``.
+"""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from core.catalog import Catalog
+from core.config import workspace_dir
+from core.embeddings import Embedder
+from core.thumbnails import thumbnail
+
+
+@st.cache_resource(show_spinner=False)
+def _catalog(workspace: str) -> Catalog:
+    return Catalog(workspace)
+
+
+def catalog() -> Catalog:
+    return _catalog(str(workspace_dir().resolve()))
+
+
+@st.cache_resource(show_spinner="Loading the image model (once per server)…")
+def embedder() -> Embedder:
+    model = Embedder()
+    _ = model.model  # build and load weights now, not in the middle of a job
+    return model
+
+
+def author() -> str | None:
+    return st.session_state.get("author") or None
+
+
+def progress_bar(text: str):
+    """A ``(fraction, message)`` callback drawing an ``st.progress`` bar."""
+    bar = st.progress(0.0, text=text)
+    return lambda fraction, message: bar.progress(float(min(1.0, max(0.0, fraction))), text=f"{text}: {message}")
+
+
+def thumbnail_path(product_id: int) -> str | None:
+    path = thumbnail(catalog(), int(product_id))
+    return str(path) if path else None
+
+
+def _remember_author() -> None:
+    st.session_state["author"] = st.session_state["author_input"].strip()
+
+
+def sidebar() -> None:
+    """Common sidebar: who is working (stored with every correction) and the workspace."""
+    with st.sidebar:
+        # The name lives under its own key: Streamlit drops a widget's state when the
+        # page changes, and the name must survive navigation.
+        st.text_input("Your name", key="author_input", value=st.session_state.get("author", ""),
+                      on_change=_remember_author, placeholder="shown in the label history",
+                      help="Recorded with every label you set, so changes can be traced.")
+        st.caption(f"Workspace: `{catalog().workspace}`")

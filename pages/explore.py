@@ -1,0 +1,56 @@
+"""Explore: a UMAP map of the catalogue's CNN features; select points to inspect and relabel."""
+
+import plotly.express as px
+import streamlit as st
+
+from core import review
+from core.projection import catalogue_map
+from pages.common import author, catalog, embedder, thumbnail_path
+
+COLOURS = {"label": "label", "predicted category": "predicted_label", "confidence": "confidence",
+           "right / wrong": "agreement"}
+
+st.title("Explore the catalogue")
+key = (catalog().active_model_version() or {}).get("backbone") or embedder().key
+embedded = catalog().count_embeddings(key)
+if embedded < 2:
+    st.info("Nothing to map yet: upload photos (they are embedded on import) or train a model.")
+    st.stop()
+
+with st.expander("Map settings"):
+    columns = st.columns(2)
+    neighbours = columns[0].slider("Neighbours", 2, 100, 15, help="Larger: more global structure.")
+    min_dist = columns[1].slider("Minimum distance", 0.0, 0.99, 0.1, 0.01, help="Smaller: tighter clusters.")
+colour = st.segmented_control("Colour by", list(COLOURS), default="label", key="explore_colour") or "label"
+
+with st.spinner(f"Mapping {embedded} products…"):
+    table = catalogue_map(catalog(), key, neighbours, min_dist)
+figure = px.scatter(table, x="x", y="y", color=COLOURS[colour], render_mode="webgl",
+                    hover_data={"filename": True, "label": True, "predicted_label": True, "confidence": ":.0%",
+                                "x": False, "y": False},
+                    custom_data=["product_id"], height=620)
+figure.update_traces(marker=dict(size=7, opacity=0.85))
+figure.update_layout(xaxis_visible=False, yaxis_visible=False, legend_title_text=colour,
+                     margin=dict(l=0, r=0, t=10, b=0), dragmode="lasso")
+event = st.plotly_chart(figure, key="catalogue_map", on_select="rerun", selection_mode=("box", "lasso", "points"))
+
+points = event.selection.points if event and event.selection else []
+chosen = [int(point["customdata"][0]) for point in points if point.get("customdata")]
+if not chosen:
+    st.caption("Draw a box or lasso around points to see those products and relabel them together.")
+    st.stop()
+
+st.subheader(f"{len(chosen)} selected products")
+with st.form("bulk_relabel"):
+    target = st.selectbox("Relabel all selected as", catalog().categories(), accept_new_options=True)
+    if st.form_submit_button("Relabel", type="primary") and target:
+        changed = review.relabel(catalog(), chosen, target, author())
+        st.success(f"Labelled {changed} products as {target}.")
+gallery = st.columns(8)
+selected_rows = table.set_index("product_id").loc[chosen]
+for index, (product_id, row) in enumerate(selected_rows.head(64).iterrows()):
+    with gallery[index % 8]:
+        path = thumbnail_path(product_id)
+        if path:
+            st.image(path, width="stretch")
+        st.caption(f"{row['label']} → {row['predicted_label']}")

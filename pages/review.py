@@ -1,0 +1,104 @@
+"""Review: the correction workbench, least confident first."""
+
+import streamlit as st
+
+from core import review
+from pages.common import author, catalog, thumbnail_path
+
+PAGE_SIZE = 12
+COLUMNS = 4
+
+st.title("Review predictions")
+table = review.review_table(catalog())
+if table.empty:
+    st.info("No products yet: upload photos or load the demo catalogue on the Home page.")
+    st.stop()
+categories = catalog().categories()
+
+
+def set_label(product_ids, label):
+    changed = review.relabel(catalog(), product_ids, label, author())
+    st.session_state["notice"] = f"Labelled {changed} product(s) as {label}."
+
+
+with st.expander("Filters and order", expanded=False):
+    filter_columns = st.columns(4)
+    order = filter_columns[0].selectbox("Order", review.ORDERS, key="review_order")
+    predicted = filter_columns[1].multiselect("Predicted category", sorted(table["predicted_label"].dropna().unique()))
+    status = filter_columns[2].radio("Show", ["all", "unlabelled", "labelled"], horizontal=True, key="review_status")
+    disagreements = filter_columns[3].toggle("Label disagrees with prediction", key="review_disagree")
+    confidence = st.slider("Confidence", 0.0, 1.0, (0.0, 1.0), 0.05, key="review_confidence")
+
+selected = review.select(table, order=order, predicted=predicted, confidence_range=confidence,
+                         labelled={"all": None, "unlabelled": False, "labelled": True}[status],
+                         disagreements_only=disagreements)
+pages = max(1, -(-len(selected) // PAGE_SIZE))
+top = st.columns([2, 2, 2, 1])
+page = top[0].number_input(f"Page (of {pages})", 1, pages, 1, key="review_page")
+top[1].metric("Matching products", len(selected))
+if top[3].button("Undo last action", icon=":material/undo:"):
+    undone = review.undo_last_action(catalog(), author())
+    st.session_state["notice"] = f"Undid {undone} change(s)." if undone else "Nothing to undo."
+    st.rerun()
+if notice := st.session_state.pop("notice", None):
+    st.toast(notice)
+
+visible = selected.iloc[(page - 1) * PAGE_SIZE: page * PAGE_SIZE]
+grid = st.columns(COLUMNS)
+for index, row in enumerate(visible.itertuples()):
+    with grid[index % COLUMNS].container(border=True):
+        path = thumbnail_path(row.product_id)
+        if path:
+            st.image(path, width="stretch")
+        st.caption(row.filename)
+        current = row.label if isinstance(row.label, str) else None
+        if row.predicted_label:
+            st.markdown(f"Predicted **{row.predicted_label}** · {row.confidence:.0%}")
+        st.markdown(f"Label: **{current}**" if current else "Label: _none_")
+        for label, probability in list(zip(row.top_labels, row.top_probabilities))[:3]:
+            st.button(f"{label} · {probability:.0%}", key=f"pick-{row.product_id}-{label}",
+                      on_click=set_label, args=([row.product_id], label), width="stretch",
+                      type="primary" if label == current else "secondary")
+        choice = st.selectbox("Any category", [""] + categories, key=f"any-{row.product_id}",
+                              accept_new_options=True, label_visibility="collapsed",
+                              placeholder="Other category…")
+        if choice and choice != current:
+            st.button(f"Set “{choice}”", key=f"set-{row.product_id}", on_click=set_label,
+                      args=([row.product_id], choice))
+        st.checkbox("Select", key=f"select-{row.product_id}")
+
+st.divider()
+st.subheader("Bulk actions")
+bulk = st.columns(3)
+with bulk[0].form("accept"):
+    threshold = st.slider("Accept predictions at or above", 0.5, 1.0, 0.9, 0.01)
+    if st.form_submit_button("Accept for unlabelled products"):
+        accepted = review.accept_predictions(catalog(), threshold, author())
+        st.session_state["notice"] = f"Accepted {accepted} predictions."
+        st.rerun()
+with bulk[1].form("relabel"):
+    ticked = [pid for pid in visible["product_id"] if st.session_state.get(f"select-{pid}")]
+    target = st.selectbox("Relabel selected cards as", categories, accept_new_options=True)
+    if st.form_submit_button(f"Relabel {len(ticked)} selected"):
+        if ticked and target:
+            set_label(ticked, target)
+            st.rerun()
+with bulk[2]:
+    st.write("Unlabelled cards on this page take their predicted category.")
+    if st.button("Confirm this page"):
+        confirmed = review.confirm(catalog(), visible["product_id"].tolist(), author())
+        st.session_state["notice"] = f"Confirmed {confirmed} predictions."
+        st.rerun()
+
+with st.expander("Manage categories"):
+    with st.form("rename"):
+        columns = st.columns(2)
+        old = columns[0].selectbox("Category", categories)
+        new = columns[1].text_input("New name (an existing name merges the two)")
+        if st.form_submit_button("Rename / merge") and old:
+            try:
+                changed = review.rename_category(catalog(), old, new, author())
+                st.session_state["notice"] = f"Moved {changed} products from {old} to {new}."
+                st.rerun()
+            except ValueError as error:
+                st.error(str(error))

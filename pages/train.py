@@ -1,0 +1,68 @@
+"""Train: retrain the head on the current labels and see whether it got better."""
+
+import pandas as pd
+import plotly.graph_objects as go
+import streamlit as st
+
+from core.metrics import compare_versions
+from core.pipeline import retrain_and_predict
+from core.training import TrainingError, activate
+from pages.common import catalog, embedder, progress_bar
+
+st.title("Train the classifier")
+status = catalog().status()
+st.caption(f"{status['labelled']} labelled products in {status['categories']} categories. Retraining uses "
+           "every current label; predictions for all products refresh afterwards.")
+
+if st.button("Retrain now", type="primary", disabled=status["labelled"] == 0):
+    try:
+        version = retrain_and_predict(catalog(), embedder(), progress=progress_bar("Retraining"))
+        st.session_state["trained_version"] = version["id"]
+        st.success(f"Model v{version['id']} trained in {version['metrics']['train_seconds']:.1f} s and activated.")
+    except TrainingError as error:
+        st.error(str(error))
+
+versions = catalog().model_versions()
+if not versions:
+    st.info("No model yet. Label products in at least two categories, then press Retrain.")
+    st.stop()
+
+current = catalog().active_model_version() or versions[-1]
+earlier = [v for v in versions if v["id"] < current["id"]]
+previous = earlier[-1] if earlier else None
+metrics, before = current["metrics"], previous["metrics"] if previous else None
+columns = st.columns(3)
+accuracy = metrics.get("accuracy")
+previous_accuracy = before.get("accuracy") if before else None
+columns[0].metric(f"Validation accuracy (v{current['id']})", "n/a" if accuracy is None else f"{accuracy:.1%}",
+                  None if accuracy is None or previous_accuracy is None else f"{accuracy - previous_accuracy:+.1%}")
+columns[1].metric("Categories", len(current["classes"]))
+columns[2].metric("Training products", metrics.get("n_train", 0))
+
+changes = pd.DataFrame(compare_versions(before, metrics))
+if not changes.empty:
+    st.subheader("Per-category recall" + (f" vs v{previous['id']}" if previous else ""))
+    st.dataframe(changes, hide_index=True, column_config={
+        "before": st.column_config.ProgressColumn("before", format="percent", min_value=0, max_value=1),
+        "after": st.column_config.ProgressColumn("after", format="percent", min_value=0, max_value=1),
+        "change": st.column_config.NumberColumn("change", format="percent")})
+
+if metrics.get("confusion_matrix"):
+    st.subheader("Confusion matrix (validation products)")
+    classes = metrics["classes"]
+    figure = go.Figure(go.Heatmap(z=metrics["confusion_matrix"], x=classes, y=classes, colorscale="Teal",
+                                  hovertemplate="true %{y}<br>predicted %{x}<br>%{z} products<extra></extra>"))
+    figure.update_layout(xaxis_title="predicted", yaxis_title="true", yaxis_autorange="reversed",
+                         height=max(400, 14 * len(classes)), margin=dict(l=0, r=0, t=10, b=0))
+    st.plotly_chart(figure, key="confusion")
+
+st.subheader("Versions")
+for version in reversed(versions):
+    row = st.columns([1, 3, 2, 2])
+    row[0].markdown(f"**v{version['id']}**" + (" · active" if version["is_active"] else ""))
+    row[1].caption(version["created_at"][:19].replace("T", " "))
+    accuracy = version["metrics"].get("accuracy")
+    row[2].caption(f"{len(version['classes'])} categories · " + ("n/a" if accuracy is None else f"{accuracy:.1%}"))
+    if not version["is_active"] and row[3].button("Activate", key=f"activate-{version['id']}"):
+        activate(catalog(), version["id"])
+        st.rerun()

@@ -1,0 +1,55 @@
+"""Upload: photos and zip archives in, predicted categories out."""
+
+import streamlit as st
+
+from core.config import max_file_bytes
+from core.pipeline import import_and_predict
+from pages.common import catalog, embedder, progress_bar, thumbnail_path
+
+st.title("Upload products")
+st.caption(f"JPEG, PNG, WebP, BMP, GIF, TIFF or zip archives (folders inside name the category). "
+           f"Each photo up to {max_file_bytes() // 2**20} MB.")
+
+with st.form("upload", clear_on_submit=True):
+    files = st.file_uploader("Photos or zip archives", accept_multiple_files=True,
+                             type=["jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff", "zip"])
+    categories = catalog().categories()
+    label = st.selectbox("All these are category (optional)", [""] + categories, index=0,
+                         accept_new_options=True, help="Leave empty to let the model predict.")
+    submitted = st.form_submit_button("Import and predict", type="primary")
+
+if submitted and files:
+    result = import_and_predict(catalog(), [(f.name, f.getvalue()) for f in files], embedder(),
+                                label=label or None, progress=progress_bar("Processing"))
+    st.session_state["last_upload"] = result
+elif submitted:
+    st.warning("Choose at least one file first.")
+
+result = st.session_state.get("last_upload")
+if result:
+    report = result.report
+    st.success(f"{len(report.added)} new products, {len(report.duplicates)} already in the catalogue, "
+               f"{len(report.rejected)} rejected.")
+    if report.rejected:
+        with st.expander(f"{len(report.rejected)} files could not be imported", expanded=True):
+            st.dataframe([{"file": r.name, "reason": r.reason} for r in report.rejected], hide_index=True)
+    if report.duplicates:
+        with st.expander(f"{len(report.duplicates)} duplicates (already in the catalogue)"):
+            st.dataframe([{"file": name, "product": pid} for name, pid in report.duplicates], hide_index=True)
+    active = catalog().active_model_version()
+    predictions = catalog().predictions(active["id"]) if active else {}
+    if not predictions:
+        st.info("No model yet: label some products and train one on the Train page to get predictions.")
+    columns = st.columns(6)
+    for index, product_id in enumerate(result.product_ids[:60]):
+        prediction = predictions.get(product_id)
+        with columns[index % 6]:
+            path = thumbnail_path(product_id)
+            if path:
+                st.image(path, width="stretch")
+            st.caption(report.names.get(product_id, ""))
+            if prediction:
+                st.markdown(f"**{prediction['label']}** · {prediction['confidence']:.0%}")
+    if len(result.product_ids) > 60:
+        st.caption(f"…and {len(result.product_ids) - 60} more: see the Review page.")
+    st.page_link("pages/review.py", label="Review the predictions", icon=":material/fact_check:")

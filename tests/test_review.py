@@ -1,0 +1,66 @@
+import pytest
+
+from core import ingest, review
+from core.catalog import Catalog
+
+
+@pytest.fixture
+def catalog(workspace, demo_dir):
+    catalog = Catalog(workspace)
+    ingest.import_paths(catalog, [demo_dir / "Lemon"], label="Lemon")
+    ingest.import_paths(catalog, [demo_dir / "Banana"])  # unlabelled
+    ids = catalog.product_ids()
+    # Hand-made predictions so the ordering is known exactly.
+    version = catalog.add_model_version("test", ["Banana", "Lemon"], {}, {}, "models/none.keras")
+    confidences = [0.9 - 0.05 * i for i in range(len(ids))]
+    labels = [["Lemon", "Banana"] if i < 8 else ["Banana", "Lemon"] for i in range(len(ids))]
+    labels[3] = ["Banana", "Lemon"]  # a labelled lemon predicted as banana
+    catalog.store_predictions(version, ids, labels, [[c, 1 - c] for c in confidences])
+    return catalog
+
+
+def test_table_joins_labels_and_predictions(catalog):
+    table = review.review_table(catalog)
+    assert len(table) == 16
+    assert table["label"].notna().sum() == 8
+    assert table["disagrees"].sum() == 1
+    assert table.loc[table["disagrees"], "product_id"].item() == catalog.product_ids()[3]
+
+
+def test_least_confident_first_and_filters(catalog):
+    table = review.review_table(catalog)
+    ordered = review.select(table)
+    assert list(ordered["confidence"]) == sorted(table["confidence"])
+    assert len(review.select(table, labelled=False)) == 8
+    assert len(review.select(table, disagreements_only=True)) == 1
+    assert set(review.select(table, predicted=["Banana"])["predicted_label"]) == {"Banana"}
+    assert review.select(table, confidence_range=(0.5, 0.7))["confidence"].between(0.5, 0.7).all()
+    newest = review.select(table, order="newest")
+    assert newest["product_id"].iloc[0] == max(catalog.product_ids())
+    with pytest.raises(ValueError):
+        review.select(table, order="random")
+
+
+def test_accept_only_touches_unlabelled_products_above_threshold(catalog):
+    accepted = review.accept_predictions(catalog, 0.5, author="bo")
+    table = review.review_table(catalog)
+    expected = ((table["confidence"] >= 0.5) & (table["label_source"] == "model-accepted")).sum()
+    assert accepted == expected > 0
+    assert set(table.loc[table["label_source"] == "import", "label"]) == {"Lemon"}
+
+
+def test_relabel_rename_merge_and_undo(catalog):
+    ids = catalog.product_ids()
+    assert review.relabel(catalog, ids[:2], "Lime", author="ana") == 2
+    assert review.rename_category(catalog, "Lemon", "Citrus") == 6
+    assert review.rename_category(catalog, "Lime", "Citrus") == 2  # merge
+    assert set(catalog.current_labels().values()) == {"Citrus"}
+    assert review.undo_last_action(catalog) == 2
+    assert catalog.current_label(ids[0]) == "Lime"
+    assert review.undo_last_action(catalog) == 6  # steps further back
+    assert catalog.current_label(ids[5]) == "Lemon"
+    assert review.undo_last_action(catalog, author="ana") == 2
+    assert catalog.current_label(ids[0]) == "Lemon"
+    assert len(catalog.label_history(ids[0])) == 5, "history keeps every step"
+    with pytest.raises(ValueError):
+        review.rename_category(catalog, "Nope", "X")
