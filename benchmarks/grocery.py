@@ -57,11 +57,12 @@ def update_readme(result: dict) -> None:
     table = "\n".join([
         start,
         "| settings | fine accuracy | coarse accuracy | train / test images | classes | embed images/s "
-        "| embed s | train s | peak memory |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| embed s | augmented views s | head training s | peak memory |",
+        "|---|---|---|---|---|---|---|---|---|---|",
         f"| {result['settings']} | {result['accuracy']:.1%} | {result['coarse_accuracy']:.1%} "
         f"| {result['n_train']} / {result['n_test']} | {result['n_classes']} | {result['images_per_second']:.1f} "
-        f"| {result['embed_seconds']:.0f} | {result['train_seconds']:.1f} | {result['peak_memory_mb']:.0f} MB |",
+        f"| {result['embed_seconds']:.0f} | {result['views_seconds']:.0f} | {result['train_seconds']:.1f} "
+        f"| {result['peak_memory_mb']:.0f} MB |",
         end,
     ])
     if start in text:

@@ -28,7 +28,8 @@ with st.spinner(f"Mapping {embedded} products…"):
 figure = px.scatter(table, x="x", y="y", color=COLOURS[colour], render_mode="webgl",
                     hover_data={"filename": True, "label": True, "predicted_label": True, "confidence": ":.0%",
                                 "x": False, "y": False},
-                    custom_data=["product_id"], height=620)
+                    custom_data=["product_id"], height=620,
+                    color_discrete_sequence=px.colors.qualitative.Dark24 + px.colors.qualitative.Light24)
 figure.update_traces(marker=dict(size=7, opacity=0.85))
 figure.update_layout(xaxis_visible=False, yaxis_visible=False, legend_title_text=colour,
                      margin=dict(l=0, r=0, t=10, b=0), dragmode="lasso")

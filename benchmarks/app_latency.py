@@ -1,0 +1,118 @@
+"""How long merchandisers wait in the browser, measured with a real Chromium.
+
+1. builds a workspace with the grocery train split (2,640 labelled products),
+   embedded and with a trained head (set-up, not timed);
+2. starts ``streamlit run app.py`` on loopback and, with Playwright:
+   * opens Explore and times until the UMAP plot of 2,640 products is drawn
+     (cold: UMAP computed; warm: reopened, cached projection);
+   * uploads 50 val photos on the Upload page and times "Import and predict"
+     until the predictions are shown.
+
+    python benchmarks/app_latency.py [--dataset DIR] [--keep WORKSPACE]
+Prints one JSON object on the last line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+DEFAULT_DATASET = REPO.parent / "shared" / "datasets" / "grocery"
+
+
+def prepare(workspace: Path, dataset: Path) -> None:
+    from core import ingest
+    from core.catalog import Catalog
+    from core.embeddings import Embedder, embed_catalog
+    from core.prediction import predict_catalog
+    from core.training import train_version
+
+    catalog = Catalog(workspace)
+    if catalog.active_model_version() is None:
+        ingest.import_paths(catalog, [dataset / "train"])
+        embedder = Embedder()
+        embed_catalog(catalog, embedder)
+        predict_catalog(catalog, train_version(catalog, embedder, augmented_views=0))
+    catalog.close()
+
+
+def wait_idle(page, timeout=600_000):
+    page.wait_for_timeout(300)
+    page.wait_for_function("() => !document.querySelector('[data-testid=\"stStatusWidget\"]')", timeout=timeout)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dataset", type=Path, default=DEFAULT_DATASET)
+    parser.add_argument("--keep", type=Path, help="workspace to build/reuse instead of a temporary one")
+    args = parser.parse_args()
+    from playwright.sync_api import sync_playwright
+
+    workspace = args.keep or Path(tempfile.mkdtemp(prefix="productlens-latency-"))
+    started = time.perf_counter()
+    prepare(workspace, args.dataset)
+    setup_seconds = time.perf_counter() - started
+    photos = sorted((args.dataset / "val").rglob("*.jpg"))[::5][:50]
+    from core.catalog import Catalog
+    products = Catalog(workspace).count_products()
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = dict(os.environ, PRODUCTLENS_WORKSPACE=str(workspace), TF_CPP_MIN_LOG_LEVEL="3")
+    server = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port),
+                               "--server.address", "127.0.0.1", "--server.headless", "true"],
+                              cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(240):
+            try:
+                if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).read() == b"ok":
+                    break
+            except OSError:
+                time.sleep(0.5)
+        chromium = shutil.which("chromium") or "/usr/bin/chromium"
+        with sync_playwright() as driver:
+            browser = driver.chromium.launch(executable_path=chromium, args=[
+                "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"])
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            explore = {}
+            for attempt in ("cold", "warm"):
+                opened = time.perf_counter()
+                page.goto(f"{url}/explore")
+                page.locator(".js-plotly-plot").first.wait_for(timeout=600_000)
+                explore[attempt] = time.perf_counter() - opened
+            page.goto(f"{url}/upload")
+            wait_idle(page)  # includes loading the backbone once per server
+            page.locator("input[type=file]").set_input_files([str(p) for p in photos])
+            page.get_by_text(photos[0].name).first.wait_for()
+            clicked = time.perf_counter()
+            page.get_by_role("button", name="Import and predict").click()
+            page.get_by_text(f"{len(photos)} new products").wait_for(timeout=600_000)
+            wait_idle(page)
+            upload_seconds = time.perf_counter() - clicked
+
+            browser.close()
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    result = {"upload_photos": len(photos), "upload_to_predictions_seconds": round(upload_seconds, 1),
+              "explore_products": products, "explore_first_render_cold_seconds": round(explore["cold"], 1),
+              "explore_first_render_warm_seconds": round(explore["warm"], 1),
+              "setup_seconds": round(setup_seconds, 1)}
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

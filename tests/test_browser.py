@@ -1,0 +1,151 @@
+"""End to end in a real browser: `streamlit run app.py` driven by Playwright in Debian's Chromium.
+
+Goes through the whole flow a merchandiser does: load the demo catalogue, train, upload
+new photos, see their predictions, correct one, retrain, and open the Explore map.
+Screenshots of each page are saved under test-artifacts/ (git-ignored).
+"""
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from PIL import Image, ImageOps
+
+from conftest import demo_photos
+
+REPO = Path(__file__).resolve().parents[1]
+ARTIFACTS = REPO / "test-artifacts"
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+
+import playwright.sync_api  # noqa: E402  (requirements-test.txt)
+if not Path(CHROMIUM).exists():  # .ci/run installs it; a developer may not have it yet
+    pytest.fail(f"Chromium not found at {CHROMIUM}: install it with `apt-get install chromium`", pytrace=False)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    workspace = tmp_path_factory.mktemp("browser-ws")
+    port = free_port()
+    env = dict(os.environ, PRODUCTLENS_WORKSPACE=str(workspace), TF_CPP_MIN_LOG_LEVEL="3")
+    log = open(tmp_path_factory.mktemp("logs") / "streamlit.log", "w")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port),
+         "--server.address", "127.0.0.1", "--server.headless", "true", "--browser.gatherUsageStats", "false"],
+        cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        try:
+            if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).read() == b"ok":
+                break
+        except OSError:
+            time.sleep(0.5)
+    else:
+        process.kill()
+        pytest.fail("streamlit did not start")
+    yield url, workspace
+    process.terminate()
+    process.wait(timeout=30)
+    log.close()
+
+
+@pytest.fixture(scope="module")
+def page(server):
+    with playwright.sync_api.sync_playwright() as driver:
+        browser = driver.chromium.launch(executable_path=CHROMIUM, headless=True, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+            "--disable-background-networking", "--disable-component-update", "--disable-sync"])
+        context = browser.new_context(viewport={"width": 1400, "height": 1000})
+        yield context.new_page()
+        browser.close()
+
+
+def shot(page, name):
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.wait_for_function("() => [...document.images].every(image => image.complete)", timeout=30_000)
+    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+
+
+def wait_idle(page, timeout=240_000):
+    """Wait until Streamlit has finished the current run."""
+    page.wait_for_timeout(500)
+    page.wait_for_function(
+        "() => !document.querySelector('[data-testid=\"stStatusWidget\"]')", timeout=timeout)
+
+
+def open_page(page, url, name):
+    page.goto(f"{url}/{name}")
+    wait_idle(page)
+
+
+def new_photos(tmp_path, count=4):
+    """Real photos that are not in the demo catalogue yet (mirrored, so new bytes)."""
+    paths = []
+    for category in ("Lemon", "Banana", "Orange", "Pineapple")[:count]:
+        target = tmp_path / f"new-{category.lower()}.jpg"
+        ImageOps.mirror(Image.open(demo_photos(category)[2])).save(target, quality=92)
+        paths.append(target)
+    return paths
+
+
+def test_whole_flow_in_the_browser(server, page, tmp_path):
+    url, workspace = server
+    open_page(page, url, "")
+    page.get_by_text("Your catalogue is empty").wait_for()
+    shot(page, "01-home-empty")
+    page.get_by_role("button", name="Load demo catalogue").click()
+    page.get_by_text("Awaiting review").wait_for(timeout=120_000)
+    shot(page, "02-home-demo")
+
+    open_page(page, url, "train")
+    page.get_by_role("button", name="Retrain now").click()
+    page.get_by_text("trained in").wait_for(timeout=300_000)
+    wait_idle(page)
+    shot(page, "03-train")
+
+    open_page(page, url, "upload")
+    started = time.perf_counter()
+    page.locator("input[type=file]").set_input_files([str(p) for p in new_photos(tmp_path)])
+    page.get_by_text("new-lemon.jpg").first.wait_for()
+    page.get_by_role("button", name="Import and predict").click()
+    page.get_by_text("4 new products").wait_for(timeout=300_000)
+    wait_idle(page)
+    print(f"upload of 4 photos to predictions shown: {time.perf_counter() - started:.1f} s")
+    assert page.get_by_text("%").count() >= 4, "each new product shows a confidence"
+    shot(page, "04-upload-results")
+
+    open_page(page, url, "review")
+    first_pick = page.locator("[class*='st-key-pick-']").first
+    first_pick.wait_for()
+    key = first_pick.get_attribute("class").split("st-key-pick-", 1)[1].split()[0]
+    product_id, label = key.split("-", 1)
+    first_pick.locator("button").click()
+    wait_idle(page)
+    shot(page, "05-review")
+    from core.catalog import Catalog
+    event = Catalog(workspace).label_history(int(product_id))[0]
+    assert event.label == label and event.source == "human"
+
+    open_page(page, url, "train")
+    page.get_by_role("button", name="Retrain now").click()
+    page.get_by_text("Model v2 trained").wait_for(timeout=300_000)
+    wait_idle(page)
+    shot(page, "06-train-v2")
+
+    open_page(page, url, "explore")
+    page.locator(".js-plotly-plot").first.wait_for(timeout=180_000)
+    wait_idle(page)
+    shot(page, "07-explore")
+    assert page.locator(".js-plotly-plot").count() >= 1
