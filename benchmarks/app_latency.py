@@ -96,7 +96,7 @@ def main() -> None:
             page.goto(f"{url}/upload")
             wait_idle(page)  # includes loading the backbone once per server
             page.locator("input[type=file]").set_input_files([str(p) for p in photos])
-            page.get_by_text(photos[0].name).first.wait_for()
+            page.wait_for_timeout(3000)  # let the browser finish sending the files
             clicked = time.perf_counter()
             page.get_by_role("button", name="Import and predict").click()
             page.get_by_text(f"{len(photos)} new products").wait_for(timeout=600_000)

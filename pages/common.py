@@ -14,6 +14,26 @@ from core.embeddings import Embedder
 from core.thumbnails import thumbnail
 
 
+def _use_the_router() -> None:
+    """Make a deep link (``/review``) on a fresh server go through app.py's router.
+
+    With a ``pages/`` folder beside app.py, Streamlit runs a requested page on its
+    own (its legacy multipage mode) until some session has run ``st.navigation``;
+    the page would then lack the sidebar and the router's set-up. Leaving that
+    mode and rerunning sends this and every later run through app.py.
+    """
+    try:
+        from streamlit.runtime.pages_manager import PagesManager
+    except ImportError:  # a Streamlit without the legacy mode
+        return
+    if PagesManager.uses_pages_directory:
+        PagesManager.uses_pages_directory = False
+        st.rerun()
+
+
+_use_the_router()
+
+
 @st.cache_resource(show_spinner=False)
 def _catalog(workspace: str) -> Catalog:
     return Catalog(workspace)

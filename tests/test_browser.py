@@ -102,6 +102,11 @@ def new_photos(tmp_path, count=4):
 
 def test_whole_flow_in_the_browser(server, page, tmp_path):
     url, workspace = server
+    # A deep link is the first request the fresh server sees: it must still get the app's router.
+    open_page(page, url, "review")
+    page.get_by_text("No products yet").wait_for()
+    page.get_by_label("Your name").first.wait_for()
+    assert page.get_by_role("link", name="common").count() == 0, "pages/ must not be listed file by file"
     open_page(page, url, "")
     page.get_by_text("Your catalogue is empty").wait_for()
     shot(page, "01-home-empty")
