@@ -28,7 +28,11 @@ import numpy as np
 
 from core import config
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+# Statements that take a workspace from version N-1 to N; run in order, in one transaction.
+_MIGRATIONS = {
+    2: ["ALTER TABLE labels ADD COLUMN action TEXT"],  # undo groups label events by action
+}
 LABEL_SOURCES = ("human", "import", "model-accepted")
 DATABASE_NAME = "catalog.sqlite"
 
@@ -190,18 +194,36 @@ class Catalog:
             self._local.connection = None
 
     def _initialise(self) -> None:
+        connection = self.connection
+        version = self.schema_version()
+        if version is not None and version > SCHEMA_VERSION:
+            raise CatalogError(
+                f"workspace {self.workspace} was written by a newer ProductLens (schema "
+                f"{version}, this version knows {SCHEMA_VERSION}): upgrade ProductLens"
+            )
+        if version is not None and version < SCHEMA_VERSION:
+            # Keep the pre-migration database: an upgrade must never cost a label.
+            connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            backup = self.database_path.with_name(f"{DATABASE_NAME}.schema{version}.bak")
+            with sqlite3.connect(backup) as target:
+                connection.backup(target)
         with self.transaction() as connection:
+            if version is not None:
+                for target_version in range(version + 1, SCHEMA_VERSION + 1):
+                    for statement in _MIGRATIONS[target_version]:
+                        connection.execute(statement)
             for statement in _SCHEMA.split(";"):
                 if statement.strip():
                     connection.execute(statement)
-            row = connection.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
-            if row is None:
-                connection.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
-            elif int(row["value"]) > SCHEMA_VERSION:
-                raise CatalogError(
-                    f"workspace {self.workspace} was written by a newer ProductLens (schema "
-                    f"{row['value']}, this version knows {SCHEMA_VERSION}): upgrade ProductLens"
-                )
+            connection.execute("INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+
+    def schema_version(self) -> int | None:
+        """The workspace's schema version, None for a new workspace."""
+        connection = self.connection
+        if connection.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meta'").fetchone() is None:
+            return None
+        row = connection.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+        return None if row is None else int(row["value"])
 
     # -- products --------------------------------------------------------------
     def image_path(self, product: Product | int) -> Path:

@@ -1,4 +1,5 @@
 import sqlite3
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -106,3 +107,22 @@ def test_status_counts(workspace):
     status = catalog.status()
     assert (status["products"], status["labelled"], status["unlabelled"], status["categories"]) == (3, 2, 1, 2)
     assert status["active_model"] is None
+
+
+def test_a_schema_1_workspace_is_migrated_without_losing_labels(workspace):
+    workspace.mkdir(parents=True)
+    fixture = (Path(__file__).parent / "fixtures" / "schema_v1.sql").read_text()
+    with sqlite3.connect(workspace / "catalog.sqlite") as connection:
+        connection.executescript(fixture)
+    catalog = Catalog(workspace)
+    assert catalog.schema_version() == SCHEMA_VERSION == 2
+    assert catalog.current_labels() == {1: "Lime", 2: "Milk"}
+    assert [e.label for e in catalog.label_history(1)] == ["Lime", "Lemon"]
+    catalog.set_labels([(2, "Oat-Milk")], author="cy")  # the new column is usable
+    assert catalog.label_history(2)[0].action is not None
+    backup = workspace / "catalog.sqlite.schema1.bak"
+    with sqlite3.connect(backup) as connection:
+        assert connection.execute("SELECT value FROM meta").fetchone()[0] == "1"
+        assert connection.execute("SELECT COUNT(*) FROM labels").fetchone()[0] == 3
+    catalog.close()
+    assert Catalog(workspace).schema_version() == 2  # reopening is a no-op
