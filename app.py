@@ -52,6 +52,7 @@ pages = [
     st.Page("pages/review.py", title="Review", icon=":material/fact_check:"),
     st.Page("pages/train.py", title="Train", icon=":material/model_training:"),
     st.Page("pages/explore.py", title="Explore", icon=":material/scatter_plot:"),
+    st.Page("pages/activity.py", title="Activity", icon=":material/history:"),
 ]
 navigation = st.navigation(pages)
 sidebar()

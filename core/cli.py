@@ -179,6 +179,35 @@ def command_versions(args) -> int:
     return 0
 
 
+def command_history(args) -> int:
+    from core.history import history_rows
+
+    rows = history_rows(_catalog(args, create=False), args.product, args.limit)
+    if args.json:
+        print(json.dumps(rows))
+    else:
+        for row in rows:
+            print(f"{row['when'][:19].replace('T', ' ')}  {row['who'] or '-':<12} {row['source']:<15} "
+                  f"#{row['product_id']} {row['filename']}: {row['from'] or '(none)'} -> {row['to'] or '(none)'}")
+    return 0
+
+
+def command_backup(args) -> int:
+    from core.backup import backup
+
+    path = backup(_catalog(args, create=False), args.archive)
+    print(json.dumps({"archive": str(path), "bytes": path.stat().st_size}))
+    return 0
+
+
+def command_restore(args) -> int:
+    from core.backup import restore
+
+    catalog = restore(args.archive, config.workspace_dir(args.workspace))
+    print(json.dumps(catalog.status()))
+    return 0
+
+
 def command_evaluate(args) -> int:
     from core.evaluate import evaluate
 
@@ -263,6 +292,20 @@ def build_parser() -> argparse.ArgumentParser:
     sub = commands.add_parser("versions", help="list model versions; --activate N rolls back or forward")
     sub.add_argument("--activate", type=int, default=None, metavar="N")
     sub.set_defaults(handler=command_versions)
+
+    sub = commands.add_parser("history", help="who changed which label, when, from what to what")
+    sub.add_argument("--product", type=int, help="only this product id")
+    sub.add_argument("--limit", type=int, default=100, help="most recent N events (default 100)")
+    sub.add_argument("--json", action="store_true", help="one JSON list")
+    sub.set_defaults(handler=command_history)
+
+    sub = commands.add_parser("backup", help="write the whole workspace (catalogue, photos, models) to one zip")
+    sub.add_argument("archive", help="archive file to write, e.g. productlens-backup.zip")
+    sub.set_defaults(handler=command_backup)
+
+    sub = commands.add_parser("restore", help="unpack a backup into a new, empty workspace (--workspace)")
+    sub.add_argument("archive", help="archive written by `backup`")
+    sub.set_defaults(handler=command_restore)
 
     sub = commands.add_parser("evaluate", help="import, embed, train on --train and measure on --test "
                               "in a throw-away workspace")

@@ -16,7 +16,7 @@ from core.head import HeadClassifier
 from core.prediction import predict_catalog
 from core.training import train_version
 
-PAGES = ["pages/upload.py", "pages/review.py", "pages/train.py", "pages/explore.py"]
+PAGES = ["pages/upload.py", "pages/review.py", "pages/train.py", "pages/explore.py", "pages/activity.py"]
 
 
 def app(workspace, monkeypatch) -> AppTest:
@@ -117,3 +117,12 @@ def test_explore_page_draws_the_map(populated, monkeypatch):
     at.switch_page("pages/explore.py").run()
     assert not at.exception, at.exception
     assert any("Draw a box" in c.value for c in at.caption)
+
+
+def test_activity_page_lists_label_changes(populated, monkeypatch):
+    Catalog(populated).set_labels([(1, "Checked-By-Dee")], author="dee")
+    at = app(populated, monkeypatch)
+    at.switch_page("pages/activity.py").run()
+    assert not at.exception, at.exception
+    table = at.dataframe[0].value
+    assert table.iloc[0]["who"] == "dee" and table.iloc[0]["to"] == "Checked-By-Dee"
