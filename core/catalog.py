@@ -132,6 +132,30 @@ class LabelEvent:
     action: str | None = None
 
 
+class _Any:
+    def __repr__(self):
+        return "ANY"
+
+
+ANY = _Any()  # "no optimistic check" marker for Catalog.change_labels
+
+
+@dataclass(frozen=True)
+class LabelConflict:
+    """A change not applied because someone else changed the label first."""
+
+    product_id: int
+    seen_label: str | None
+    current_label: str | None
+    wanted_label: str | None
+    changed_by: str | None
+
+    def message(self) -> str:
+        who = self.changed_by or "someone else"
+        return (f"product {self.product_id}: {who} changed it to {self.current_label or '(none)'} after you saw "
+                f"{self.seen_label or '(none)'}; your change to {self.wanted_label or '(none)'} was not applied")
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write via a temporary file and rename, so readers never see half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -305,18 +329,37 @@ class Catalog:
         imports so a re-import never overrides a person's correction). All events
         of one call share an ``action`` id, which is what undo reverts.
         """
-        action = action or uuid.uuid4().hex
+        return self.change_labels(((pid, label, ANY) for pid, label in assignments), source, author,
+                                  only_if_unlabelled=only_if_unlabelled, action=action)[0]
+
+    def change_labels(self, changes: Iterable[tuple[int, str | None, object]], source: str = "human",
+                      author: str | None = None, only_if_unlabelled: bool = False, action: str | None = None
+                      ) -> tuple[int, list["LabelConflict"]]:
+        """Like :meth:`set_labels` with an optimistic check per product.
+
+        ``changes`` are ``(product_id, new_label, seen_label)``; ``seen_label`` is
+        what the person was looking at (:data:`ANY` to skip the check). If the
+        product's label changed since, nobody's work is overwritten: the change
+        is skipped and returned as a :class:`LabelConflict`. The check and the
+        write happen in one ``BEGIN IMMEDIATE`` transaction, so two people can
+        never both win.
+        """
         if source not in LABEL_SOURCES:
             raise ValueError(f"label source must be one of {LABEL_SOURCES}, got {source!r}")
-        changed = 0
+        action = action or uuid.uuid4().hex
+        changed, conflicts = 0, []
         now = utc_now()
         with self.transaction() as connection:
-            for product_id, label in assignments:
+            for product_id, label, seen in changes:
                 label = _clean_label(label)
                 row = connection.execute(
-                    "SELECT label FROM labels WHERE product_id = ? ORDER BY id DESC LIMIT 1", (int(product_id),)
-                ).fetchone()
+                    "SELECT label, author, created_at FROM labels WHERE product_id = ? ORDER BY id DESC LIMIT 1",
+                    (int(product_id),)).fetchone()
                 previous = None if row is None else row["label"]
+                if seen is not ANY and _clean_label(seen) != previous:
+                    conflicts.append(LabelConflict(int(product_id), seen, previous, label,
+                                                   row["author"] if row else None))
+                    continue
                 if previous == label or (only_if_unlabelled and previous is not None):
                     continue
                 connection.execute(
@@ -325,7 +368,7 @@ class Catalog:
                     (int(product_id), label, previous, source, author, now, action),
                 )
                 changed += 1
-        return changed
+        return changed, conflicts
 
     def label_history(self, product_id: int | None = None, limit: int | None = None) -> list[LabelEvent]:
         query = "SELECT * FROM labels"

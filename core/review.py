@@ -11,11 +11,11 @@ overwritten and every change can be traced and undone.
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import pandas as pd
 
-from core.catalog import Catalog
+from core.catalog import ANY, Catalog, LabelConflict
 
 ORDERS = ("least confident", "newest", "category")
 COLUMNS = ["product_id", "filename", "added_at", "label", "label_source", "predicted_label", "confidence",
@@ -72,9 +72,17 @@ def select(table: pd.DataFrame, order: str = "least confident", predicted: Seque
     return selected.reset_index(drop=True)
 
 
-def relabel(catalog: Catalog, product_ids: Sequence[int], label: str | None, author: str | None = None) -> int:
-    """Give ``product_ids`` the category ``label`` (a person's decision)."""
-    return catalog.set_labels([(int(pid), label) for pid in product_ids], source="human", author=author)
+def relabel(catalog: Catalog, product_ids: Sequence[int], label: str | None, author: str | None = None,
+            seen: Mapping[int, str | None] | None = None) -> tuple[int, list[LabelConflict]]:
+    """Give ``product_ids`` the category ``label`` (a person's decision).
+
+    ``seen`` maps product ids to the label the person saw; a product whose label
+    changed since is not touched and comes back as a conflict. Returns
+    ``(changed, conflicts)``.
+    """
+    seen = seen or {}
+    return catalog.change_labels([(int(pid), label, seen.get(int(pid), ANY)) for pid in product_ids],
+                                 source="human", author=author)
 
 
 def accept_predictions(catalog: Catalog, threshold: float, author: str | None = None,

@@ -45,8 +45,12 @@ st.subheader(f"{len(chosen)} selected products")
 with st.form("bulk_relabel"):
     target = st.selectbox("Relabel all selected as", catalog().categories(), accept_new_options=True)
     if st.form_submit_button("Relabel", type="primary") and target:
-        changed = review.relabel(catalog(), chosen, target, author())
+        shown = table.set_index("product_id")["label"]
+        seen = {pid: None if shown[pid] == "(unlabelled)" else shown[pid] for pid in chosen}
+        changed, conflicts = review.relabel(catalog(), chosen, target, author(), seen=seen)
         st.success(f"Labelled {changed} products as {target}.")
+        for conflict in conflicts:
+            st.warning(f"Not applied, someone was quicker: {conflict.message()}")
 gallery = st.columns(8)
 selected_rows = table.set_index("product_id").loc[chosen]
 for index, (product_id, row) in enumerate(selected_rows.head(64).iterrows()):

@@ -16,9 +16,10 @@ if table.empty:
 categories = catalog().categories()
 
 
-def set_label(product_ids, label):
-    changed = review.relabel(catalog(), product_ids, label, author())
+def set_label(product_ids, label, seen):
+    changed, conflicts = review.relabel(catalog(), product_ids, label, author(), seen=seen)
     st.session_state["notice"] = f"Labelled {changed} product(s) as {label}."
+    st.session_state["conflicts"] = [conflict.message() for conflict in conflicts]
 
 
 with st.expander("Filters and order", expanded=False):
@@ -42,6 +43,8 @@ if top[3].button("Undo last action", icon=":material/undo:"):
     st.rerun()
 if notice := st.session_state.pop("notice", None):
     st.toast(notice)
+for conflict in st.session_state.pop("conflicts", []):
+    st.warning(f"Not applied, someone was quicker: {conflict}. The page now shows the current label.")
 
 visible = selected.iloc[(page - 1) * PAGE_SIZE: page * PAGE_SIZE]
 grid = st.columns(COLUMNS)
@@ -57,14 +60,15 @@ for index, row in enumerate(visible.itertuples()):
         st.markdown(f"Label: **{current}**" if current else "Label: _none_")
         for label, probability in list(zip(row.top_labels, row.top_probabilities))[:3]:
             st.button(f"{label} · {probability:.0%}", key=f"pick-{row.product_id}-{label}",
-                      on_click=set_label, args=([row.product_id], label), width="stretch",
+                      on_click=set_label, args=([row.product_id], label, {row.product_id: current}),
+                      width="stretch",
                       type="primary" if label == current else "secondary")
         choice = st.selectbox("Any category", [""] + categories, key=f"any-{row.product_id}",
                               accept_new_options=True, label_visibility="collapsed",
                               placeholder="Other category…")
         if choice and choice != current:
             st.button(f"Set “{choice}”", key=f"set-{row.product_id}", on_click=set_label,
-                      args=([row.product_id], choice))
+                      args=([row.product_id], choice, {row.product_id: current}))
         st.checkbox("Select", key=f"select-{row.product_id}")
 
 st.divider()
@@ -81,7 +85,8 @@ with bulk[1].form("relabel"):
     target = st.selectbox("Relabel selected cards as", categories, accept_new_options=True)
     if st.form_submit_button(f"Relabel {len(ticked)} selected"):
         if ticked and target:
-            set_label(ticked, target)
+            shown = visible.set_index("product_id")["label"]
+            set_label(ticked, target, {pid: shown[pid] if isinstance(shown[pid], str) else None for pid in ticked})
             st.rerun()
 with bulk[2]:
     st.write("Unlabelled cards on this page take their predicted category.")

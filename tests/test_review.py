@@ -51,7 +51,7 @@ def test_accept_only_touches_unlabelled_products_above_threshold(catalog):
 
 def test_relabel_rename_merge_and_undo(catalog):
     ids = catalog.product_ids()
-    assert review.relabel(catalog, ids[:2], "Lime", author="ana") == 2
+    assert review.relabel(catalog, ids[:2], "Lime", author="ana") == (2, [])
     assert review.rename_category(catalog, "Lemon", "Citrus") == 6
     assert review.rename_category(catalog, "Lime", "Citrus") == 2  # merge
     assert set(catalog.current_labels().values()) == {"Citrus"}
@@ -64,3 +64,14 @@ def test_relabel_rename_merge_and_undo(catalog):
     assert len(catalog.label_history(ids[0])) == 5, "history keeps every step"
     with pytest.raises(ValueError):
         review.rename_category(catalog, "Nope", "X")
+
+
+def test_a_correction_against_a_stale_view_is_reported_not_applied(catalog):
+    product = catalog.product_ids()[0]
+    seen = catalog.current_label(product)  # both people loaded the page showing "Lemon"
+    assert review.relabel(catalog, [product], "Lime", "ana", seen={product: seen}) == (1, [])
+    changed, conflicts = review.relabel(catalog, [product], "Orange", "bo", seen={product: seen})
+    assert changed == 0 and len(conflicts) == 1
+    assert (conflicts[0].current_label, conflicts[0].changed_by, conflicts[0].wanted_label) == ("Lime", "ana", "Orange")
+    assert "ana changed it to Lime" in conflicts[0].message()
+    assert catalog.current_label(product) == "Lime"
