@@ -181,6 +181,7 @@ class Catalog:
             (self.workspace / sub).mkdir(parents=True, exist_ok=True)
         self._local = threading.local()
         self._initialise()
+        self.discard_partial_files()
 
     # -- connection handling -------------------------------------------------
     @property
@@ -248,6 +249,29 @@ class Catalog:
             return None
         row = connection.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
         return None if row is None else int(row["value"])
+
+    def discard_partial_files(self, max_age_seconds: float = 600.0) -> int:
+        """Delete temporary files left by a process killed mid-write; return how many.
+
+        Every file is written to a ``.tmp`` name and renamed, so a leftover
+        temporary file is never referenced. Young ones may belong to a writer that
+        is still running and are kept.
+        """
+        import time
+
+        removed = 0
+        for folder in ("images", "models", "exports", "cache", "thumbnails"):
+            for path in (self.workspace / folder).rglob("*.tmp*"):
+                try:
+                    if time.time() - path.stat().st_mtime >= max_age_seconds:
+                        path.unlink()
+                        removed += 1
+                except FileNotFoundError:
+                    pass
+        return removed
+
+    def integrity_ok(self) -> bool:
+        return self.connection.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
 
     # -- products --------------------------------------------------------------
     def image_path(self, product: Product | int) -> Path:
