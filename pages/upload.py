@@ -2,13 +2,14 @@
 
 import streamlit as st
 
-from core.config import max_file_bytes
+from core.config import max_file_bytes, max_pixels, max_zip_bytes
 from core.pipeline import import_and_predict
 from pages.common import catalog, embedder, progress_bar, thumbnail_path
 
 st.title("Upload products")
 st.caption(f"JPEG, PNG, WebP, BMP, GIF, TIFF or zip archives (folders inside name the category). "
-           f"Each photo up to {max_file_bytes() // 2**20} MB.")
+           f"Limits: {max_file_bytes() // 2**20} MB and {max_pixels() // 1_000_000} megapixels per photo, "
+           f"{max_zip_bytes() // 2**20} MB unpacked per archive; a file over a limit is listed with the reason.")
 
 with st.form("upload", clear_on_submit=True):
     files = st.file_uploader("Photos or zip archives", accept_multiple_files=True,

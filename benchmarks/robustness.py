@@ -1,0 +1,49 @@
+"""Feed ProductLens every hostile input kind and print what happened to each.
+
+    python benchmarks/robustness.py
+
+Prints a Markdown table (input kind -> outcome, reason) and the peak memory of the
+import, then one JSON object on the last line.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import sys
+import tempfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(REPO), str(REPO / "tests")]
+
+from core import ingest  # noqa: E402
+from core.catalog import Catalog  # noqa: E402
+from hostile_files import make_corpus  # noqa: E402
+
+
+def main() -> None:
+    with tempfile.TemporaryDirectory() as scratch:
+        cases = make_corpus(Path(scratch) / "inbox")
+        catalog = Catalog(Path(scratch) / "workspace")
+        rows = []
+        for case, (path, expected) in cases.items():
+            report = ingest.import_paths(catalog, [path])
+            outcome = ("imported" if report.product_ids else "rejected" if report.rejected else "skipped")
+            details = "; ".join([f"{r.name.rsplit('/', 1)[-1][:40]}: {r.reason}" for r in report.rejected]
+                                + [f"{s.name.rsplit(':', 1)[-1]}: skipped" for s in report.skipped])
+            if report.product_ids:
+                details = f"{len(report.product_ids)} product(s)" + (f"; {details}" if details else "")
+            rows.append({"input": case, "expected": expected, "outcome": outcome, "details": details})
+        outside = list(Path(scratch).glob("escaped*")) + list(Path(scratch).parent.glob("escaped*"))
+    print("| input | outcome | details |\n|---|---|---|")
+    for row in rows:
+        print(f"| {row['input']} | {row['outcome']} | {row['details']} |")
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    ok = all(row["outcome"] == row["expected"] for row in rows) and not outside
+    print(f"\npeak memory {peak:.0f} MB; files written outside the workspace: {len(outside)}")
+    print(json.dumps({"cases": len(rows), "as_expected": ok, "peak_memory_mb": round(peak)}))
+
+
+if __name__ == "__main__":
+    main()
