@@ -9,7 +9,6 @@ import, then one JSON object on the last line.
 from __future__ import annotations
 
 import json
-import resource
 import sys
 import tempfile
 from pathlib import Path
@@ -18,6 +17,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "tests")]
 
 from core import ingest  # noqa: E402
+from core._internal.memory import peak_rss_mb  # noqa: E402
 from core.catalog import Catalog  # noqa: E402
 from hostile_files import make_corpus  # noqa: E402
 
@@ -39,7 +39,7 @@ def main() -> None:
     print("| input | outcome | details |\n|---|---|---|")
     for row in rows:
         print(f"| {row['input']} | {row['outcome']} | {row['details']} |")
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak = peak_rss_mb()
     ok = all(row["outcome"] == row["expected"] for row in rows) and not outside
     print(f"\npeak memory {peak:.0f} MB; files written outside the workspace: {len(outside)}")
     print(json.dumps({"cases": len(rows), "as_expected": ok, "peak_memory_mb": round(peak)}))

@@ -9,7 +9,6 @@ sizes, timings and peak memory. Nothing touches the user's workspace.
 from __future__ import annotations
 
 import csv
-import resource
 import tempfile
 import time
 from pathlib import Path
@@ -18,16 +17,13 @@ from typing import Callable
 import numpy as np
 
 from core import ingest
+from core._internal.memory import peak_rss_mb
 from core.catalog import Catalog
 from core.embeddings import Embedder, embed_catalog
 from core.head import HeadClassifier
 from core.training import DEFAULT_AUGMENTED_VIEWS, labelled_embeddings, train_version
 
 ProgressCallback = Callable[[str, int, int], None]
-
-
-def _peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
 def evaluate(train_dir: str | Path, test_dir: str | Path, embedder: Embedder | None = None,
@@ -86,5 +82,5 @@ def evaluate(train_dir: str | Path, test_dir: str | Path, embedder: Embedder | N
             "train_seconds": round(train_seconds, 2),
             "images_per_second": round(embed_report.images_per_second, 2),
             "rejected": len(train_report.rejected) + len(test_report.rejected),
-            "peak_memory_mb": round(_peak_rss_mb(), 1),
+            "peak_memory_mb": round(peak_rss_mb(), 1),
         }

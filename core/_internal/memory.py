@@ -1,0 +1,21 @@
+"""Peak resident memory of this process, for benchmarks and memory tests."""
+
+from __future__ import annotations
+
+import resource
+
+
+def peak_rss_mb() -> float:
+    """High-water mark of resident memory in MB.
+
+    Linux's ``ru_maxrss`` survives ``exec`` and so includes the parent's memory
+    at fork time; ``VmHWM`` belongs to this program alone, so it is preferred.
+    """
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
