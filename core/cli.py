@@ -217,7 +217,7 @@ def command_evaluate(args) -> int:
         if args.quiet:
             return
         if stage not in bars:
-            for update, close in bars.values():
+            for _update, close in bars.values():
                 close()
             bars.clear()
             bars[stage] = _progress_bar(stage)
@@ -225,7 +225,7 @@ def command_evaluate(args) -> int:
 
     result = evaluate(args.train, args.test, embedder=_embedder(args), head=_head(args),
                       predictions_csv=args.predictions_csv, progress=progress, augmented_views=args.views)
-    for update, close in bars.values():
+    for _update, close in bars.values():
         close()
     print(json.dumps(result))
     return 0

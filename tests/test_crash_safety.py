@@ -17,7 +17,7 @@ from PIL import Image
 from conftest import REPO, demo_photos
 from core import ingest
 from core.catalog import Catalog
-from core.embeddings import Embedder, embed_catalog
+from core.embeddings import embed_catalog
 from core.training import load_version
 
 
