@@ -192,6 +192,56 @@ def command_history(args) -> int:
     return 0
 
 
+def _embedding_key(catalog, args) -> str:
+    version = catalog.active_model_version()
+    return version["backbone"] if version else _embedder(args).key
+
+
+def command_similar(args) -> int:
+    from core.similarity import catalog_index
+
+    catalog = _catalog(args, create=False)
+    key = _embedding_key(catalog, args)
+    index = catalog_index(catalog, key)
+    if args.query.isdigit():
+        ids, vectors = catalog.embeddings(key, [int(args.query)])
+        if len(ids) == 0:
+            raise UserError(f"product {args.query} has no embedding: run `embed` first")
+        query = vectors[0]
+    else:
+        if not Path(args.query).is_file():
+            raise UserError(f"{args.query} is neither a product id nor a file")
+        vectors, failures = _embedder(args).embed_sources([Path(args.query)])
+        if failures:
+            raise UserError(f"{args.query}: {failures[0][1]}")
+        query = vectors[0]
+    ids, scores = index.query(query, k=args.k)
+    names = {p.id: p.filename for p in catalog.products(ids[0].tolist())}
+    labels = catalog.current_labels()
+    rows = [{"product_id": int(pid), "filename": names[int(pid)], "label": labels.get(int(pid)),
+             "similarity": round(float(score), 4)} for pid, score in zip(ids[0], scores[0])]
+    if not args.json:
+        for row in rows:
+            print(f"{row['similarity']:.3f}  #{row['product_id']} {row['filename']} ({row['label'] or 'unlabelled'})")
+    print(json.dumps(rows))
+    return 0
+
+
+def command_duplicates(args) -> int:
+    from core.similarity import near_duplicate_groups
+
+    catalog = _catalog(args, create=False)
+    ids, vectors = catalog.embeddings(_embedding_key(catalog, args))
+    groups = near_duplicate_groups(ids, vectors, threshold=args.threshold)
+    names = {p.id: p.filename for p in catalog.products(sorted({pid for group in groups for pid in group}))}
+    rows = [[{"product_id": pid, "filename": names[pid]} for pid in group] for group in groups]
+    if not args.json:
+        for number, group in enumerate(rows, start=1):
+            print(f"group {number}: " + ", ".join(f"#{p['product_id']} {p['filename']}" for p in group))
+    print(json.dumps(rows))
+    return 0
+
+
 def command_backup(args) -> int:
     from core.backup import backup
 
@@ -298,6 +348,23 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--limit", type=int, default=100, help="most recent N events (default 100)")
     sub.add_argument("--json", action="store_true", help="one JSON list")
     sub.set_defaults(handler=command_history)
+
+    sub = commands.add_parser("similar", help="the most similar products to a product id or a photo file")
+    sub.add_argument("query", metavar="PATH_OR_PRODUCT", help="a product id or an image file")
+    sub.add_argument("--k", type=int, default=10, help="how many neighbours (default 10)")
+    sub.add_argument("--json", action="store_true", help="only the JSON list")
+    sub.add_argument("--backbone", default=config.DEFAULT_BACKBONE, choices=sorted(BACKBONES))
+    sub.add_argument("--weights", default="imagenet")
+    sub.add_argument("--image-size", type=int, default=None)
+    sub.set_defaults(handler=command_similar)
+
+    sub = commands.add_parser("duplicates", help="groups of near-identical products (cosine similarity of features)")
+    sub.add_argument("--threshold", type=float, default=0.95, help="similarity that counts as a duplicate (0-1)")
+    sub.add_argument("--json", action="store_true", help="only the JSON list")
+    sub.add_argument("--backbone", default=config.DEFAULT_BACKBONE, choices=sorted(BACKBONES))
+    sub.add_argument("--weights", default="imagenet")
+    sub.add_argument("--image-size", type=int, default=None)
+    sub.set_defaults(handler=command_duplicates)
 
     sub = commands.add_parser("backup", help="write the whole workspace (catalogue, photos, models) to one zip")
     sub.add_argument("archive", help="archive file to write, e.g. productlens-backup.zip")
