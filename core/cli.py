@@ -242,6 +242,25 @@ def command_duplicates(args) -> int:
     return 0
 
 
+def command_coldstart(args) -> int:
+    from core.coldstart import cold_start
+    from core.embeddings import embed_catalog
+    from core.prediction import predict_catalog
+
+    catalog = _catalog(args, create=False)
+    embedder = _embedder(args)
+    update, close = _progress_bar("embed", not args.quiet)
+    embed_catalog(catalog, embedder, progress=update)
+    close()
+    version, rejected = cold_start(catalog, embedder, args.references)
+    for item in rejected:
+        print(f"rejected: {item.name}: {item.reason}")
+    predicted = predict_catalog(catalog, version)
+    print(json.dumps({"model_version": version["id"], "categories": len(version["classes"]),
+                      "predicted": predicted["predicted"]}))
+    return 0
+
+
 def command_backup(args) -> int:
     from core.backup import backup
 
@@ -365,6 +384,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--weights", default="imagenet")
     sub.add_argument("--image-size", type=int, default=None)
     sub.set_defaults(handler=command_duplicates)
+
+    sub = commands.add_parser("coldstart", help="predict before any labels, from reference photos per category")
+    sub.add_argument("--references", required=True, help="folder of category folders with 1+ reference photos each")
+    add_model_options(sub)
+    sub.set_defaults(handler=command_coldstart)
 
     sub = commands.add_parser("backup", help="write the whole workspace (catalogue, photos, models) to one zip")
     sub.add_argument("archive", help="archive file to write, e.g. productlens-backup.zip")

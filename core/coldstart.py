@@ -1,0 +1,97 @@
+"""Predictions before anyone has labelled: nearest reference photo (prototype) per category.
+
+Give one or a few reference photos per category (a folder of category folders,
+e.g. the catalogue packshots). Each category's *prototype* is the mean of its
+references' L2-normalised features; a product is scored by cosine similarity to
+every prototype, and a softmax with temperature ``T`` turns the scores into
+probabilities. The result is an ordinary Keras head (``UnitNormalization`` then
+a bias-free ``Dense`` whose weights are the prototypes), stored as a model
+version, so everything that works with a trained head (Review, predictions,
+export) works with it too.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+
+from core import ingest
+from core.catalog import Catalog
+from core.embeddings import Embedder
+from core.head import HeadClassifier
+from core.training import EmbedderSettings, TrainingError
+
+DEFAULT_TEMPERATURE = 20.0
+
+
+def reference_prototypes(embedder: Embedder, reference_dir: str | Path, augmented_views: int = 2, seed: int = 0
+                         ) -> tuple[list[str], np.ndarray, list[ingest.Rejected]]:
+    """``(categories, prototypes (n_categories, dim), rejected)`` from a folder of category folders.
+
+    Besides each reference (flip-averaged), ``augmented_views`` random crops of it
+    are averaged into the prototype: one packshot then stands for the product
+    framed the ways shelf photos frame it.
+    """
+    items = [item for item in ingest.collect_items([reference_dir]) if not item.skip_reason]
+    rejected, sources, labels = [], [], []
+    for item in items:
+        if not item.label:
+            rejected.append(ingest.Rejected(item.name, "reference photos must be inside a category folder"))
+            continue
+        try:
+            sources.append(item.read())
+            labels.append(item.label)
+        except Exception as error:  # unreadable reference: report and go on
+            rejected.append(ingest.Rejected(item.name, str(error)))
+    if not sources:
+        raise TrainingError(f"no usable reference photos in {reference_dir} (expected one folder per category)")
+    vectors, failures = embedder.embed_sources(sources)
+    views = [embedder.embed_sources([(source, seed + 7919 * view + index) for index, source in enumerate(sources)],
+                                    loader=embedder.load_view_pixels, flip_tta=False)[0]
+             for view in range(augmented_views)]
+    for index, reason in failures:
+        rejected.append(ingest.Rejected(f"reference {index}", reason))
+    normalise = lambda v: v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)  # noqa: E731
+    per_photo = normalise(sum([normalise(vectors)] + [normalise(view) for view in views]))
+    categories = sorted({label for index, label in enumerate(labels) if np.isfinite(per_photo[index]).all()})
+    prototypes = np.stack([normalise(per_photo[[i for i, label in enumerate(labels)
+                                                if label == category and np.isfinite(per_photo[i]).all()]]).mean(0)
+                           for category in categories])
+    return categories, normalise(prototypes).astype(np.float32), rejected
+
+
+def prototype_head(categories: list[str], prototypes: np.ndarray,
+                   temperature: float = DEFAULT_TEMPERATURE) -> HeadClassifier:
+    import keras
+    from keras import layers
+
+    inputs = keras.Input(shape=(prototypes.shape[1],), name="embedding")
+    x = layers.UnitNormalization(name="l2_normalize")(inputs)
+    outputs = layers.Dense(len(categories), use_bias=False, activation="softmax", name="predictions")(x)
+    model = keras.Model(inputs, outputs, name="productlens_prototypes")
+    model.get_layer("predictions").set_weights([(prototypes.T * temperature).astype(np.float32)])
+    head = HeadClassifier()
+    head.model_ = model
+    head.classes_ = np.array(categories, dtype=object)
+    head.metrics_ = {"accuracy": None, "n": 0, "per_class": {}, "confusion_matrix": [], "classes": categories}
+    return head
+
+
+def cold_start(catalog: Catalog, embedder: Embedder, reference_dir: str | Path,
+               temperature: float = DEFAULT_TEMPERATURE, activate: bool = True) -> tuple[dict, list]:
+    """Build the prototype classifier from ``reference_dir`` and store it as a model version."""
+    categories, prototypes, rejected = reference_prototypes(embedder, reference_dir)
+    if len(categories) < 2:
+        raise TrainingError("cold start needs reference photos for at least 2 categories")
+    head = prototype_head(categories, prototypes, temperature)
+    relative = f"models/prototypes-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}.keras"
+    head.save(catalog.workspace / relative)
+    params = {"kind": "prototypes", "embedder": asdict(EmbedderSettings.of(embedder)),
+              "temperature": temperature, "references": str(reference_dir)}
+    metrics = dict(head.metrics_, n_train=int(len(categories)), train_seconds=0.0, best_epoch=0)
+    version_id = catalog.add_model_version(embedder.key, categories, metrics, params, relative, activate=activate)
+    return catalog.model_version(version_id), rejected

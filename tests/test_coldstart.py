@@ -1,0 +1,60 @@
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO, demo_photos
+from core import ingest
+from core.catalog import Catalog
+from core.coldstart import cold_start
+from core.embeddings import embed_catalog
+from core.prediction import predict_catalog
+from core.training import TrainingError, load_version
+
+
+@pytest.fixture(scope="module")
+def references(tmp_path_factory, demo_dir):
+    """One reference photo per demo category (its first photo); the other 7 are the catalogue."""
+    root = tmp_path_factory.mktemp("refs")
+    for category in sorted(p.name for p in demo_dir.iterdir() if p.is_dir()):
+        (root / category).mkdir()
+        shutil.copy(demo_photos(category)[0], root / category / "reference.jpg")
+    return root
+
+
+def test_prototypes_predict_unlabelled_products(tmp_path, references, embedder, demo_dir):
+    catalog = Catalog(tmp_path / "ws")
+    truth = {}
+    for category in sorted(p.name for p in demo_dir.iterdir() if p.is_dir()):
+        report = ingest.import_paths(catalog, demo_photos(category)[1:])  # single files: unlabelled
+        truth.update({pid: category for pid in report.product_ids})
+    embed_catalog(catalog, embedder)
+    version, rejected = cold_start(catalog, embedder, references)
+    assert not rejected and len(version["classes"]) == 10 and version["params"]["kind"] == "prototypes"
+    assert catalog.current_labels() == {}, "cold start needs no labels"
+    predict_catalog(catalog, version)
+    predictions = catalog.predictions(version["id"])
+    correct = sum(predictions[pid]["label"] == label for pid, label in truth.items())
+    assert correct / len(truth) >= 0.8, f"{correct}/{len(truth)}"
+    assert load_version(catalog)[0]["id"] == version["id"]  # reloads like any head
+
+
+def test_cold_start_needs_two_categories(tmp_path, embedder, references):
+    single = tmp_path / "single"
+    shutil.copytree(references / "Lemon", single / "Lemon")
+    with pytest.raises(TrainingError, match="2 categories"):
+        cold_start(Catalog(tmp_path / "ws"), embedder, single)
+
+
+def test_coldstart_command(tmp_path, references, demo_dir):
+    workspace = tmp_path / "ws"
+    Catalog(workspace)
+    ingest.import_paths(Catalog(workspace), [demo_dir / "Lemon", demo_dir / "Banana"])
+    result = subprocess.run([sys.executable, "-m", "core", "--workspace", str(workspace), "coldstart",
+                             "--references", str(references), "--quiet"],
+                            capture_output=True, text=True, cwd=REPO, timeout=600)
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert summary["categories"] == 10 and summary["predicted"] == 16
