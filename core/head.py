@@ -202,11 +202,12 @@ class HeadClassifier:
 
 def _train(model, features, targets, train, validation, settings: HeadClassifier, progress,
            augmented_views=(), epochs=None) -> dict:
-    """Mini-batch Adam with one compiled graph per *epoch*.
+    """Mini-batch AdamW with one compiled graph per *epoch*.
 
-    ``model.fit`` costs milliseconds of Python per step, which dominates on a few
-    thousand embeddings; running the whole epoch inside one ``tf.function`` makes
-    retraining take seconds. Early stopping watches the validation loss.
+    Running the whole epoch inside one ``tf.function`` removes ``model.fit``'s
+    per-step Python and callback overhead (measured: grocery, 2,640 products with
+    2 views, 353 s with ``fit`` and an MLP head vs 22 s here with the linear head;
+    what remains is matrix arithmetic). Early stopping watches the validation loss.
     """
     import keras
     import tensorflow as tf
