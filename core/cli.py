@@ -309,12 +309,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--workspace", help="workspace folder (default: $PRODUCTLENS_WORKSPACE or ./workspace)")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    def add_model_options(sub, head=False):
+    def add_backbone_options(sub):
         sub.add_argument("--backbone", default=config.DEFAULT_BACKBONE, choices=sorted(BACKBONES),
                          help=f"feature extractor (default {config.DEFAULT_BACKBONE}, works offline)")
         sub.add_argument("--weights", default="imagenet",
                          help="'imagenet' (default) or a local Keras weights file for the backbone")
         sub.add_argument("--image-size", type=int, default=None, help="input resolution (default: backbone's)")
+
+    def add_model_options(sub, head=False):
+        add_backbone_options(sub)
         sub.add_argument("--quiet", action="store_true", help="no progress bars")
         if head:
             sub.add_argument("--hidden-units", type=int, default=0, help="hidden layer width, 0 = linear head")
@@ -349,9 +352,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--format", choices=["csv", "parquet"], help="labels format (default: both)")
     sub.add_argument("--embeddings-format", choices=["parquet", "npy"], default="parquet")
     sub.add_argument("--embedding", help="embedding key (default: the active model's)")
-    sub.add_argument("--backbone", default=config.DEFAULT_BACKBONE, choices=sorted(BACKBONES))
-    sub.add_argument("--weights", default="imagenet")
-    sub.add_argument("--image-size", type=int, default=None)
+    add_backbone_options(sub)
     sub.set_defaults(handler=command_export)
 
     sub = commands.add_parser("status", help="catalogue summary")
@@ -372,17 +373,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("query", metavar="PATH_OR_PRODUCT", help="a product id or an image file")
     sub.add_argument("--k", type=int, default=10, help="how many neighbours (default 10)")
     sub.add_argument("--json", action="store_true", help="only the JSON list")
-    sub.add_argument("--backbone", default=config.DEFAULT_BACKBONE, choices=sorted(BACKBONES))
-    sub.add_argument("--weights", default="imagenet")
-    sub.add_argument("--image-size", type=int, default=None)
+    add_backbone_options(sub)
     sub.set_defaults(handler=command_similar)
 
     sub = commands.add_parser("duplicates", help="groups of near-identical products (cosine similarity of features)")
     sub.add_argument("--threshold", type=float, default=0.95, help="similarity that counts as a duplicate (0-1)")
     sub.add_argument("--json", action="store_true", help="only the JSON list")
-    sub.add_argument("--backbone", default=config.DEFAULT_BACKBONE, choices=sorted(BACKBONES))
-    sub.add_argument("--weights", default="imagenet")
-    sub.add_argument("--image-size", type=int, default=None)
+    add_backbone_options(sub)
     sub.set_defaults(handler=command_duplicates)
 
     sub = commands.add_parser("coldstart", help="predict before any labels, from reference photos per category")
