@@ -333,10 +333,14 @@ class Catalog:
         return int(self.connection.execute("SELECT COUNT(*) FROM products").fetchone()[0])
 
     # -- labels ----------------------------------------------------------------
+    def current_labels_with_source(self) -> dict[int, tuple[str, str]]:
+        """``{product_id: (label, source)}`` for every labelled product."""
+        rows = self.connection.execute(_CURRENT_LABELS).fetchall()
+        return {int(row["product_id"]): (row["label"], row["source"]) for row in rows if row["label"] is not None}
+
     def current_labels(self) -> dict[int, str]:
         """``{product_id: label}`` for every product whose latest label is not cleared."""
-        rows = self.connection.execute(_CURRENT_LABELS).fetchall()
-        return {int(row["product_id"]): row["label"] for row in rows if row["label"] is not None}
+        return {pid: label for pid, (label, _source) in self.current_labels_with_source().items()}
 
     def current_label(self, product_id: int) -> str | None:
         row = self.connection.execute(
@@ -426,12 +430,18 @@ class Catalog:
 
     def embeddings(self, backbone: str, product_ids: Sequence[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Return ``(product_ids, vectors)`` (float32) of the products embedded with ``backbone``."""
-        rows = self.connection.execute(
-            "SELECT product_id, dim, vector FROM embeddings WHERE backbone = ? ORDER BY product_id", (backbone,)
-        ).fetchall()
-        if product_ids is not None:
-            wanted = {int(pid) for pid in product_ids}
-            rows = [row for row in rows if row["product_id"] in wanted]
+        query = "SELECT product_id, dim, vector FROM embeddings WHERE backbone = ?"
+        if product_ids is None:
+            rows = self.connection.execute(query + " ORDER BY product_id", (backbone,)).fetchall()
+        else:
+            # Ask SQLite for just these rows: an upload of 50 photos must not read a 100k catalogue.
+            ids = sorted({int(pid) for pid in product_ids})
+            rows = []
+            for start in range(0, len(ids), 500):
+                chunk = ids[start:start + 500]
+                rows += self.connection.execute(
+                    query + f" AND product_id IN ({','.join('?' * len(chunk))}) ORDER BY product_id",
+                    [backbone, *chunk]).fetchall()
         if not rows:
             return np.zeros(0, dtype=np.int64), np.zeros((0, 0), dtype=np.float32)
         ids = np.array([row["product_id"] for row in rows], dtype=np.int64)

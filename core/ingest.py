@@ -123,10 +123,10 @@ def _folder_items(root: Path, label: str | None) -> Iterator[_Item]:
             yield _Item(display_name(path), label or folder_label, _read_file(path))
 
 
-def _zip_items(path: Path, label: str | None) -> Iterator[_Item]:
-    archive_name = display_name(path)
+def _zip_items(source: Path | io.BytesIO, label: str | None, name: str | None = None) -> Iterator[_Item]:
+    archive_name = name or display_name(source)
     try:
-        archive = zipfile.ZipFile(path)
+        archive = zipfile.ZipFile(source)
         members = archive.infolist()
     except (zipfile.BadZipFile, OSError, ValueError) as error:
         yield _Item(archive_name, None, _fail(f"not a readable zip archive ({error})"))
@@ -236,12 +236,8 @@ def import_bytes(catalog: Catalog, name: str, data: bytes, label: str | None = N
                  report: ImportReport | None = None, source: str | None = None) -> ImportReport:
     """Import one in-memory file (an upload); zip archives are expanded."""
     report = report if report is not None else ImportReport()
-    if name.lower().endswith(".zip") or data[:4] == b"PK\x03\x04":
-        import tempfile
-        with tempfile.TemporaryDirectory() as temporary:
-            archive = Path(temporary) / Path(name).name
-            archive.write_bytes(data)
-            return _run(catalog, list(_zip_items(archive, label)), report, None, source=name, rename=(str(archive), name))
+    if name.lower().endswith(".zip"):
+        return _run(catalog, list(_zip_items(io.BytesIO(data), label, name=name)), report, None)
     return _run(catalog, [_Item(name, label, lambda: data)], report, None, source=source)
 
 
@@ -256,12 +252,11 @@ def import_paths(catalog: Catalog, paths: Iterable[str | os.PathLike], label: st
 
 
 def _run(catalog: Catalog, items: list[_Item], report: ImportReport, progress: ProgressCallback | None,
-         source: str | None = None, rename: tuple[str, str] | None = None,
-         apply_labels: bool = True) -> ImportReport:
+         source: str | None = None, apply_labels: bool = True) -> ImportReport:
     pending_labels: list[tuple[int, str]] = []
     total = len(items)
     for index, item in enumerate(items, start=1):
-        name = item.name.replace(rename[0], rename[1], 1) if rename else item.name
+        name = item.name
         if item.skip_reason:
             report.skipped.append(Rejected(name, item.skip_reason))
             if progress:

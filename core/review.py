@@ -23,15 +23,13 @@ COLUMNS = ["product_id", "filename", "added_at", "label", "label_source", "predi
 
 
 def review_table(catalog: Catalog) -> pd.DataFrame:
-    rows = catalog.connection.execute(
-        "SELECT p.id, p.filename, p.added_at, l.label, l.source FROM products p LEFT JOIN ("
-        "  SELECT labels.product_id, labels.label, labels.source FROM labels JOIN ("
-        "    SELECT product_id, MAX(id) AS id FROM labels GROUP BY product_id) latest ON latest.id = labels.id"
-        ") l ON l.product_id = p.id ORDER BY p.id").fetchall()
+    labels = catalog.current_labels_with_source()
     active = catalog.active_model_version()
     predictions = catalog.predictions(active["id"]) if active else {}
     records = []
-    for product_id, filename, added_at, label, source in rows:
+    for product in catalog.products():
+        product_id, filename, added_at = product.id, product.filename, product.added_at
+        label, source = labels.get(product_id, (None, None))
         prediction = predictions.get(product_id)
         predicted = prediction["label"] if prediction else None
         records.append({

@@ -90,6 +90,14 @@ def open_page(page, url, name):
     wait_idle(page)
 
 
+def retrain(page, url, done_text, name):
+    open_page(page, url, "train")
+    page.get_by_role("button", name="Retrain now").click()
+    page.get_by_text(done_text).wait_for(timeout=300_000)
+    wait_idle(page)
+    shot(page, name)
+
+
 def new_photos(tmp_path, count=4):
     """Real photos that are not in the demo catalogue yet (mirrored, so new bytes)."""
     paths = []
@@ -114,11 +122,7 @@ def test_whole_flow_in_the_browser(server, page, tmp_path):
     page.get_by_text("Awaiting review").wait_for(timeout=120_000)
     shot(page, "02-home-demo")
 
-    open_page(page, url, "train")
-    page.get_by_role("button", name="Retrain now").click()
-    page.get_by_text("trained in").wait_for(timeout=300_000)
-    wait_idle(page)
-    shot(page, "03-train")
+    retrain(page, url, "trained in", "03-train")
 
     open_page(page, url, "upload")
     started = time.perf_counter()
@@ -143,11 +147,7 @@ def test_whole_flow_in_the_browser(server, page, tmp_path):
     event = Catalog(workspace).label_history(int(product_id))[0]
     assert event.label == label and event.source == "human"
 
-    open_page(page, url, "train")
-    page.get_by_role("button", name="Retrain now").click()
-    page.get_by_text("Model v2 trained").wait_for(timeout=300_000)
-    wait_idle(page)
-    shot(page, "06-train-v2")
+    retrain(page, url, "Model v2 trained", "06-train-v2")
 
     open_page(page, url, "explore")
     page.locator(".js-plotly-plot").first.wait_for(timeout=180_000)
