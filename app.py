@@ -40,10 +40,13 @@ def home() -> None:
     if model is None:
         st.page_link("pages/train.py", label="Train your first model", icon=":material/model_training:")
     elif awaiting:
-        st.page_link("pages/review.py", label=f"Review {awaiting} unlabelled products, least confident first",
+        st.page_link("pages/review.py", label=f"Review {awaiting} unlabelled products, most informative first",
                      icon=":material/fact_check:")
     st.page_link("pages/upload.py", label="Upload more photos", icon=":material/upload:")
     st.page_link("pages/explore.py", label="Explore the catalogue map", icon=":material/scatter_plot:")
+    if status["labelled"]:
+        st.page_link("pages/suspicious.py", label="Check for labels that look wrong", icon=":material/report:")
+    st.page_link("pages/duplicates.py", label="Find near-duplicate photos", icon=":material/content_copy:")
 
 
 pages = [
@@ -52,6 +55,9 @@ pages = [
     st.Page("pages/review.py", title="Review", icon=":material/fact_check:"),
     st.Page("pages/train.py", title="Train", icon=":material/model_training:"),
     st.Page("pages/explore.py", title="Explore", icon=":material/scatter_plot:"),
+    st.Page("pages/suspicious.py", title="Suspicious labels", icon=":material/report:"),
+    st.Page("pages/duplicates.py", title="Duplicates", icon=":material/content_copy:"),
+    st.Page("pages/similar.py", title="Similar products", icon=":material/image_search:"),
     st.Page("pages/activity.py", title="Activity", icon=":material/history:"),
 ]
 navigation = st.navigation(pages)

@@ -89,12 +89,29 @@ CREATE TABLE IF NOT EXISTS predictions (
     PRIMARY KEY (product_id, model_id)
 );
 CREATE INDEX IF NOT EXISTS predictions_by_model ON predictions(model_id, confidence);
+CREATE TABLE IF NOT EXISTS label_verdicts (
+    product_id INTEGER PRIMARY KEY REFERENCES products(id),
+    label TEXT NOT NULL,
+    author TEXT,
+    created_at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS archived (
+    product_id INTEGER PRIMARY KEY REFERENCES products(id),
+    kept_product_id INTEGER REFERENCES products(id),
+    reason TEXT NOT NULL,
+    author TEXT,
+    created_at TEXT NOT NULL
+);
 """
+# Archived products (e.g. the extra copies of a near-duplicate group) keep their
+# rows, photos and history but leave every listing, count and training set.
+_LIVE = "NOT IN (SELECT product_id FROM archived)"
 
 _CURRENT_LABELS = """
 SELECT l.product_id AS product_id, l.label AS label, l.source AS source
 FROM labels l
 JOIN (SELECT product_id, MAX(id) AS id FROM labels GROUP BY product_id) latest ON latest.id = l.id
+WHERE l.product_id NOT IN (SELECT product_id FROM archived)
 """
 
 
@@ -288,6 +305,9 @@ class Catalog:
         sha256 = hashlib.sha256(data).hexdigest()
         existing = self.connection.execute("SELECT id FROM products WHERE sha256 = ?", (sha256,)).fetchone()
         if existing:
+            # Uploading an archived photo again is a deliberate "I want it back".
+            with self.transaction() as connection:
+                connection.execute("DELETE FROM archived WHERE product_id = ?", (int(existing["id"]),))
             return int(existing["id"]), False
         relative = Path("images") / sha256[:2] / f"{sha256}{extension}"
         target = self.workspace / relative
@@ -314,7 +334,7 @@ class Catalog:
 
     def products(self, product_ids: Sequence[int] | None = None) -> list[Product]:
         if product_ids is None:
-            rows = self.connection.execute("SELECT * FROM products ORDER BY id").fetchall()
+            rows = self.connection.execute(f"SELECT * FROM products WHERE id {_LIVE} ORDER BY id").fetchall()
         else:
             rows = []
             ids = [int(i) for i in product_ids]
@@ -327,10 +347,44 @@ class Catalog:
         return [Product(**dict(row)) for row in rows]
 
     def product_ids(self) -> list[int]:
-        return [row[0] for row in self.connection.execute("SELECT id FROM products ORDER BY id")]
+        return [row[0] for row in self.connection.execute(f"SELECT id FROM products WHERE id {_LIVE} ORDER BY id")]
 
     def count_products(self) -> int:
-        return int(self.connection.execute("SELECT COUNT(*) FROM products").fetchone()[0])
+        return int(self.connection.execute(f"SELECT COUNT(*) FROM products WHERE id {_LIVE}").fetchone()[0])
+
+    def archive_products(self, product_ids: Sequence[int], reason: str, kept_product_id: int | None = None,
+                         author: str | None = None) -> int:
+        """Take products out of the catalogue without deleting anything; return how many."""
+        now = utc_now()
+        with self.transaction() as connection:
+            before = connection.total_changes
+            connection.executemany(
+                "INSERT OR IGNORE INTO archived (product_id, kept_product_id, reason, author, created_at) "
+                "VALUES (?, ?, ?, ?, ?)",
+                [(int(pid), kept_product_id, reason, author, now) for pid in product_ids])
+            return connection.total_changes - before
+
+    def restore_products(self, product_ids: Sequence[int]) -> int:
+        with self.transaction() as connection:
+            before = connection.total_changes
+            connection.executemany("DELETE FROM archived WHERE product_id = ?", [(int(pid),) for pid in product_ids])
+            return connection.total_changes - before
+
+    def archived(self) -> list[dict]:
+        return [dict(row) for row in self.connection.execute("SELECT * FROM archived ORDER BY created_at, product_id")]
+
+    # -- label verdicts ------------------------------------------------------------
+    def set_label_verdicts(self, product_ids: Sequence[int], author: str | None = None) -> int:
+        """Remember that a person checked each product's current label and found it right."""
+        labels = self.current_labels()
+        rows = [(int(pid), labels[int(pid)], author, utc_now()) for pid in product_ids if int(pid) in labels]
+        with self.transaction() as connection:
+            connection.executemany("INSERT OR REPLACE INTO label_verdicts VALUES (?, ?, ?, ?)", rows)
+        return len(rows)
+
+    def label_verdicts(self) -> dict[int, str]:
+        """``{product_id: label a person confirmed}``."""
+        return {int(row[0]): row[1] for row in self.connection.execute("SELECT product_id, label FROM label_verdicts")}
 
     # -- labels ----------------------------------------------------------------
     def current_labels_with_source(self) -> dict[int, tuple[str, str]]:
@@ -417,7 +471,7 @@ class Catalog:
     def missing_embeddings(self, backbone: str) -> list[int]:
         rows = self.connection.execute(
             "SELECT id FROM products WHERE id NOT IN (SELECT product_id FROM embeddings WHERE backbone = ?) "
-            "ORDER BY id", (backbone,)).fetchall()
+            f"AND id {_LIVE} ORDER BY id", (backbone,)).fetchall()
         return [row[0] for row in rows]
 
     def store_embeddings(self, backbone: str, product_ids: Sequence[int], vectors: np.ndarray) -> None:
@@ -432,7 +486,8 @@ class Catalog:
         """Return ``(product_ids, vectors)`` (float32) of the products embedded with ``backbone``."""
         query = "SELECT product_id, dim, vector FROM embeddings WHERE backbone = ?"
         if product_ids is None:
-            rows = self.connection.execute(query + " ORDER BY product_id", (backbone,)).fetchall()
+            rows = self.connection.execute(query + f" AND product_id {_LIVE} ORDER BY product_id",
+                                           (backbone,)).fetchall()
         else:
             # Ask SQLite for just these rows: an upload of 50 photos must not read a 100k catalogue.
             ids = sorted({int(pid) for pid in product_ids})

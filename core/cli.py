@@ -228,16 +228,37 @@ def command_similar(args) -> int:
 
 
 def command_duplicates(args) -> int:
-    from core.similarity import near_duplicate_groups
+    from core.duplicates import duplicate_groups
 
     catalog = _catalog(args, create=False)
-    ids, vectors = catalog.embeddings(_embedding_key(catalog, args))
-    groups = near_duplicate_groups(ids, vectors, threshold=args.threshold)
-    names = {p.id: p.filename for p in catalog.products(sorted({pid for group in groups for pid in group}))}
-    rows = [[{"product_id": pid, "filename": names[pid]} for pid in group] for group in groups]
+    groups = duplicate_groups(catalog, _embedding_key(catalog, args), threshold=args.threshold)
+    rows = [{"min_similarity": round(group["min_similarity"], 4), "majority_label": group["majority_label"],
+             "products": [{"product_id": pid, "filename": name, "label": label} for pid, name, label
+                          in zip(group["product_ids"], group["filenames"], group["labels"])]}
+            for group in groups]
     if not args.json:
         for number, group in enumerate(rows, start=1):
-            print(f"group {number}: " + ", ".join(f"#{p['product_id']} {p['filename']}" for p in group))
+            print(f"group {number} (similarity >= {group['min_similarity']:.3f}): "
+                  + ", ".join(f"#{p['product_id']} {p['filename']}" for p in group["products"]))
+    print(json.dumps(rows))
+    return 0
+
+
+def command_suspicious(args) -> int:
+    from core.suspicious import suspicious_labels
+
+    catalog = _catalog(args, create=False)
+    issues, statistics = suspicious_labels(catalog, _embedding_key(catalog, args), folds=args.folds)
+    rows = [{"product_id": int(row.product_id), "filename": row.filename, "label": row.label,
+             "label_source": row.label_source, "suggested_label": row.suggested_label,
+             "score": round(float(row.label_quality), 4)} for row in issues.itertuples()]
+    if not args.json:
+        print(f"{statistics['flagged']} of {statistics['labelled']} labels look wrong "
+              f"({statistics['folds']}-fold out-of-sample predictions, {statistics['seconds']:.1f} s); "
+              "score = predicted probability of the current label, lowest first")
+        for row in rows:
+            print(f"{row['score']:.3f}  #{row['product_id']} {row['filename']}: {row['label']} -> "
+                  f"{row['suggested_label']}?")
     print(json.dumps(rows))
     return 0
 
@@ -302,6 +323,7 @@ def command_evaluate(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from core.backbones import BACKBONES
+    from core.duplicates import DEFAULT_THRESHOLD as DUPLICATE_THRESHOLD
     from core.training import DEFAULT_AUGMENTED_VIEWS
 
     parser = argparse.ArgumentParser(prog="python -m core", description="ProductLens: sort product photos "
@@ -376,11 +398,20 @@ def build_parser() -> argparse.ArgumentParser:
     add_backbone_options(sub)
     sub.set_defaults(handler=command_similar)
 
-    sub = commands.add_parser("duplicates", help="groups of near-identical products (cosine similarity of features)")
-    sub.add_argument("--threshold", type=float, default=0.95, help="similarity that counts as a duplicate (0-1)")
+    sub = commands.add_parser("duplicates",
+                              help="groups of near-identical products (cosine similarity of features)")
+    sub.add_argument("--threshold", type=float, default=DUPLICATE_THRESHOLD,
+                     help=f"similarity that counts as a duplicate (0-1, default {DUPLICATE_THRESHOLD})")
     sub.add_argument("--json", action="store_true", help="only the JSON list")
     add_backbone_options(sub)
     sub.set_defaults(handler=command_duplicates)
+
+    sub = commands.add_parser("suspicious", help="labels that are probably wrong (confident learning on "
+                              "cross-validated predictions), with a suggested label")
+    sub.add_argument("--folds", type=int, default=5, help="cross-validation folds (default 5)")
+    sub.add_argument("--json", action="store_true", help="only the JSON list")
+    add_backbone_options(sub)
+    sub.set_defaults(handler=command_suspicious)
 
     sub = commands.add_parser("coldstart", help="predict before any labels, from reference photos per category")
     sub.add_argument("--references", required=True, help="folder of category folders with 1+ reference photos each")

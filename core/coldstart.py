@@ -32,11 +32,15 @@ def reference_prototypes(embedder: Embedder, reference_dir: str | Path, augmente
                          ) -> tuple[list[str], np.ndarray, list[ingest.Rejected]]:
     """``(categories, prototypes (n_categories, dim), rejected)`` from a folder of category folders.
 
+    ``reference_dir`` may also be a zip of category folders, or a list of such
+    folders and zips.
+
     Besides each reference (flip-averaged), ``augmented_views`` random crops of it
     are averaged into the prototype: one packshot then stands for the product
     framed the ways shelf photos frame it.
     """
-    items = [item for item in ingest.collect_items([reference_dir]) if not item.skip_reason]
+    paths = [reference_dir] if isinstance(reference_dir, (str, Path)) else list(reference_dir)
+    items = [item for item in ingest.collect_items(paths) if not item.skip_reason]
     rejected, sources, labels = [], [], []
     for item in items:
         if not item.label:

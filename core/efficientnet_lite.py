@@ -113,7 +113,8 @@ def build_efficientnet_lite(variant_name: str = "efficientnet_lite0", image_size
             x = layers.Conv2D(expanded_filters, 1, padding="same", use_bias=False, name=prefix + "expand_conv")(x)
             x = layers.BatchNormalization(epsilon=_BATCH_NORM_EPSILON, name=prefix + "expand_bn")(x)
             x = layers.ReLU(max_value=6.0, name=prefix + "expand_activation")(x)
-        x = layers.DepthwiseConv2D(kernel_size, strides=stride, padding="same", use_bias=False, name=prefix + "dwconv")(x)
+        x = layers.DepthwiseConv2D(kernel_size, strides=stride, padding="same", use_bias=False,
+                                   name=prefix + "dwconv")(x)
         x = layers.BatchNormalization(epsilon=_BATCH_NORM_EPSILON, name=prefix + "bn")(x)
         x = layers.ReLU(max_value=6.0, name=prefix + "activation")(x)
         x = layers.Conv2D(output_filters, 1, padding="same", use_bias=False, name=prefix + "project_conv")(x)

@@ -6,10 +6,15 @@ state in attributes ending in ``_`` (``classes_``, ``model_``, ``metrics_``,
 ``history_``). The network is a small functional Keras model: standardisation,
 input dropout, an optional hidden layer with dropout (off by default: on the
 grocery benchmark a linear softmax generalised better to new shots), and a
-softmax ``predictions`` layer; training is class-weighted (rare categories count as
-much as common ones), holds out a stratified validation split for early
-stopping and metrics, and then, by default, refits on all labelled products for
-the number of epochs that validation chose.
+softmax ``predictions`` layer. Training is class-weighted (rare categories count
+as much as common ones) and holds out a stratified validation split for the
+metrics. The default linear head is solved in closed form (class-weighted ridge
+regression onto one-hot targets, see :mod:`core._internal.ridge`; the softmax
+temperature is fitted on the validation split): under a second for the grocery
+train split, and as accurate there as 200 epochs of AdamW. A head with a hidden
+layer (or ``solver="adamw"``) trains by mini-batch AdamW with early stopping on
+the validation split. By default the head is then refitted on all labelled
+products.
 """
 
 from __future__ import annotations
@@ -31,12 +36,21 @@ class NotFittedError(RuntimeError):
     """The head was used before ``fit`` (or ``load``)."""
 
 
+SOLVERS = ("auto", "closed_form", "adamw")
+
+
 class HeadClassifier:
     def __init__(self, hidden_units: int = 0, dropout: float = 0.5, input_dropout: float = 0.2,
                  label_smoothing: float = 0.1, weight_decay: float = 1e-4, learning_rate: float = 1e-3,
                  batch_size: int = 256, max_epochs: int = 200, patience: int = 20,
                  validation_fraction: float = 0.15, class_weight: str | None = "balanced",
-                 refit_full: bool = True, random_state: int = 0):
+                 refit_full: bool = True, random_state: int = 0, solver: str = "auto", l2: float = 0.1):
+        if solver not in SOLVERS:
+            raise ValueError(f"solver must be one of {SOLVERS}, got {solver!r}")
+        if solver == "closed_form" and hidden_units:
+            raise ValueError("the closed-form solver fits a linear head only: use hidden_units=0 or solver='adamw'")
+        self.solver = solver
+        self.l2 = l2
         self.hidden_units = hidden_units
         self.dropout = dropout
         self.input_dropout = input_dropout
@@ -55,7 +69,13 @@ class HeadClassifier:
         return {name: getattr(self, name) for name in (
             "hidden_units", "dropout", "input_dropout", "label_smoothing", "weight_decay", "learning_rate",
             "batch_size", "max_epochs", "patience", "validation_fraction", "class_weight", "refit_full",
-            "random_state")}
+            "random_state", "solver", "l2")}
+
+    @property
+    def resolved_solver(self) -> str:
+        if self.solver == "auto":
+            return "adamw" if self.hidden_units else "closed_form"
+        return self.solver
 
     # -- model ----------------------------------------------------------------
     def _build(self, feature_dim: int, num_classes: int, mean: np.ndarray, variance: np.ndarray):
@@ -117,6 +137,9 @@ class HeadClassifier:
         targets = np.array([class_index[name] for name in labels], dtype=np.int64)
         train, validation = self._split(labels)
 
+        if self.resolved_solver == "closed_form":
+            return self._fit_closed_form(features, labels, targets, train, validation, augmented_views, start,
+                                         progress)
         keras.utils.set_random_seed(self.random_state)
         self.model_ = self._build(features.shape[1], len(self.classes_), features[train].mean(axis=0),
                                   features[train].var(axis=0) + 1e-6)
@@ -136,6 +159,54 @@ class HeadClassifier:
             everything = np.arange(len(features))
             _train(self.model_, features, targets, everything, np.zeros(0, np.int64), self, progress,
                    augmented_views, epochs=self.best_epoch_)
+        self.n_train_ = int(len(features))
+        self.fit_seconds_ = time.perf_counter() - start
+        return self
+
+    def _class_weights(self, targets: np.ndarray) -> np.ndarray:
+        counts = np.bincount(targets, minlength=len(self.classes_)).astype(np.float32)
+        if self.class_weight == "balanced":
+            return (len(targets) / (len(self.classes_) * np.maximum(counts, 1.0)))[targets]
+        return np.ones(len(targets), np.float32)
+
+    def _fit_closed_form(self, features, labels, targets, train, validation, augmented_views, start, progress):
+        from core._internal.ridge import fit_ridge, fit_temperature
+
+        def solve(rows):
+            mean, variance = features[rows].mean(axis=0), features[rows].var(axis=0) + 1e-6
+            scale = np.sqrt(variance)
+            stacked = np.concatenate([features[rows]] + [view[rows] for view in augmented_views])
+            stacked_targets = np.tile(targets[rows], 1 + len(augmented_views))
+            weights, bias = fit_ridge((stacked - mean) / scale, stacked_targets, len(self.classes_),
+                                      self._class_weights(stacked_targets), self.l2)
+            return mean, variance, weights, bias
+
+        def scores(solution, rows):
+            mean, variance, weights, bias = solution
+            return ((features[rows] - mean) / np.sqrt(variance)) @ weights + bias
+
+        steps = 2 if self.refit_full and len(validation) else 1
+        solution = solve(train)
+        if progress:
+            progress(1, steps, "solved")
+        # Temperature: fitted where the scores are honest (held-out products), else on the training rows.
+        calibration = validation if len(validation) else train
+        temperature = fit_temperature(scores(solution, calibration), targets[calibration])
+        if len(validation):
+            predicted = self.classes_[scores(solution, validation).argmax(axis=1)]
+            self.metrics_ = classification_metrics(labels[validation], predicted, self.classes_)
+        else:
+            self.metrics_ = classification_metrics([], [], self.classes_)
+        if steps == 2:
+            solution = solve(np.arange(len(features)))
+            if progress:
+                progress(2, steps, "refitted on every labelled product")
+        mean, variance, weights, bias = solution
+        self.model_ = self._build(features.shape[1], len(self.classes_), mean, variance)
+        self.model_.get_layer("predictions").set_weights([weights * temperature, bias * temperature])
+        self.temperature_ = float(temperature)
+        self.history_ = {"solver": "closed_form", "temperature": self.temperature_}
+        self.best_epoch_ = 0
         self.n_train_ = int(len(features))
         self.fit_seconds_ = time.perf_counter() - start
         return self

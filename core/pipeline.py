@@ -80,3 +80,19 @@ def retrain_and_predict(catalog: Catalog, embedder: Embedder, head: HeadClassifi
     if progress:
         progress(1.0, "done")
     return version
+
+
+def cold_start_and_predict(catalog: Catalog, embedder: Embedder, references, progress: JobProgress | None = None
+                           ) -> tuple[dict, list]:
+    """Embed the catalogue, build the prototype head from ``references`` (a folder of category folders
+    or a zip of them), store it as the active version and predict every product."""
+    from core.coldstart import cold_start
+
+    embed_catalog(catalog, embedder, progress=_stage(progress, 0.0, 0.8, "embedding the catalogue"))
+    if progress:
+        progress(0.8, "embedding the reference photos")
+    version, rejected = cold_start(catalog, embedder, references)
+    predict_catalog(catalog, version)
+    if progress:
+        progress(1.0, "done")
+    return version, rejected

@@ -2,8 +2,13 @@
 
 :func:`review_table` joins products, current labels and the active model's
 predictions into one table (one row per product; ``disagrees`` is True where a
-label exists and the prediction differs). :func:`select` filters and orders it:
-least confident first by default, or newest, or by category. The edit
+label exists and the prediction differs). :func:`select` filters and orders it.
+The default order, "most informative", is the active-learning queue (see
+:mod:`core.active_learning`, strategy ``hybrid``): unlabelled products first,
+those the model is unsure about, that resemble many others and that no label
+covers yet; "smallest margin" and "highest entropy" (uncertainty only, with a
+diversity guard so near-identical shots do not fill one page) and "random" are
+the alternative strategies; "least confident", "newest" and "category" are plain sorts. The edit
 functions (:func:`relabel`, :func:`accept_predictions`, :func:`rename_category`,
 :func:`undo_last_action`) all append to the label history, so nothing is ever
 overwritten and every change can be traced and undone.
@@ -13,11 +18,19 @@ from __future__ import annotations
 
 from typing import Mapping, Sequence
 
+import numpy as np
 import pandas as pd
 
+from core import active_learning
 from core.catalog import ANY, Catalog, LabelConflict
 
-ORDERS = ("least confident", "newest", "category")
+ORDERS = ("most informative", "smallest margin", "highest entropy", "random", "least confident", "newest",
+          "category")
+DEFAULT_ORDER = "most informative"
+_STRATEGY_OF_ORDER = {"most informative": "hybrid", "smallest margin": "margin", "highest entropy": "entropy",
+                      "random": "random"}
+# Pages diversified by the guard; beyond them the plain ranking is good enough and cheap.
+_DIVERSIFIED_PAGES = 10
 COLUMNS = ["product_id", "filename", "added_at", "label", "label_source", "predicted_label", "confidence",
            "top_labels", "top_probabilities", "disagrees"]
 
@@ -43,13 +56,56 @@ def review_table(catalog: Catalog) -> pd.DataFrame:
     return pd.DataFrame(records, columns=COLUMNS)
 
 
-def select(table: pd.DataFrame, order: str = "least confident", predicted: Sequence[str] | None = None,
+def _informative(table: pd.DataFrame, strategy: str, features: tuple[np.ndarray, np.ndarray] | None,
+                 page_size: int, seed: int, labelled_ids: set[int]) -> pd.DataFrame:
+    if table.empty:
+        return table
+    if strategy == "random":
+        return table.iloc[np.random.default_rng(seed).permutation(len(table))]
+    width = max([len(p) for p in table["top_probabilities"]] + [1])
+    probabilities = np.zeros((len(table), width))
+    for row, values in enumerate(table["top_probabilities"]):
+        probabilities[row, :len(values)] = values
+    scores = active_learning.uncertainty(probabilities, strategy)
+    has_prediction = table["predicted_label"].notna().to_numpy()
+    unlabelled = table["label"].isna().to_numpy()
+    # Unlabelled and predicted first (that is where a label teaches the model most),
+    # then labelled ones (checking them still catches mistakes), then unpredicted.
+    ranking = np.lexsort((table["product_id"].to_numpy(), -scores, ~unlabelled, ~has_prediction))
+    if features is None or not len(features[0]):
+        return table.iloc[ranking]
+    ids, vectors = features
+    row_of = {int(pid): i for i, pid in enumerate(ids)}
+    rows = np.array([row_of.get(int(pid), -1) for pid in table["product_id"]], dtype=np.int64)
+    if (rows < 0).any():
+        return table.iloc[ranking]
+    limit = page_size * _DIVERSIFIED_PAGES
+    if strategy != "hybrid":
+        return table.iloc[active_learning.diverse_order(ranking, vectors[rows], page_size, limit=limit)]
+    # Hybrid: greedy over the unlabelled, predicted candidates, away from what labels already cover.
+    candidates = np.flatnonzero(unlabelled & has_prediction)
+    labelled_rows = [row_of[pid] for pid in labelled_ids if pid in row_of]
+    labelled_vectors = vectors[labelled_rows] if labelled_rows else None
+    head = candidates[active_learning.hybrid_order(vectors[rows[candidates]], probabilities[candidates],
+                                                   min(limit, len(candidates)), labelled_vectors, seed)]
+    taken = set(head.tolist())
+    rest = [index for index in ranking if index not in taken]
+    return table.iloc[np.concatenate([head, np.array(rest, dtype=np.int64)])]
+
+
+def select(table: pd.DataFrame, order: str = DEFAULT_ORDER, predicted: Sequence[str] | None = None,
            confidence_range: tuple[float, float] = (0.0, 1.0), labelled: bool | None = None,
-           disagreements_only: bool = False) -> pd.DataFrame:
-    """Filter and order the review table (see the module docstring)."""
+           disagreements_only: bool = False, features: tuple[np.ndarray, np.ndarray] | None = None,
+           page_size: int = 12, seed: int = 0) -> pd.DataFrame:
+    """Filter and order the review table (see the module docstring).
+
+    ``features`` = ``(product_ids, vectors)`` enables the diversity guard of the
+    active-learning orders, per page of ``page_size``.
+    """
     if order not in ORDERS:
         raise ValueError(f"order must be one of {ORDERS}, got {order!r}")
     selected = table
+    labelled_ids = {int(pid) for pid in table.loc[table["label"].notna(), "product_id"]}
     if predicted:
         selected = selected[selected["predicted_label"].isin(list(predicted))]
     low, high = confidence_range
@@ -59,7 +115,9 @@ def select(table: pd.DataFrame, order: str = "least confident", predicted: Seque
         selected = selected[selected["label"].notna() == labelled]
     if disagreements_only:
         selected = selected[selected["disagrees"]]
-    if order == "least confident":
+    if order in _STRATEGY_OF_ORDER:
+        selected = _informative(selected, _STRATEGY_OF_ORDER[order], features, page_size, seed, labelled_ids)
+    elif order == "least confident":
         # Products without a prediction yet come last: there is nothing to check.
         selected = selected.sort_values(["confidence", "product_id"], na_position="last")
     elif order == "newest":

@@ -1,9 +1,9 @@
-"""Review: the correction workbench, least confident first."""
+"""Review: the correction workbench; the most informative products come first."""
 
 import streamlit as st
 
 from core import review
-from pages.common import author, catalog, thumbnail_path
+from pages.common import author, catalog, embedder, thumbnail_path
 
 PAGE_SIZE = 12
 COLUMNS = 4
@@ -16,6 +16,15 @@ if table.empty:
 categories = catalog().categories()
 
 
+@st.cache_resource(show_spinner=False, max_entries=1)
+def _features(key: str, embedded: int):
+    # For the diversity guard; re-read only when the number of embedded products changes.
+    return catalog().embeddings(key)
+
+
+key = (catalog().active_model_version() or {}).get("backbone") or embedder().key
+
+
 def set_label(product_ids, label, seen):
     changed, conflicts = review.relabel(catalog(), product_ids, label, author(), seen=seen)
     st.session_state["notice"] = f"Labelled {changed} product(s) as {label}."
@@ -24,7 +33,11 @@ def set_label(product_ids, label, seen):
 
 with st.expander("Filters and order", expanded=False):
     filter_columns = st.columns(4)
-    order = filter_columns[0].selectbox("Order", review.ORDERS, key="review_order")
+    order = filter_columns[0].selectbox(
+        "Order", review.ORDERS, key="review_order",
+        help="Most informative: unlabelled products the model is torn between (smallest gap between its two "
+             "best guesses), near-identical shots spread over pages. Highest entropy and random are the "
+             "alternative strategies.")
     predicted = filter_columns[1].multiselect("Predicted category", sorted(table["predicted_label"].dropna().unique()))
     status = filter_columns[2].radio("Show", ["all", "unlabelled", "labelled"], horizontal=True, key="review_status")
     disagreements = filter_columns[3].toggle("Label disagrees with prediction", key="review_disagree")
@@ -32,7 +45,8 @@ with st.expander("Filters and order", expanded=False):
 
 selected = review.select(table, order=order, predicted=predicted, confidence_range=confidence,
                          labelled={"all": None, "unlabelled": False, "labelled": True}[status],
-                         disagreements_only=disagreements)
+                         disagreements_only=disagreements, features=_features(key, catalog().count_embeddings(key)),
+                         page_size=PAGE_SIZE)
 pages = max(1, -(-len(selected) // PAGE_SIZE))
 top = st.columns([2, 2, 2, 1])
 page = top[0].number_input(f"Page (of {pages})", 1, pages, 1, key="review_page")

@@ -1,11 +1,14 @@
 """Train: retrain the head on the current labels and see whether it got better."""
 
+import tempfile
+from pathlib import Path
+
 import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
 from core.metrics import compare_versions
-from core.pipeline import retrain_and_predict
+from core.pipeline import cold_start_and_predict, retrain_and_predict
 from core.training import TrainingError, activate
 from pages.common import catalog, embedder, progress_bar
 
@@ -21,6 +24,26 @@ if st.button("Retrain now", type="primary", disabled=status["labelled"] == 0):
         st.success(f"Model v{version['id']} trained in {version['metrics']['train_seconds']:.1f} s and activated.")
     except TrainingError as error:
         st.error(str(error))
+
+with st.expander("No labels yet? Start from reference photos", expanded=status["labelled"] == 0):
+    st.caption("One or a few reference photos per category (e.g. the catalogue packshot), as a zip with one "
+               "folder per category. Products are predicted by their nearest reference; the result is a "
+               "model version like any other, replaced by your first retrain.")
+    with st.form("coldstart"):
+        references = st.file_uploader("Zip of category folders", type=["zip"])
+        if st.form_submit_button("Predict from references") and references:
+            with tempfile.TemporaryDirectory() as folder:
+                archive = Path(folder) / "references.zip"
+                archive.write_bytes(references.getvalue())
+                try:
+                    version, rejected = cold_start_and_predict(catalog(), embedder(), archive,
+                                                               progress_bar("Cold start"))
+                    st.success(f"Model v{version['id']} predicts {len(version['classes'])} categories from "
+                               "reference photos. Review its predictions on the Review page.")
+                    for item in rejected:
+                        st.warning(f"{item.name}: {item.reason}")
+                except TrainingError as error:
+                    st.error(str(error))
 
 versions = catalog().model_versions()
 if not versions:

@@ -16,7 +16,8 @@ from core.head import HeadClassifier
 from core.prediction import predict_catalog
 from core.training import train_version
 
-PAGES = ["pages/upload.py", "pages/review.py", "pages/train.py", "pages/explore.py", "pages/activity.py"]
+PAGES = ["pages/upload.py", "pages/review.py", "pages/train.py", "pages/explore.py", "pages/activity.py",
+         "pages/suspicious.py", "pages/duplicates.py", "pages/similar.py"]
 
 
 def app(workspace, monkeypatch) -> AppTest:
@@ -76,12 +77,15 @@ def test_review_one_click_correction_is_stored_with_the_author(populated, monkey
     assert not at.exception, at.exception
     picks = [b for b in at.button if b.key and b.key.startswith("pick-")]
     assert len({b.key.split("-")[1] for b in picks}) == 12, "a page shows 12 cards"
-    # Least confident first: the first card's product has the lowest confidence.
+    # Active-learning order: the first card is the unlabelled product the model is most torn about.
     catalog = Catalog(populated)
     first_product = int(picks[0].key.split("-")[1])
-    confidences = [p["confidence"] for p in catalog.predictions(catalog.active_model_version()["id"]).values()]
-    chosen = catalog.predictions(catalog.active_model_version()["id"])[first_product]["confidence"]
-    assert chosen == pytest.approx(min(confidences))
+    predictions = catalog.predictions(catalog.active_model_version()["id"])
+    labels = catalog.current_labels()
+    margins = {pid: p["probabilities"][0] - p["probabilities"][1] for pid, p in predictions.items()
+               if pid not in labels}
+    assert first_product not in labels
+    assert margins[first_product] == pytest.approx(min(margins.values()))
     target = picks[1]
     target.click().run()
     assert not at.exception
@@ -126,3 +130,52 @@ def test_activity_page_lists_label_changes(populated, monkeypatch):
     assert not at.exception, at.exception
     table = at.dataframe[0].value
     assert table.iloc[0]["who"] == "dee" and table.iloc[0]["to"] == "Checked-By-Dee"
+
+
+def test_suspicious_labels_page_finds_and_fixes_an_injected_error(populated, monkeypatch):
+    catalog = Catalog(populated)
+    banana = next(pid for pid, label in catalog.current_labels().items() if label == "Banana")
+    catalog.set_labels([(banana, "Lemon")], author="tired")
+    at = app(populated, monkeypatch)
+    at.switch_page("pages/suspicious.py").run()
+    [b for b in at.button if b.label == "Find suspicious labels"][0].click().run()
+    assert not at.exception, at.exception
+    fix = [b for b in at.button if b.key == f"fix-{banana}"]
+    assert fix and fix[0].label == "Use Banana"
+    fix[0].click().run()
+    assert not at.exception, at.exception
+    assert catalog.current_label(banana) == "Banana"
+    assert catalog.label_history(banana)[0].source == "human"
+    assert not [b for b in at.button if b.key == f"fix-{banana}"], "a fixed label leaves the list"
+
+
+def test_duplicates_page_groups_keeps_one_and_restores(populated, monkeypatch):
+    at = app(populated, monkeypatch)
+    at.switch_page("pages/duplicates.py").run()
+    assert not at.exception, at.exception
+    at.slider[0].set_value(0.85).run()
+    groups = int([m.value for m in at.metric if m.label == "Groups"][0])
+    assert groups > 0, "consecutive shots of one product are near-duplicates at 0.85"
+    catalog = Catalog(populated)
+    before = catalog.count_products()
+    at.radio[0].set_value("Keep one, archive the others")
+    at.button[0].click().run()  # the first group's Apply
+    assert not at.exception, at.exception
+    archived = catalog.archived()
+    assert archived and catalog.count_products() == before - len(archived)
+    restore = [b for b in at.button if b.label == "Restore"]
+    for button in restore:
+        button.click().run()
+    catalog.restore_products([record["product_id"] for record in catalog.archived()])
+    assert catalog.count_products() == before
+
+
+def test_similar_products_page_shows_the_product_itself_first(populated, monkeypatch):
+    at = app(populated, monkeypatch)
+    at.switch_page("pages/similar.py").run()
+    assert not at.exception, at.exception
+    at.selectbox(key="similar_product").set_value(5).run()
+    assert not at.exception, at.exception
+    scores = [c.value for c in at.caption if "#" in c.value and "·" in c.value]
+    assert scores[0].startswith("**1.000** · #5 "), scores[:2]
+    assert len(scores) == 10

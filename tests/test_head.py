@@ -13,11 +13,11 @@ def blobs(n_per_class=40, n_classes=4, dim=16, seed=0, spread=1.0):
     return features, labels
 
 
-@pytest.mark.parametrize("hidden_units", [0, 32])
-def test_learns_separable_categories(hidden_units):
+@pytest.mark.parametrize("hidden_units, solver", [(0, "auto"), (0, "adamw"), (32, "auto")])
+def test_learns_separable_categories(hidden_units, solver):
     features, labels = blobs()
     test_features, test_labels = blobs(seed=0, n_per_class=10)
-    head = HeadClassifier(hidden_units=hidden_units, max_epochs=60).fit(features, labels)
+    head = HeadClassifier(hidden_units=hidden_units, max_epochs=60, solver=solver).fit(features, labels)
     assert list(head.classes_) == ["class-0", "class-1", "class-2", "class-3"]
     assert np.mean(head.predict(test_features) == test_labels) > 0.95
     probabilities = head.predict_proba(test_features)
@@ -38,7 +38,7 @@ def test_top_k_is_sorted_and_consistent():
 
 def test_early_stopping_uses_the_validation_split():
     features, labels = blobs(spread=6.0)
-    head = HeadClassifier(max_epochs=400, patience=5, refit_full=False).fit(features, labels)
+    head = HeadClassifier(max_epochs=400, patience=5, refit_full=False, solver="adamw").fit(features, labels)
     assert head.best_epoch_ < 400
     assert len(head.history_["val_loss"]) < 400
 
@@ -49,8 +49,8 @@ def test_class_weighting_helps_a_rare_category():
     rare = rng.normal(1.5, 1.0, size=(15, 2))
     features = np.concatenate([common, rare]).astype(np.float32)
     labels = np.array(["common"] * 300 + ["rare"] * 15)
-    balanced = HeadClassifier(hidden_units=0, max_epochs=80, class_weight="balanced").fit(features, labels)
-    plain = HeadClassifier(hidden_units=0, max_epochs=80, class_weight=None).fit(features, labels)
+    balanced = HeadClassifier(class_weight="balanced").fit(features, labels)
+    plain = HeadClassifier(class_weight=None).fit(features, labels)
     probe = rng.normal(1.5, 1.0, size=(200, 2)).astype(np.float32)
     assert np.mean(balanced.predict(probe) == "rare") > np.mean(plain.predict(probe) == "rare")
 
@@ -86,3 +86,21 @@ def test_a_single_example_category_still_trains():
     labels = np.concatenate([labels, ["singleton"]])
     head = HeadClassifier(max_epochs=20).fit(features, labels)
     assert "singleton" in head.classes_
+
+
+def test_closed_form_head_is_calibrated_and_matches_gradient_training():
+    everything, all_labels = blobs(spread=3.0, n_per_class=120)
+    features, labels = everything[::2], all_labels[::2]  # same classes, different draws
+    test_features, test_labels = everything[1::2], all_labels[1::2]
+    closed = HeadClassifier().fit(features, labels)
+    assert closed.resolved_solver == "closed_form" and closed.temperature_ > 0
+    iterative = HeadClassifier(solver="adamw", max_epochs=100).fit(features, labels)
+    closed_accuracy = np.mean(closed.predict(test_features) == test_labels)
+    assert closed_accuracy >= np.mean(iterative.predict(test_features) == test_labels) - 0.05
+    # Calibrated: mean confidence close to accuracy (not all 100%).
+    confidence = closed.predict_proba(test_features).max(axis=1).mean()
+    assert abs(confidence - closed_accuracy) < 0.15
+    with pytest.raises(ValueError, match="linear head only"):
+        HeadClassifier(hidden_units=8, solver="closed_form")
+    with pytest.raises(ValueError, match="solver"):
+        HeadClassifier(solver="sgd")

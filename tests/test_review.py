@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 
 from core import ingest, review
@@ -27,9 +28,50 @@ def test_table_joins_labels_and_predictions(catalog):
     assert table.loc[table["disagrees"], "product_id"].item() == catalog.product_ids()[3]
 
 
+def test_margin_order_is_the_uncertainty_queue(catalog):
+    table = review.review_table(catalog)
+    ordered = review.select(table, order="smallest margin")
+    unlabelled = ordered["label"].isna().to_numpy()
+    assert unlabelled[:8].all() and not unlabelled[8:].any(), "unlabelled products come first"
+    margins = [abs(p[0] - p[1]) for p in ordered["top_probabilities"][:8]]
+    assert margins == sorted(margins), "smallest margin (most uncertain) first"
+
+
+def test_diversity_guard_spreads_near_identical_products_over_pages(catalog):
+    table = review.review_table(catalog)
+    ids = table["product_id"].to_numpy()
+    rng = np.random.default_rng(0)
+    vectors = rng.normal(size=(len(ids), 16)).astype(np.float32)
+    uncertain = review.select(table, order="smallest margin")["product_id"].tolist()[:4]
+    clump = rng.normal(size=16)
+    for pid in uncertain[:3]:  # the three most uncertain products are the same shot
+        vectors[list(ids).index(pid)] = clump + 0.01 * rng.normal(size=16)
+    ordered = review.select(table, order="smallest margin", features=(ids, vectors),
+                            page_size=4)["product_id"].tolist()
+    first_page = ordered[:4]
+    assert uncertain[0] in first_page
+    assert len(set(uncertain[:3]) & set(first_page)) == 1, "one shot of the clump per page"
+    assert sorted(ordered) == sorted(ids.tolist()), "deferred products are not dropped"
+
+
+def test_default_queue_skips_products_that_labels_already_cover(catalog):
+    table = review.review_table(catalog)
+    ids = table["product_id"].to_numpy()
+    rng = np.random.default_rng(3)
+    vectors = rng.normal(size=(len(ids), 16)).astype(np.float32)
+    labelled = table.loc[table["label"].notna(), "product_id"].tolist()
+    unlabelled = table.loc[table["label"].isna(), "product_id"].tolist()
+    covered = unlabelled[0]  # a shot nearly identical to a labelled product
+    vectors[list(ids).index(covered)] = vectors[list(ids).index(labelled[0])] + 0.01 * rng.normal(size=16)
+    ordered = review.select(table, features=(ids, vectors), page_size=4)
+    assert ordered["label"].isna().to_numpy()[:len(unlabelled)].all(), "unlabelled products first"
+    assert ordered["product_id"].tolist()[len(unlabelled) - 1] == covered, "the covered shot comes last"
+    assert sorted(ordered["product_id"]) == sorted(ids)
+
+
 def test_least_confident_first_and_filters(catalog):
     table = review.review_table(catalog)
-    ordered = review.select(table)
+    ordered = review.select(table, order="least confident")
     assert list(ordered["confidence"]) == sorted(table["confidence"])
     assert len(review.select(table, labelled=False)) == 8
     assert len(review.select(table, disagreements_only=True)) == 1
@@ -37,8 +79,11 @@ def test_least_confident_first_and_filters(catalog):
     assert review.select(table, confidence_range=(0.5, 0.7))["confidence"].between(0.5, 0.7).all()
     newest = review.select(table, order="newest")
     assert newest["product_id"].iloc[0] == max(catalog.product_ids())
+    shuffled = review.select(table, order="random")
+    assert sorted(shuffled["product_id"]) == sorted(table["product_id"])
+    assert list(shuffled["product_id"]) == list(review.select(table, order="random")["product_id"]), "seeded"
     with pytest.raises(ValueError):
-        review.select(table, order="random")
+        review.select(table, order="alphabetical")
 
 
 def test_accept_only_touches_unlabelled_products_above_threshold(catalog):

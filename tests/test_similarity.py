@@ -75,4 +75,5 @@ def test_similar_and_duplicates_from_the_command_line(catalog_with_near_duplicat
     by_photo = cli("similar", str(demo_photos("Pineapple")[3]), "--k", "1", "--json")
     assert by_photo[0]["product_id"] == original_id and by_photo[0]["similarity"] > 0.99
     groups = cli("duplicates", "--threshold", "0.95", "--json")
-    assert any({original_id, copy_id} <= {p["product_id"] for p in group} for group in groups)
+    assert any({original_id, copy_id} <= {p["product_id"] for p in group["products"]} for group in groups)
+    assert all(len(group["products"]) >= 2 and group["min_similarity"] > 0.5 for group in groups)

@@ -1,0 +1,104 @@
+"""Label efficiency: how many labels each review-queue strategy needs on grocery train -> val.
+
+Simulates a merchandiser who labels a batch of 81 products at a time, chosen by
+the queue from the unlabelled grocery train photos, retrains the head (default
+settings, augmented views included) after every batch, until 1,000 labels.
+Val accuracy is recorded after each retrain. ``random`` is repeated over several
+seeds (median reported); the active-learning strategies are deterministic.
+Writes a plotly figure (``--figure``, HTML) and prints one JSON object last.
+
+    python benchmarks/label_efficiency.py [--batch 81] [--budget 1000] [--figure PATH]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from _grocery import REPO, grocery_features
+
+DEFAULT_FIGURE = REPO / "benchmarks" / "figures" / "label_efficiency.html"
+
+
+def simulate(train, val, strategy: str, batch: int, budget: int, seed: int) -> list[tuple[int, float]]:
+    from core import active_learning
+    from core.head import HeadClassifier
+
+    labelled = np.zeros(len(train.ids), dtype=bool)
+    curve, probabilities = [], None
+    while labelled.sum() < budget:
+        pool = np.flatnonzero(~labelled)
+        size = int(min(batch, budget - labelled.sum()))
+        pool_probabilities = None if probabilities is None else probabilities[pool]
+        chosen = active_learning.select_batch(pool_probabilities, train.features[pool], size, strategy=strategy,
+                                              seed=seed + int(labelled.sum()),
+                                              labelled_features=train.features[labelled])
+        labelled[pool[chosen]] = True
+        rows = np.flatnonzero(labelled)
+        if len(set(train.labels[rows])) < 2:
+            curve.append((int(labelled.sum()), 0.0))
+            continue
+        head = HeadClassifier(random_state=seed).fit(train.features[rows], train.labels[rows],
+                                                     augmented_views=[view[rows] for view in train.views])
+        accuracy = float(np.mean(head.predict(val.features) == val.labels))
+        curve.append((int(labelled.sum()), accuracy))
+        # The queue sees the head's probabilities over every class, as the app's queue sees its predictions.
+        probabilities = head.predict_proba(train.features)
+        print(f"  {strategy} seed {seed}: {labelled.sum()} labels -> {accuracy:.3f}", flush=True)
+    return curve
+
+
+def labels_to_reach(curve, target: float) -> int | None:
+    return next((count for count, accuracy in curve if accuracy >= target), None)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--batch", type=int, default=81)
+    parser.add_argument("--budget", type=int, default=1000)
+    parser.add_argument("--strategies", nargs="+", default=["hybrid", "margin", "entropy"])
+    parser.add_argument("--random-seeds", type=int, default=3)
+    parser.add_argument("--figure", type=Path, default=DEFAULT_FIGURE)
+    args = parser.parse_args()
+
+    data = grocery_features()
+    started = time.perf_counter()
+    random_curves = [simulate(data.train, data.val, "random", args.batch, args.budget, seed)
+                     for seed in range(args.random_seeds)]
+    counts = [count for count, _ in random_curves[0]]
+    random_median = list(zip(counts, np.median([[a for _, a in c] for c in random_curves], axis=0).tolist()))
+    curves = {"random (median of %d seeds)" % args.random_seeds: random_median}
+    for strategy in args.strategies:
+        name = "hybrid (default)" if strategy == "hybrid" else f"{strategy} + diversity guard"
+        curves[name] = simulate(data.train, data.val, strategy, args.batch,
+                                                           args.budget, 0)
+    target = random_median[-1][1]
+    reach = {name: labels_to_reach(curve, target) for name, curve in curves.items()}
+
+    import plotly.graph_objects as go
+
+    figure = go.Figure()
+    for name, curve in curves.items():
+        figure.add_trace(go.Scatter(x=[c for c, _ in curve], y=[a for _, a in curve], mode="lines+markers",
+                                    name=name))
+    figure.add_hline(y=target, line_dash="dot", annotation_text=f"random at {counts[-1]} labels: {target:.1%}")
+    figure.update_layout(title="Grocery val accuracy vs number of labels (batches of %d)" % args.batch,
+                         xaxis_title="labelled products", yaxis_title="val accuracy (fine, 81 classes)",
+                         yaxis_tickformat=".0%", template="plotly_white")
+    args.figure.parent.mkdir(parents=True, exist_ok=True)
+    figure.write_html(args.figure, include_plotlyjs="cdn")
+    for name, count in reach.items():
+        print(f"{name}: reaches {target:.1%} (random's accuracy at {counts[-1]} labels) with "
+              f"{count if count is not None else 'more than ' + str(counts[-1])} labels; "
+              f"at {counts[-1]}: {curves[name][-1][1]:.1%}")
+    print(json.dumps({"target_accuracy": round(target, 4), "labels_to_reach": reach,
+                      "curves": {name: [[c, round(a, 4)] for c, a in curve] for name, curve in curves.items()},
+                      "figure": str(args.figure), "seconds": round(time.perf_counter() - started, 1)}))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,62 @@
+"""Duplicates: near-identical photos side by side; keep one, or give the group one label."""
+
+import streamlit as st
+
+from core import duplicates
+from pages.common import author, catalog, embedder, thumbnail_path
+
+MAX_GROUPS = 20
+
+st.title("Duplicates")
+st.caption("Identical files are never stored twice (an upload of one shows as a duplicate on the Upload page). "
+           "Here: photos whose CNN features are nearly the same — re-encoded, resized or cropped copies, "
+           "or the same product shot twice.")
+key = (catalog().active_model_version() or {}).get("backbone") or embedder().key
+threshold = st.slider("Similarity threshold", 0.80, 1.0, duplicates.DEFAULT_THRESHOLD, 0.005,
+                      help="Cosine similarity of the features. Lower finds more (and looser) groups.")
+groups = duplicates.duplicate_groups(catalog(), key, threshold)
+st.metric("Groups", len(groups), help=f"{sum(len(g['product_ids']) for g in groups)} products in groups")
+if notice := st.session_state.pop("notice", None):
+    st.toast(notice)
+if not groups:
+    st.success("No near-duplicates at this threshold.")
+
+for number, group in enumerate(groups[:MAX_GROUPS]):
+    ids = group["product_ids"]
+    with st.container(border=True):
+        st.markdown(f"**Group {number + 1}** · {len(ids)} photos · similarity ≥ {group['min_similarity']:.3f}")
+        cells = st.columns(min(len(ids), 6))
+        for index, (product_id, filename, label) in enumerate(zip(ids, group["filenames"], group["labels"])):
+            with cells[index % len(cells)]:
+                path = thumbnail_path(product_id)
+                if path:
+                    st.image(path, width="stretch")
+                st.caption(f"#{product_id} {filename}  \n{label or 'unlabelled'}")
+        with st.form(f"group-{ids[0]}"):
+            row = st.columns(3)
+            keep = row[0].selectbox("Keep", ids, format_func=lambda pid: f"#{pid}")
+            options = sorted({label for label in group["labels"] if label} | set(catalog().categories()))
+            default = options.index(group["majority_label"]) if group["majority_label"] in options else None
+            label = row[1].selectbox("Label", options, index=default, accept_new_options=True)
+            action = row[2].radio("Action", ["Keep one, archive the others", "Give all this label"])
+            if st.form_submit_button("Apply"):
+                if action.startswith("Keep"):
+                    archived = duplicates.keep_one(catalog(), ids, keep, label, author())
+                    st.session_state["notice"] = f"Kept #{keep}, archived {archived} (restorable below)."
+                elif label:
+                    changed = duplicates.merge_labels(catalog(), ids, label, author())
+                    st.session_state["notice"] = f"{changed} label(s) set to {label}."
+                st.rerun()
+if len(groups) > MAX_GROUPS:
+    st.caption(f"Showing the {MAX_GROUPS} largest of {len(groups)} groups; resolve some or raise the threshold.")
+
+archived = catalog().archived()
+if archived:
+    with st.expander(f"Archived products ({len(archived)})"):
+        for record in archived[-50:]:
+            row = st.columns([3, 1])
+            row[0].caption(f"#{record['product_id']} · {record['reason']} of #{record['kept_product_id']} · "
+                           f"{record['author'] or '-'} · {record['created_at'][:16].replace('T', ' ')}")
+            if row[1].button("Restore", key=f"restore-{record['product_id']}"):
+                catalog().restore_products([record["product_id"]])
+                st.rerun()

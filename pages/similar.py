@@ -1,0 +1,61 @@
+"""Similar products: the nearest products to a catalogue product or to a photo you upload."""
+
+import streamlit as st
+
+from core.similarity import catalog_index
+from pages.common import catalog, embedder, thumbnail_path
+
+COLUMNS = 5
+
+
+@st.cache_resource(show_spinner=False, max_entries=2)
+def _index(key: str, embedded: int):
+    # Rebuilt when the number of embedded products changes.
+    return catalog_index(catalog(), key)
+
+
+st.title("Similar products")
+key = (catalog().active_model_version() or {}).get("backbone") or embedder().key
+embedded = catalog().count_embeddings(key)
+if embedded < 2:
+    st.info("Nothing to search yet: upload photos first (they are embedded on import).")
+    st.stop()
+
+source = st.segmented_control("Find products similar to", ["a catalogue product", "a photo"],
+                              default="a catalogue product", key="similar_source") or "a catalogue product"
+k = st.slider("How many", 1, 50, 10)
+query = None
+if source == "a catalogue product":
+    products = {p.id: p.filename for p in catalog().products()}
+    chosen = st.selectbox("Product", list(products), format_func=lambda pid: f"#{pid} {products[pid]}",
+                          index=None, placeholder="type a file name or id…",
+                          key="similar_product")
+    if chosen is not None:
+        ids, vectors = catalog().embeddings(key, [chosen])
+        query = vectors[0] if len(ids) else None
+        path = thumbnail_path(chosen)
+        if path:
+            st.image(path, width=160)
+else:
+    upload = st.file_uploader("Query photo", type=None, key="similar_upload")
+    if upload is not None:
+        vectors, failures = embedder().embed_sources([upload.getvalue()])
+        if failures:
+            st.error(f"{upload.name}: {failures[0][1]}")
+        else:
+            query = vectors[0]
+            st.image(upload.getvalue(), width=160)
+if query is None:
+    st.stop()
+
+neighbour_ids, scores = _index(key, embedded).query(query, k=k)
+labels = catalog().current_labels()
+names = {p.id: p.filename for p in catalog().products(neighbour_ids[0].tolist())}
+grid = st.columns(COLUMNS)
+for index, (product_id, score) in enumerate(zip(neighbour_ids[0], scores[0])):
+    with grid[index % COLUMNS].container(border=True):
+        path = thumbnail_path(int(product_id))
+        if path:
+            st.image(path, width="stretch")
+        st.caption(f"**{score:.3f}** · #{product_id} {names[int(product_id)]}  \n"
+                   f"{labels.get(int(product_id)) or 'unlabelled'}")

@@ -1,0 +1,73 @@
+"""Suspicious labels: labels the model, trained without them, confidently disagrees with."""
+
+import streamlit as st
+
+from core import suspicious
+from pages.common import author, catalog, embedder, thumbnail_path
+
+COLUMNS = 4
+SHOWN = 24
+
+st.title("Suspicious labels")
+st.caption("Each labelled product is predicted by a head trained on the *other* products (5-fold "
+           "cross-validation); confident learning (cleanlab) flags labels that disagree with a confident "
+           "prediction. Most suspicious first. “Label is right” is remembered.")
+key = (catalog().active_model_version() or {}).get("backbone") or embedder().key
+
+if st.button("Find suspicious labels", type="primary", disabled=len(catalog().current_labels()) < 10):
+    with st.spinner("Cross-validating the head on every label…"):
+        try:
+            st.session_state["suspicious"] = suspicious.suspicious_labels(catalog(), key)
+        except ValueError as error:
+            st.error(str(error))
+if "suspicious" not in st.session_state:
+    st.info("Press the button to check every current label (a few seconds per thousand products).")
+    st.stop()
+
+issues, statistics = st.session_state["suspicious"]
+current = catalog().current_labels()
+verdicts = catalog().label_verdicts()
+# Hide what was handled since the check: relabelled, or confirmed as right.
+issues = issues[[current.get(int(row.product_id)) == row.label and verdicts.get(int(row.product_id)) != row.label
+                 for row in issues.itertuples()]]
+st.metric("Flagged labels", len(issues), help=f"of {statistics['labelled']} labelled products; check took "
+          f"{statistics['seconds']:.1f} s")
+if issues.empty:
+    st.success("No suspicious labels left.")
+    st.stop()
+
+
+def use_suggestions(rows):
+    changed, conflicts = suspicious.use_suggestions(catalog(), rows, author())
+    st.session_state["notice"] = f"Relabelled {changed} product(s)."
+    st.session_state["conflicts"] = [conflict.message() for conflict in conflicts]
+
+
+def keep_label(product_ids):
+    marked = suspicious.mark_label_right(catalog(), product_ids, author())
+    st.session_state["notice"] = f"Kept {marked} label(s); they will not be flagged again."
+
+
+if notice := st.session_state.pop("notice", None):
+    st.toast(notice)
+for conflict in st.session_state.pop("conflicts", []):
+    st.warning(f"Not applied, someone was quicker: {conflict}.")
+
+visible = issues.head(SHOWN)
+bulk = st.columns(2)
+bulk[0].button(f"Use the suggestion for all {len(visible)} shown", on_click=use_suggestions, args=(visible,))
+bulk[1].button(f"All {len(visible)} shown are right", on_click=keep_label,
+               args=(visible["product_id"].tolist(),))
+grid = st.columns(COLUMNS)
+for index, row in enumerate(visible.itertuples()):
+    with grid[index % COLUMNS].container(border=True):
+        path = thumbnail_path(row.product_id)
+        if path:
+            st.image(path, width="stretch")
+        st.caption(f"{row.filename} · {row.label_source} label")
+        st.markdown(f"Label **{row.label}** ({row.label_quality:.0%})  \nSuggested **{row.suggested_label}** "
+                    f"({row.suggested_probability:.0%})")
+        st.button(f"Use {row.suggested_label}", key=f"fix-{row.product_id}", type="primary", width="stretch",
+                  on_click=use_suggestions, args=(visible.iloc[[index]],))
+        st.button("Label is right", key=f"keep-{row.product_id}", width="stretch",
+                  on_click=keep_label, args=([int(row.product_id)],))
