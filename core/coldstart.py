@@ -4,10 +4,19 @@ Give one or a few reference photos per category (a folder of category folders,
 e.g. the catalogue packshots). Each category's *prototype* is the mean of its
 references' L2-normalised features; a product is scored by cosine similarity to
 every prototype, and a softmax with temperature ``T`` turns the scores into
-probabilities. The result is an ordinary Keras head (``UnitNormalization`` then
-a bias-free ``Dense`` whose weights are the prototypes), stored as a model
-version, so everything that works with a trained head (Review, predictions,
-export) works with it too.
+probabilities. Reference packshots and catalogue photos differ in style, so the
+prototypes are then adapted to the catalogue, without any label
+(:func:`adapt_to_catalogue`): every feature is centred on the catalogue's mean
+feature ``mu`` (removing what all photos share, e.g. shelf background), and a
+few rounds of soft k-means move each prototype halfway towards the catalogue
+products it attracts (``P <- norm(0.5 P0 + 0.5 mean_w(x))``, weights
+``softmax(100 s)``). On the grocery benchmark, centring takes 81 iconic images
+from 34.8% to 41.6% val accuracy and the refinement to 48.3%
+(``benchmarks/coldstart.py``). The result is an ordinary Keras head
+(``UnitNormalization``, centring, ``UnitNormalization``, then a bias-free
+``Dense`` whose weights are the prototypes), stored as a model version, so
+everything that works with a trained head (Review, predictions, export) works
+with it too.
 """
 
 from __future__ import annotations
@@ -26,6 +35,36 @@ from core.head import HeadClassifier
 from core.training import EmbedderSettings, TrainingError
 
 DEFAULT_TEMPERATURE = 20.0
+REFINE_ITERATIONS = 10
+REFINE_SHARPNESS = 100.0
+REFINE_ANCHOR = 0.5
+
+
+def _normalise(vectors: np.ndarray) -> np.ndarray:
+    vectors = np.asarray(vectors, dtype=np.float32)
+    return vectors / np.maximum(np.linalg.norm(vectors, axis=-1, keepdims=True), 1e-12)
+
+
+def adapt_to_catalogue(prototypes: np.ndarray, catalogue_features: np.ndarray,
+                       iterations: int = REFINE_ITERATIONS, sharpness: float = REFINE_SHARPNESS,
+                       anchor: float = REFINE_ANCHOR) -> tuple[np.ndarray, np.ndarray]:
+    """``(centre, adapted prototypes)`` (see the module docstring); no labels are used."""
+    if len(catalogue_features) == 0:
+        return np.zeros(prototypes.shape[1], np.float32), _normalise(prototypes)
+    catalogue = _normalise(catalogue_features)
+    centre = catalogue.mean(axis=0)
+    catalogue = _normalise(catalogue - centre)
+    start = _normalise(_normalise(prototypes) - centre)
+    adapted = start
+    for _ in range(iterations):
+        scores = sharpness * (catalogue @ adapted.T)
+        weights = np.exp(scores - scores.max(axis=1, keepdims=True))
+        weights /= weights.sum(axis=1, keepdims=True)
+        pulled = _normalise(weights.T @ catalogue)
+        # Categories that attract no product keep their reference prototype.
+        pulled = np.where(weights.sum(axis=0)[:, None] > 1e-6, pulled, start)
+        adapted = _normalise(anchor * start + (1.0 - anchor) * pulled)
+    return centre.astype(np.float32), adapted.astype(np.float32)
 
 
 def reference_prototypes(embedder: Embedder, reference_dir: str | Path, augmented_views: int = 2, seed: int = 0
@@ -68,13 +107,16 @@ def reference_prototypes(embedder: Embedder, reference_dir: str | Path, augmente
     return categories, normalise(prototypes).astype(np.float32), rejected
 
 
-def prototype_head(categories: list[str], prototypes: np.ndarray,
-                   temperature: float = DEFAULT_TEMPERATURE) -> HeadClassifier:
+def prototype_head(categories: list[str], prototypes: np.ndarray, temperature: float = DEFAULT_TEMPERATURE,
+                   centre: np.ndarray | None = None) -> HeadClassifier:
     import keras
     from keras import layers
 
     inputs = keras.Input(shape=(prototypes.shape[1],), name="embedding")
     x = layers.UnitNormalization(name="l2_normalize")(inputs)
+    if centre is not None:
+        x = layers.Normalization(mean=centre, variance=np.ones_like(centre), name="centre")(x)
+        x = layers.UnitNormalization(name="l2_normalize_centred")(x)
     outputs = layers.Dense(len(categories), use_bias=False, activation="softmax", name="predictions")(x)
     model = keras.Model(inputs, outputs, name="productlens_prototypes")
     model.get_layer("predictions").set_weights([(prototypes.T * temperature).astype(np.float32)])
@@ -86,16 +128,24 @@ def prototype_head(categories: list[str], prototypes: np.ndarray,
 
 
 def cold_start(catalog: Catalog, embedder: Embedder, reference_dir: str | Path,
-               temperature: float = DEFAULT_TEMPERATURE, activate: bool = True) -> tuple[dict, list]:
-    """Build the prototype classifier from ``reference_dir`` and store it as a model version."""
+               temperature: float = DEFAULT_TEMPERATURE, activate: bool = True, adapt: bool = True
+               ) -> tuple[dict, list]:
+    """Build the prototype classifier from ``reference_dir`` and store it as a model version.
+
+    With ``adapt`` the prototypes are adapted to the catalogue's embedded
+    products (:func:`adapt_to_catalogue`); embed the catalogue first.
+    """
     categories, prototypes, rejected = reference_prototypes(embedder, reference_dir)
     if len(categories) < 2:
         raise TrainingError("cold start needs reference photos for at least 2 categories")
-    head = prototype_head(categories, prototypes, temperature)
+    centre = None
+    if adapt:
+        centre, prototypes = adapt_to_catalogue(prototypes, catalog.embeddings(embedder.key)[1])
+    head = prototype_head(categories, prototypes, temperature, centre)
     relative = f"models/prototypes-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}.keras"
     head.save(catalog.workspace / relative)
     params = {"kind": "prototypes", "embedder": asdict(EmbedderSettings.of(embedder)),
-              "temperature": temperature, "references": str(reference_dir)}
+              "temperature": temperature, "references": str(reference_dir), "adapted": bool(adapt)}
     metrics = dict(head.metrics_, n_train=int(len(categories)), train_seconds=0.0, best_epoch=0)
     version_id = catalog.add_model_version(embedder.key, categories, metrics, params, relative, activate=activate)
     return catalog.model_version(version_id), rejected

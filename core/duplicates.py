@@ -22,7 +22,7 @@ import numpy as np
 from core.catalog import Catalog
 from core.similarity import near_duplicate_groups
 
-DEFAULT_THRESHOLD = 0.95
+DEFAULT_THRESHOLD = 0.90
 
 
 def duplicate_groups(catalog: Catalog, embedding_key: str, threshold: float = DEFAULT_THRESHOLD) -> list[dict]:

@@ -3,12 +3,13 @@ import shutil
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from conftest import REPO, demo_photos
 from core import ingest
 from core.catalog import Catalog
-from core.coldstart import cold_start
+from core.coldstart import adapt_to_catalogue, cold_start
 from core.embeddings import embed_catalog
 from core.prediction import predict_catalog
 from core.training import TrainingError, load_version
@@ -58,3 +59,37 @@ def test_coldstart_command(tmp_path, references, demo_dir):
     assert result.returncode == 0, result.stderr
     summary = json.loads(result.stdout.strip().splitlines()[-1])
     assert summary["categories"] == 10 and summary["predicted"] == 16
+
+
+def test_adaptation_centres_and_pulls_prototypes_towards_the_catalogue():
+    rng = np.random.default_rng(0)
+    shared = rng.normal(size=32) * 5  # what every catalogue photo has in common (shelf, lighting)
+    truths = rng.normal(size=(3, 32))
+    catalogue = np.concatenate([shared + truth + 0.3 * rng.normal(size=(40, 32)) for truth in truths])
+    references = truths + 0.8 * rng.normal(size=(3, 32))  # packshots: no shelf, a different style
+    centre, adapted = adapt_to_catalogue(references, catalogue)
+    assert centre.shape == (32,) and np.allclose(np.linalg.norm(adapted, axis=1), 1.0, atol=1e-5)
+
+    def accuracy(prototypes, centre):
+        features = catalogue / np.linalg.norm(catalogue, axis=1, keepdims=True) - centre
+        return np.mean((features @ prototypes.T).argmax(axis=1) == np.repeat(np.arange(3), 40))
+
+    raw = references / np.linalg.norm(references, axis=1, keepdims=True)
+    assert accuracy(adapted, centre) >= accuracy(raw, np.zeros(32))
+    assert accuracy(adapted, centre) > 0.9
+    empty_centre, unchanged = adapt_to_catalogue(references, np.zeros((0, 32)))
+    assert not empty_centre.any() and np.allclose(unchanged, raw, atol=1e-6)
+
+
+def test_references_can_be_a_zip_of_category_folders(tmp_path, references, embedder, demo_dir):
+    import zipfile
+
+    archive = tmp_path / "references.zip"
+    with zipfile.ZipFile(archive, "w") as handle:
+        for photo in sorted(references.rglob("*.jpg")):
+            handle.write(photo, photo.relative_to(references).as_posix())
+    catalog = Catalog(tmp_path / "ws")
+    ingest.import_paths(catalog, [demo_dir / "Lemon"])
+    embed_catalog(catalog, embedder)
+    version, rejected = cold_start(catalog, embedder, archive)
+    assert not rejected and len(version["classes"]) == 10 and version["params"]["adapted"]
