@@ -95,6 +95,15 @@ def _keras_application(name: str, weights, image_size: int):
     return keras.Model(inputs, features, name=name)
 
 
+def _load_weights_file(model, weights_path: Path | None) -> None:
+    if weights_path is None:
+        return
+    try:
+        model.load_weights(weights_path)
+    except Exception as error:
+        raise BackboneUnavailableError(f"cannot load weights from {weights_path}: {error}") from None
+
+
 def build_feature_model(name: str = config.DEFAULT_BACKBONE, weights: str | None = "imagenet",
                         image_size: int | None = None):
     """Return the Keras feature extractor for backbone ``name``.
@@ -113,7 +122,7 @@ def build_feature_model(name: str = config.DEFAULT_BACKBONE, weights: str | None
             raise BackboneUnavailableError(f"weights file {weights_path} not found")
 
     if name.startswith("efficientnet_lite"):
-        from core.efficientnet_lite import build_efficientnet_lite, load_efficientnet_lite
+        from core.efficientnet_lite import build_efficientnet_lite, fold_batch_norm, load_efficientnet_lite
 
         if weights == "imagenet":
             try:
@@ -123,6 +132,13 @@ def build_feature_model(name: str = config.DEFAULT_BACKBONE, weights: str | None
         else:
             classifier = build_efficientnet_lite(name, image_size)
         model = keras.Model(classifier.input, classifier.get_layer("avg_pool").output, name=name)
+        _load_weights_file(model, weights_path)
+        # Inference never updates BatchNormalization: folding it into the convolutions
+        # gives the same features ~1.3x faster on CPU (benchmarks/throughput.py).
+        folded = build_efficientnet_lite(name, image_size, folded=True)
+        folded = keras.Model(folded.input, folded.get_layer("avg_pool").output, name=name)
+        fold_batch_norm(model, folded)
+        model = folded
     else:
         try:
             model = _keras_application(name, "imagenet" if weights == "imagenet" else None, image_size)
@@ -134,10 +150,6 @@ def build_feature_model(name: str = config.DEFAULT_BACKBONE, weights: str | None
                 f"Keras downloads them on first use, which needs internet access; the default backbone "
                 f"'{config.DEFAULT_BACKBONE}' works offline, or pass a local weights file."
             ) from None
-    if weights_path is not None:
-        try:
-            model.load_weights(weights_path)
-        except Exception as error:
-            raise BackboneUnavailableError(f"cannot load weights from {weights_path}: {error}") from None
+        _load_weights_file(model, weights_path)
     model.trainable = False
     return model

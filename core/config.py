@@ -56,3 +56,18 @@ def max_zip_bytes() -> int:
 def max_zip_entries() -> int:
     """Most members read from one zip archive (``PRODUCTLENS_MAX_ZIP_ENTRIES``, default 100,000)."""
     return _int_env("PRODUCTLENS_MAX_ZIP_ENTRIES", 100_000)
+
+
+def embedding_batch_size() -> int:
+    """Photos per forward pass: ``$PRODUCTLENS_BATCH_SIZE``, else 8 on a CPU, 64 with a GPU.
+
+    On CPUs small batches keep each layer's activations in cache: batch 8 embeds
+    ~20% faster than 32 on the 2-core benchmark machine (benchmarks/throughput.py);
+    GPUs want large batches.
+    """
+    value = os.environ.get("PRODUCTLENS_BATCH_SIZE")
+    if value:
+        return max(1, int(value))
+    import tensorflow as tf
+
+    return 64 if tf.config.list_physical_devices("GPU") else 8

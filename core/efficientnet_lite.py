@@ -89,20 +89,30 @@ def _variant(name: str) -> LiteVariant:
         raise ValueError(f"unknown EfficientNet-Lite variant {name!r}; choose from {sorted(VARIANTS)}") from None
 
 
-def build_efficientnet_lite(variant_name: str = "efficientnet_lite0", image_size: int | None = None):
+def build_efficientnet_lite(variant_name: str = "efficientnet_lite0", image_size: int | None = None,
+                            folded: bool = False):
     """Build the full 1000-class EfficientNet-Lite as a functional Keras model (random weights).
 
     ``image_size=None`` gives a model that accepts any spatial size; the global
-    average pool makes the features resolution-independent.
+    average pool makes the features resolution-independent. ``folded=True``
+    builds the inference-only graph without BatchNormalization layers (each
+    convolution carries a bias instead); fill it with :func:`fold_batch_norm`.
     """
     import keras
     from keras import layers
 
+    def conv_bn(layer_class, *args, name, bn_name, **kwargs):
+        def apply(tensor):
+            if folded:
+                return layer_class(*args, use_bias=True, name=name, **kwargs)(tensor)
+            tensor = layer_class(*args, use_bias=False, name=name, **kwargs)(tensor)
+            return layers.BatchNormalization(epsilon=_BATCH_NORM_EPSILON, name=bn_name)(tensor)
+        return apply
+
     variant = _variant(variant_name)
     inputs = keras.Input(shape=(image_size, image_size, 3), name="pixels")
     x = layers.Rescaling(scale=1.0 / 128.0, offset=-127.0 / 128.0, name="rescaling")(inputs)
-    x = layers.Conv2D(_STEM_FILTERS, 3, strides=2, padding="same", use_bias=False, name="stem_conv")(x)
-    x = layers.BatchNormalization(epsilon=_BATCH_NORM_EPSILON, name="stem_bn")(x)
+    x = conv_bn(layers.Conv2D, _STEM_FILTERS, 3, strides=2, padding="same", name="stem_conv", bn_name="stem_bn")(x)
     x = layers.ReLU(max_value=6.0, name="stem_activation")(x)
 
     for block, (kernel_size, stride, expand_ratio, input_filters, output_filters) in enumerate(block_layout(variant)):
@@ -110,24 +120,56 @@ def build_efficientnet_lite(variant_name: str = "efficientnet_lite0", image_size
         shortcut = x
         expanded_filters = input_filters * expand_ratio
         if expand_ratio != 1:
-            x = layers.Conv2D(expanded_filters, 1, padding="same", use_bias=False, name=prefix + "expand_conv")(x)
-            x = layers.BatchNormalization(epsilon=_BATCH_NORM_EPSILON, name=prefix + "expand_bn")(x)
+            x = conv_bn(layers.Conv2D, expanded_filters, 1, padding="same", name=prefix + "expand_conv",
+                        bn_name=prefix + "expand_bn")(x)
             x = layers.ReLU(max_value=6.0, name=prefix + "expand_activation")(x)
-        x = layers.DepthwiseConv2D(kernel_size, strides=stride, padding="same", use_bias=False,
-                                   name=prefix + "dwconv")(x)
-        x = layers.BatchNormalization(epsilon=_BATCH_NORM_EPSILON, name=prefix + "bn")(x)
+        x = conv_bn(layers.DepthwiseConv2D, kernel_size, strides=stride, padding="same", name=prefix + "dwconv",
+                    bn_name=prefix + "bn")(x)
         x = layers.ReLU(max_value=6.0, name=prefix + "activation")(x)
-        x = layers.Conv2D(output_filters, 1, padding="same", use_bias=False, name=prefix + "project_conv")(x)
-        x = layers.BatchNormalization(epsilon=_BATCH_NORM_EPSILON, name=prefix + "project_bn")(x)
+        x = conv_bn(layers.Conv2D, output_filters, 1, padding="same", name=prefix + "project_conv",
+                    bn_name=prefix + "project_bn")(x)
         if stride == 1 and input_filters == output_filters:
             x = layers.Add(name=prefix + "add")([x, shortcut])
 
-    x = layers.Conv2D(_HEAD_FILTERS, 1, padding="same", use_bias=False, name="top_conv")(x)
-    x = layers.BatchNormalization(epsilon=_BATCH_NORM_EPSILON, name="top_bn")(x)
+    x = conv_bn(layers.Conv2D, _HEAD_FILTERS, 1, padding="same", name="top_conv", bn_name="top_bn")(x)
     x = layers.ReLU(max_value=6.0, name="top_activation")(x)
     x = layers.GlobalAveragePooling2D(name="avg_pool")(x)
     outputs = layers.Dense(NUM_IMAGENET_CLASSES, activation="softmax", name="predictions")(x)
     return keras.Model(inputs, outputs, name=variant.name)
+
+
+def fold_batch_norm(model, folded_model) -> None:
+    """Copy ``model``'s weights into ``folded_model`` (``folded=True``), folding each BatchNormalization
+    into the convolution before it: ``w' = w * g / sqrt(v + eps)``, ``b' = beta - m * g / sqrt(v + eps)``.
+
+    Inference only (the statistics are frozen); the features are the same up to
+    float rounding, and the graph saves one full pass over every activation map
+    per convolution.
+    """
+    from keras import layers
+
+    bn_of = {"stem_conv": "stem_bn", "top_conv": "top_bn"}
+    for layer in folded_model.layers:
+        name = layer.name
+        if name.endswith("_expand_conv"):
+            bn_of[name] = name.replace("_expand_conv", "_expand_bn")
+        elif name.endswith("_dwconv"):
+            bn_of[name] = name.replace("_dwconv", "_bn")
+        elif name.endswith("_project_conv"):
+            bn_of[name] = name.replace("_project_conv", "_project_bn")
+    for layer in folded_model.layers:
+        source = model.get_layer(layer.name)
+        if layer.name not in bn_of:
+            layer.set_weights(source.get_weights())
+            continue
+        gamma, beta, mean, variance = model.get_layer(bn_of[layer.name]).get_weights()
+        scale = gamma / np.sqrt(variance + _BATCH_NORM_EPSILON)
+        (kernel,) = source.get_weights()
+        if isinstance(layer, layers.DepthwiseConv2D):
+            kernel = kernel * scale[None, None, :, None]
+        else:
+            kernel = kernel * scale[None, None, None, :]
+        layer.set_weights([kernel.astype(np.float32), (beta - mean * scale).astype(np.float32)])
 
 
 def _conv_kernel(weight: np.ndarray) -> np.ndarray:

@@ -37,18 +37,18 @@ class Embedder:
 
     def __init__(self, backbone: str = config.DEFAULT_BACKBONE, weights: str | None = "imagenet",
                  image_size: int | None = None, crop: str = "full", flip_tta: bool = True,
-                 batch_size: int = 32, decode_workers: int | None = None):
+                 batch_size: int | None = None, decode_workers: int | None = None):
         spec = backbones.spec(backbone)
         if crop not in ("full", "center"):
             raise ValueError(f"crop must be 'full' or 'center', got {crop!r}")
-        if batch_size < 1:
+        if batch_size is not None and batch_size < 1:
             raise ValueError("batch_size must be at least 1")
         self.backbone = backbone
         self.weights = weights
         self.image_size = int(image_size or spec.image_size)
         self.crop = crop
         self.flip_tta = flip_tta
-        self.batch_size = batch_size
+        self._batch_size = batch_size
         self.decode_workers = decode_workers or max(1, min(4, os.cpu_count() or 1))
         self.feature_dim = spec.feature_dim
         self._model = None
@@ -68,6 +68,17 @@ class Embedder:
         if self.weights not in ("imagenet",):
             key += "+random" if self.weights is None else f"+weights:{os.path.basename(str(self.weights))}"
         return key
+
+    @property
+    def batch_size(self) -> int:
+        """Photos per forward pass; chosen per machine unless given (see :func:`config.embedding_batch_size`)."""
+        if self._batch_size is None:
+            self._batch_size = config.embedding_batch_size()
+        return self._batch_size
+
+    @batch_size.setter
+    def batch_size(self, value: int) -> None:
+        self._batch_size = int(value)
 
     @property
     def model(self):

@@ -5,7 +5,7 @@ from conftest import IMAGENET_CHECKS, imagenet_check_photo
 from core import images
 from core._internal.torch_legacy import load_legacy_state_dict
 from core.efficientnet_lite import (
-    VARIANTS, assign_torch_state_dict, block_layout, build_efficientnet_lite, cached_weights_path,
+    VARIANTS, assign_torch_state_dict, block_layout, build_efficientnet_lite, cached_weights_path, fold_batch_norm,
     load_efficientnet_lite, pretrained_weights_file)
 
 
@@ -31,6 +31,17 @@ def test_converted_model_recognises_real_product_photos(imagenet_model, category
     probabilities = imagenet_model.predict(pixels[None].astype("float32"), verbose=0)[0]
     assert int(np.argmax(probabilities)) == IMAGENET_CHECKS[category]
     assert probabilities.sum() == pytest.approx(1.0, abs=1e-3)
+
+
+def test_folded_batch_norm_graph_gives_the_same_predictions(imagenet_model):
+    folded = build_efficientnet_lite("efficientnet_lite0", 224, folded=True)
+    fold_batch_norm(imagenet_model, folded)
+    assert not [layer for layer in folded.layers if "BatchNormalization" in type(layer).__name__]
+    pixels = np.stack([images.load_for_model(imagenet_check_photo(c), 224) for c in sorted(IMAGENET_CHECKS)])
+    reference = imagenet_model.predict(pixels.astype("float32"), verbose=0)
+    fast = folded.predict(pixels.astype("float32"), verbose=0)
+    assert (fast.argmax(axis=1) == reference.argmax(axis=1)).all()
+    np.testing.assert_allclose(fast, reference, atol=1e-4)
 
 
 def test_conversion_is_cached_and_reused(tmp_path):

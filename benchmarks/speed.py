@@ -1,0 +1,101 @@
+"""Seconds a user waits for the cached-embedding steps: retrain, predict, map.
+
+On the grocery features (``_grocery.py`` cache), in one run:
+
+- **retrain**: the default head on the 2,640 labelled train products (with their
+  augmented views), through ``train_version`` (fit + save + record), median of 3;
+- **predict 10,000**: ``predict_catalog`` on a catalogue of 10,000 embedded
+  products (grocery vectors repeated with a little noise; tiny distinct photos),
+  top-5 stored in SQLite, median of 3;
+- **UMAP of 5,000 products**: :func:`core.projection.project`, warm (second call
+  in this process, median of 3) and in a fresh process (numba's compiled
+  kernels come from the persisted cache, not recompiled).
+
+Prints one JSON object on the last line.
+
+    python benchmarks/speed.py
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+from PIL import Image
+
+from _grocery import REPO, grocery_features
+
+
+def median_seconds(function, repeats: int = 3) -> float:
+    durations = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        function()
+        durations.append(time.perf_counter() - started)
+    return round(statistics.median(durations), 3)
+
+
+def main() -> None:
+    from core.catalog import Catalog
+    from core.embeddings import Embedder
+    from core.head import HeadClassifier
+    from core.prediction import predict_catalog
+    from core.projection import project
+    from core.training import train_version
+
+    data = grocery_features()
+    results = {}
+
+    catalog, embedder = data.catalog, data.embedder
+    versions = []
+    results["retrain_2640_seconds"] = median_seconds(
+        lambda: versions.append(train_version(catalog, embedder, product_ids=data.train.ids.tolist(),
+                                              activate=False)))
+    results["retrain_head_fit_seconds"] = versions[-1]["metrics"]["train_seconds"]
+    results["retrain_rows"] = int(len(data.train.ids) * (1 + len(data.train.views)))
+    print(f"retrain on {len(data.train.ids)} products: {results['retrain_2640_seconds']} s "
+          f"(head fit {results['retrain_head_fit_seconds']} s)", flush=True)
+
+    with tempfile.TemporaryDirectory() as scratch:
+        big = Catalog(scratch)
+        rng = np.random.default_rng(0)
+        ids = []
+        for index in range(10_000):
+            buffer = io.BytesIO()
+            Image.new("RGB", (1, 1), (index % 256, index // 256 % 256, index // 65536)).save(buffer, "PNG")
+            ids.append(big.add_image(buffer.getvalue(), f"p{index}.png", "PNG", ".png", 1, 1)[0])
+        base = np.concatenate([data.train.features, data.val.features])
+        vectors = base[np.arange(10_000) % len(base)] + rng.normal(0, 0.01, size=(10_000, base.shape[1]))
+        key = Embedder().key
+        big.store_embeddings(key, ids, vectors.astype(np.float32))
+        head = HeadClassifier().fit(data.train.features, data.train.labels)
+        head.save(big.workspace / "models" / "head.keras")
+        version_id = big.add_model_version(key, list(head.classes_), {}, {}, "models/head.keras")
+        results["predict_10000_seconds"] = median_seconds(lambda: predict_catalog(big, version_id))
+        print(f"predict 10,000 cached embeddings (load head, read, predict, store top-5): "
+              f"{results['predict_10000_seconds']} s", flush=True)
+
+    features = np.concatenate([data.train.features] + data.train.views)[:5000]
+    project(features[:500])  # compile / load numba kernels
+    results["umap_5000_warm_seconds"] = median_seconds(lambda: project(features))
+    print(f"UMAP of 5,000 products, warm process: {results['umap_5000_warm_seconds']} s", flush=True)
+    with tempfile.NamedTemporaryFile(suffix=".npy") as handle:
+        np.save(handle.name, features)
+        code = ("import time, numpy as np; from core.projection import project; "
+                f"x = np.load({handle.name!r}); t = time.perf_counter(); project(x); "
+                "print(time.perf_counter() - t)")
+        fresh = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
+        results["umap_5000_fresh_process_seconds"] = round(float(fresh.stdout.strip().splitlines()[-1]), 3)
+    print(f"UMAP of 5,000 products, fresh process (numba cache on disk): "
+          f"{results['umap_5000_fresh_process_seconds']} s", flush=True)
+    print(json.dumps(results))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,209 @@
+"""Embedding throughput: ProductLens vs a plain Keras pipeline vs a per-image loop, and the ceiling.
+
+In one process, on the same 1,000 grocery train photos and the same backbone
+(EfficientNet-Lite0 at the default resolution, one forward pass per photo):
+
+- **ceiling**: model only, on pre-decoded uint8 tensors (what this CPU can do);
+- **decode only**: ProductLens's decoder (JPEG DCT-domain downscale, EXIF, RGB);
+- **ProductLens**: ``Embedder.embed_sources`` (decoding on worker threads while the
+  model runs), also with its default flip test-time augmentation (2 passes);
+- **plain Keras**: ``keras.utils.image_dataset_from_directory`` + ``model.predict``;
+- **per-image loop**: ``keras.utils.load_img`` + ``model.predict`` on one photo at a time.
+
+Then the levers on the ceiling (batch size, XLA ``jit_compile``, bfloat16 where
+the CPU has native support) and, with ``--stream N``, the resident memory while
+N photos are embedded chunk by chunk the way :func:`core.embeddings.embed_catalog`
+does (it must stay flat). Prints one JSON object on the last line.
+
+    python benchmarks/throughput.py [--images 1000] [--stream 10000] [--skip-loop]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+DEFAULT_DATASET = REPO.parent / "shared" / "datasets" / "grocery"
+
+
+def timed(function, repeats: int = 1) -> float:
+    """Median wall seconds of ``repeats`` runs."""
+    durations = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        function()
+        durations.append(time.perf_counter() - started)
+    return statistics.median(durations)
+
+
+def sample_photos(dataset: Path, count: int) -> list[Path]:
+    photos = sorted((dataset / "train").rglob("*.jpg"))
+    chosen = np.random.default_rng(0).permutation(len(photos))[:count]
+    return [photos[i] for i in sorted(chosen)]
+
+
+def cpu_flags() -> set[str]:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return set()
+    line = next((line for line in text.splitlines() if line.startswith("flags")), "")
+    return set(line.split(":", 1)[-1].split())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dataset", type=Path, default=DEFAULT_DATASET)
+    parser.add_argument("--images", type=int, default=1000)
+    parser.add_argument("--stream", type=int, default=0, help="also embed this many photos, reporting memory")
+    parser.add_argument("--skip-loop", action="store_true", help="skip the (slow) per-image loop")
+    args = parser.parse_args()
+
+    import keras
+    import tensorflow as tf
+
+    from core import images
+    from core._internal.memory import current_rss_mb, peak_rss_mb
+    from core.embeddings import Embedder
+
+    photos = sample_photos(args.dataset, args.images)
+    count = len(photos)
+    embedder = Embedder()
+    size = embedder.image_size
+    model = embedder.model
+    results: dict = {"images": count, "backbone": embedder.backbone, "image_size": size,
+                     "batch_size": embedder.batch_size, "decode_workers": embedder.decode_workers,
+                     "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs",
+                     "tensorflow": tf.__version__}
+    rate = {}
+
+    def report(name, seconds, passes=1):
+        rate[name] = count / seconds
+        print(f"{name:<58} {rate[name]:7.1f} images/s  ({seconds:.1f} s{', 2 passes each' if passes == 2 else ''})",
+              flush=True)
+
+    # Decode once up front: the ceiling must not pay for it.
+    started = time.perf_counter()
+    pixels = np.stack([images.load_for_model(path, size) for path in photos])
+    report("decode only (1 thread, ProductLens decoder)", time.perf_counter() - started)
+    embedder.embed_pixels(pixels[:embedder.batch_size], flip_tta=False)  # trace + warm up
+    embedder.embed_pixels(pixels[:embedder.batch_size], flip_tta=True)
+    report("ceiling: model only on decoded tensors", timed(lambda: embedder.embed_pixels(pixels, flip_tta=False)))
+    report("ProductLens: files -> features", timed(lambda: embedder.embed_sources(photos, flip_tta=False)))
+    report("ceiling, flip TTA (default)", timed(lambda: embedder.embed_pixels(pixels, flip_tta=True)), 2)
+    report("ProductLens default (flip TTA): files -> features",
+           timed(lambda: embedder.embed_sources(photos, flip_tta=True)), 2)
+
+    with tempfile.TemporaryDirectory() as scratch:
+        # image_dataset_from_directory wants class folders: mirror the photos' folders with links.
+        for path in photos:
+            target = Path(scratch) / path.parent.name / path.name
+            target.parent.mkdir(exist_ok=True)
+            target.symlink_to(path)
+        dataset = keras.utils.image_dataset_from_directory(scratch, labels=None, image_size=(size, size),
+                                                           batch_size=32, shuffle=False)
+        model.predict(dataset.take(1), verbose=0)
+        report("plain Keras: image_dataset_from_directory + predict",
+               timed(lambda: model.predict(dataset, verbose=0)))
+
+    if not args.skip_loop:
+        def per_image():
+            for path in photos:
+                array = keras.utils.img_to_array(keras.utils.load_img(path, target_size=(size, size)))
+                model.predict(array[None], verbose=0)
+
+        report("per-image loop: load_img + predict", timed(per_image))
+
+    # -- levers on the ceiling (on the first 256 photos: each lever is one more model-only run) --
+    levers = {}
+    lever_pixels = pixels[:256]
+    for batch_size in (8, 16, 32, 64):
+        probe = Embedder(batch_size=batch_size)
+        probe._model = model
+        probe.embed_pixels(lever_pixels[:batch_size], flip_tta=False)
+        levers[f"batch {batch_size}"] = len(lever_pixels) / timed(
+            lambda: probe.embed_pixels(lever_pixels, flip_tta=False))
+    forward_xla = tf.function(lambda batch: model(tf.cast(batch, tf.float32), training=False), jit_compile=True)
+    try:
+        forward_xla(pixels[:32])
+
+        def run_xla():
+            for start in range(0, 64, 32):
+                forward_xla(pixels[start:start + 32]).numpy()
+
+        levers["XLA jit_compile, batch 32 (64 photos)"] = 64 / timed(run_xla)
+    except Exception as error:  # XLA is optional; report why it could not run
+        levers["XLA jit_compile, batch 32 (64 photos)"] = f"failed: {type(error).__name__}"
+    flags = cpu_flags()
+    if flags & {"avx512_bf16", "amx_bf16"}:
+        reference = embedder.embed_pixels(pixels, flip_tta=False)
+        keras.mixed_precision.set_global_policy("mixed_bfloat16")
+        try:
+            bf16 = Embedder()
+            bf16.embed_pixels(pixels[:32], flip_tta=False)
+            levers["bfloat16, batch 32"] = count / timed(lambda: bf16.embed_pixels(pixels, flip_tta=False))
+            low = bf16.embed_pixels(pixels, flip_tta=False)
+            cosine = np.sum(reference * low, axis=1) / (np.linalg.norm(reference, axis=1) * np.linalg.norm(low, axis=1))
+            levers["bfloat16 min feature cosine vs float32"] = float(cosine.min())
+        finally:
+            keras.mixed_precision.set_global_policy("float32")
+    else:
+        levers["bfloat16"] = "skipped: this CPU has no native bfloat16 (no AVX512_BF16 / AMX_BF16)"
+    for name, value in levers.items():
+        print(f"lever {name:<52} {value if isinstance(value, str) else f'{value:7.1f} images/s'}", flush=True)
+
+    results["images_per_second"] = {name: round(value, 2) for name, value in rate.items()}
+    results["levers"] = {name: round(value, 2) if isinstance(value, float) else value for name, value in levers.items()}
+    ceiling = rate["ceiling: model only on decoded tensors"]
+    results["ratios"] = {
+        "productlens_vs_ceiling": round(rate["ProductLens: files -> features"] / ceiling, 3),
+        "productlens_flip_vs_ceiling_flip": round(rate["ProductLens default (flip TTA): files -> features"]
+                                                  / rate["ceiling, flip TTA (default)"], 3),
+        "productlens_vs_plain_keras": round(rate["ProductLens: files -> features"]
+                                            / rate["plain Keras: image_dataset_from_directory + predict"], 2),
+    }
+    if "per-image loop: load_img + predict" in rate:
+        results["ratios"]["productlens_vs_per_image_loop"] = round(
+            rate["ProductLens: files -> features"] / rate["per-image loop: load_img + predict"], 2)
+    print("ratios: " + ", ".join(f"{k} {v}" for k, v in results["ratios"].items()))
+
+    if args.stream:
+        # Chunked like embed_catalog: memory must not grow with the number of photos.
+        all_photos = sorted((args.dataset / "train").rglob("*.jpg")) + sorted((args.dataset / "val").rglob("*.jpg"))
+        del pixels
+        samples = []
+        started, done = time.perf_counter(), 0
+        sink = np.lib.format.open_memmap(Path(tempfile.gettempdir()) / "productlens-stream.npy", mode="w+",
+                                         dtype=np.float16, shape=(args.stream, embedder.feature_dim))
+        while done < args.stream:
+            chunk = [all_photos[(done + i) % len(all_photos)] for i in range(min(256, args.stream - done))]
+            vectors, _ = embedder.embed_sources(chunk, flip_tta=False)
+            sink[done:done + len(chunk)] = vectors
+            done += len(chunk)
+            samples.append((done, round(current_rss_mb(), 1)))
+            if done % 2048 < 256:
+                print(f"streamed {done}/{args.stream}: RSS {samples[-1][1]:.0f} MB", flush=True)
+        sink.flush()
+        results["stream"] = {"images": args.stream, "seconds": round(time.perf_counter() - started, 1),
+                             "rss_mb_after_first_chunk": samples[0][1], "rss_mb_at_end": samples[-1][1],
+                             "peak_rss_mb": round(peak_rss_mb(), 1),
+                             "rss_mb_by_images": samples[:: max(1, len(samples) // 10)]}
+        print(f"stream: {args.stream} photos, RSS {samples[0][1]:.0f} MB after the first chunk, "
+              f"{samples[-1][1]:.0f} MB at the end, peak {results['stream']['peak_rss_mb']:.0f} MB")
+    print(json.dumps(results))
+
+
+if __name__ == "__main__":
+    main()
