@@ -1,6 +1,6 @@
 """Near-duplicate detection: precision and recall of the similarity threshold on grocery val.
 
-Every val photo gets 4 edited copies (the default embedder's features, raw cosine): re-encoded (JPEG quality 40), resized to
+Every val photo gets 4 edited copies (default embedder features, raw cosine): re-encoded (JPEG quality 40), resized to
 half size, centre-cropped to 80%, and a random 70-90% crop, mirrored and
 re-encoded. Positive pairs are (photo, its copy) and copies of the same photo;
 negative pairs are any two items made from *different* photos. The grocery val
