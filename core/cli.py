@@ -342,8 +342,10 @@ def build_parser() -> argparse.ArgumentParser:
         add_backbone_options(sub)
         sub.add_argument("--quiet", action="store_true", help="no progress bars")
         if head:
-            sub.add_argument("--hidden-units", type=int, default=0, help="hidden layer width, 0 = linear head")
-            sub.add_argument("--epochs", type=int, default=200, help="maximum training epochs")
+            sub.add_argument("--hidden-units", type=int, default=0,
+                             help="hidden layer width; 0 = linear head, solved in closed form (default)")
+            sub.add_argument("--epochs", type=int, default=200,
+                             help="maximum training epochs of a head with a hidden layer (AdamW)")
             sub.add_argument("--views", type=int, default=DEFAULT_AUGMENTED_VIEWS,
                              help=f"augmented crop views per labelled photo (default {DEFAULT_AUGMENTED_VIEWS}; "
                                   "0 = fastest, less accurate)")
