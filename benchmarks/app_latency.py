@@ -63,9 +63,20 @@ def main() -> None:
     started = time.perf_counter()
     prepare(workspace, args.dataset)
     setup_seconds = time.perf_counter() - started
-    photos = sorted((args.dataset / "val").rglob("*.jpg"))[::5][:50]
+    import hashlib
+
     from core.catalog import Catalog
-    products = Catalog(workspace).count_products()
+
+    catalog = Catalog(workspace)
+    # Photos the (possibly reused) workspace does not hold yet: the upload must create 50 new products.
+    known = {row[0] for row in catalog.connection.execute("SELECT sha256 FROM products")}
+    fresh = [p for p in sorted((args.dataset / "val").rglob("*.jpg"))
+             if hashlib.sha256(p.read_bytes()).hexdigest() not in known]
+    photos = fresh[::5][:50]
+    products = catalog.count_products()
+    # Cold means cold: no projection cached from an earlier run.
+    for cached in (workspace / "cache").glob("umap-*.npy"):
+        cached.unlink()
 
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
