@@ -115,11 +115,17 @@ class Embedder:
             raise ValueError(f"expected pixels of shape (n, {self.image_size}, {self.image_size}, 3), "
                              f"got {pixels.shape}")
         forward = self._compiled_forward()
+        count = len(pixels)
+        if count == 0:
+            return np.zeros((0, self.feature_dim), dtype=np.float32)
+        # Every call sees the same batch shape: a short last batch is padded (a few wasted
+        # images) rather than making TensorFlow trace the graph again (seconds, per shape).
+        padding = -count % self.batch_size
+        if padding:
+            pixels = np.concatenate([pixels, np.zeros((padding, *pixels.shape[1:]), dtype=pixels.dtype)])
         outputs = [forward(pixels[start:start + self.batch_size], flip).numpy()
                    for start in range(0, len(pixels), self.batch_size)]
-        if not outputs:
-            return np.zeros((0, self.feature_dim), dtype=np.float32)
-        return np.concatenate(outputs).astype(np.float32)
+        return np.concatenate(outputs)[:count].astype(np.float32)
 
     def load_pixels(self, source) -> np.ndarray:
         return images.load_for_model(source, self.image_size, self.crop)

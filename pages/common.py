@@ -6,6 +6,7 @@ process with ``st.cache_resource``; per-user state lives in ``st.session_state``
 
 from __future__ import annotations
 
+import numpy as np
 import streamlit as st
 
 from core.catalog import Catalog
@@ -46,7 +47,8 @@ def catalog() -> Catalog:
 @st.cache_resource(show_spinner="Loading the image model (once per server)…")
 def embedder() -> Embedder:
     model = Embedder()
-    _ = model.model  # build and load weights now, not in the middle of a job
+    # Build, load weights and trace the forward pass now, not during the first upload.
+    model.embed_pixels(np.zeros((1, model.image_size, model.image_size, 3), np.uint8))
     return model
 
 

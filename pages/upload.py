@@ -11,6 +11,9 @@ st.caption(f"JPEG, PNG, WebP, BMP, GIF, TIFF or zip archives (folders inside nam
            f"Limits: {max_file_bytes() // 2**20} MB and {max_pixels() // 1_000_000} megapixels per photo, "
            f"{max_zip_bytes() // 2**20} MB unpacked per archive; a file over a limit is listed with the reason.")
 
+# Load the image model while the user picks files (once per server), not after they press the button.
+embedder()
+
 with st.form("upload", clear_on_submit=True):
     files = st.file_uploader("Photos or zip archives", accept_multiple_files=True,
                              type=["jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff", "zip"])
