@@ -73,6 +73,29 @@ def main() -> None:
 
     record("  shrinkage LDA (scikit-learn, shrinkage 0.1) instead of ridge", lda)
 
+    # Multi-crop test-time augmentation: average the head's probabilities over the photo and
+    # the same kind of random crops the training views use (embedded once, cached per val photo).
+    from core.embeddings import embed_catalog
+
+    crops = []
+    for view in range(4):
+        embed_catalog(data.catalog, data.embedder, product_ids=val.ids.tolist(), view=view)
+        crop_ids, crop_features = data.catalog.embeddings(data.embedder.view_key(view), val.ids.tolist())
+        if np.array_equal(crop_ids, val.ids):
+            crops.append(crop_features)
+    for count in (2, 4):
+        def fit_tta(features, views, count=count):
+            model = HeadClassifier().fit(features, train.labels, augmented_views=views)
+
+            def predict(val_features):
+                probabilities = model.predict_proba(val_features)
+                for crop in crops[:count]:
+                    probabilities = probabilities + model.predict_proba(crop)
+                return model.classes_[probabilities.argmax(axis=1)]
+            return predict
+
+        record(f"  + test-time average over {count} random crops of each val photo", fit_tta)
+
     if args.lite2:
         lite2 = Embedder(backbone="efficientnet_lite2")
         other = grocery_features(embedder=lite2)
