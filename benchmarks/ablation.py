@@ -107,6 +107,25 @@ def main() -> None:
                np.concatenate([train.features, other.train.features], axis=1),
                np.concatenate([val.features, other.val.features], axis=1),
                [np.concatenate([a, b], axis=1) for a, b in zip(train.views, other.train.views)])
+        other_crops = []
+        for view in range(4):
+            embed_catalog(other.catalog, lite2, product_ids=val.ids.tolist(), view=view)
+            other_crops.append(other.catalog.embeddings(lite2.view_key(view), val.ids.tolist())[1])
+
+        def fit_both_tta(features, views):
+            model = HeadClassifier().fit(features, train.labels, augmented_views=views)
+
+            def predict(val_features):
+                probabilities = model.predict_proba(val_features)
+                for crop, other_crop in zip(crops, other_crops):
+                    probabilities = probabilities + model.predict_proba(np.concatenate([crop, other_crop], axis=1))
+                return model.classes_[probabilities.argmax(axis=1)]
+            return predict
+
+        record("Lite0 + Lite2 concatenated + test-time average over 4 random crops", fit_both_tta,
+               np.concatenate([train.features, other.train.features], axis=1),
+               np.concatenate([val.features, other.val.features], axis=1),
+               [np.concatenate([a, b], axis=1) for a, b in zip(train.views, other.train.views)])
 
     print("\n| lever | fine | coarse | training s |\n|---|---|---|---|")
     for row in rows:
