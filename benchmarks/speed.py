@@ -20,25 +20,19 @@ from __future__ import annotations
 
 import io
 import json
-import statistics
 import subprocess
 import sys
 import tempfile
-import time
 
 import numpy as np
 from PIL import Image
 
 from _grocery import REPO, grocery_features
+from throughput import timed
 
 
 def median_seconds(function, repeats: int = 3) -> float:
-    durations = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        function()
-        durations.append(time.perf_counter() - started)
-    return round(statistics.median(durations), 3)
+    return round(timed(function, repeats), 3)
 
 
 def main() -> None:

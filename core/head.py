@@ -163,23 +163,13 @@ class HeadClassifier:
         self.fit_seconds_ = time.perf_counter() - start
         return self
 
-    def _class_weights(self, targets: np.ndarray) -> np.ndarray:
-        counts = np.bincount(targets, minlength=len(self.classes_)).astype(np.float32)
-        if self.class_weight == "balanced":
-            return (len(targets) / (len(self.classes_) * np.maximum(counts, 1.0)))[targets]
-        return np.ones(len(targets), np.float32)
-
     def _fit_closed_form(self, features, labels, targets, train, validation, augmented_views, start, progress):
-        from core._internal.ridge import fit_ridge, fit_temperature
+        from core._internal.ridge import fit_standardised_ridge, fit_temperature
 
         def solve(rows):
-            mean, variance = features[rows].mean(axis=0), features[rows].var(axis=0) + 1e-6
-            scale = np.sqrt(variance)
-            stacked = np.concatenate([features[rows]] + [view[rows] for view in augmented_views])
-            stacked_targets = np.tile(targets[rows], 1 + len(augmented_views))
-            weights, bias = fit_ridge((stacked - mean) / scale, stacked_targets, len(self.classes_),
-                                      self._class_weights(stacked_targets), self.l2)
-            return mean, variance, weights, bias
+            return fit_standardised_ridge(features[rows], targets[rows], len(self.classes_), self.l2,
+                                          [view[rows] for view in augmented_views],
+                                          balanced=self.class_weight == "balanced")
 
         def scores(solution, rows):
             mean, variance, weights, bias = solution
@@ -282,10 +272,11 @@ def _train(model, features, targets, train, validation, settings: HeadClassifier
     import keras
     import tensorflow as tf
 
+    from core._internal.ridge import balanced_class_weights
+
     num_classes = model.output_shape[-1]
-    counts = np.bincount(targets[train], minlength=num_classes).astype(np.float32)
     if settings.class_weight == "balanced":
-        class_weights = len(train) / (num_classes * np.maximum(counts, 1.0))
+        class_weights = balanced_class_weights(targets[train], num_classes)
     else:
         class_weights = np.ones(num_classes, np.float32)
     rows = np.concatenate([features[train]] + [view[train] for view in augmented_views])

@@ -20,7 +20,7 @@ import time
 import numpy as np
 import pandas as pd
 
-from core._internal.ridge import fit_ridge, fit_temperature
+from core._internal.ridge import fit_standardised_ridge, fit_temperature
 from core.catalog import Catalog
 
 DEFAULT_FOLDS = 5
@@ -66,15 +66,11 @@ def out_of_sample_probabilities(features: np.ndarray, labels, folds: int = DEFAU
         if not held_out.any():
             continue
         train = np.flatnonzero(~held_out)
-        mean, scale = features[train].mean(axis=0), features[train].std(axis=0) + 1e-6
-        rows = np.concatenate([features[train]] + [np.asarray(view)[train] for view in augmented_views])
-        row_targets = np.tile(targets[train], 1 + len(augmented_views))
-        counts = np.bincount(row_targets, minlength=len(classes)).astype(np.float32)
-        class_weight = len(row_targets) / (len(classes) * np.maximum(counts, 1.0))
-        weights, bias = fit_ridge((rows - mean) / scale, row_targets, len(classes), class_weight[row_targets], l2)
-        fold_scores = ((features[held_out] - mean) / scale) @ weights + bias
+        mean, variance, weights, bias = fit_standardised_ridge(
+            features[train], targets[train], len(classes), l2, [np.asarray(view)[train] for view in augmented_views])
+        fold_scores = ((features[held_out] - mean) / np.sqrt(variance)) @ weights + bias
         # A class absent from this fold's training rows cannot be predicted.
-        fold_scores[:, counts == 0] = -1e3
+        fold_scores[:, np.bincount(targets[train], minlength=len(classes)) == 0] = -1e3
         scores[held_out] = fold_scores
     temperature = fit_temperature(scores, targets)
     logits = temperature * scores.astype(np.float64)

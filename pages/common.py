@@ -67,6 +67,30 @@ def thumbnail_path(product_id: int) -> str | None:
     return str(path) if path else None
 
 
+def show_thumbnail(product_id: int, width="stretch") -> None:
+    """The product's photo (nothing if it cannot be read: the card still shows its name)."""
+    path = thumbnail_path(product_id)
+    if path:
+        st.image(path, width=width)
+
+
+def embedding_key() -> str:
+    """The features the active model was trained on; without a model, the default embedder's.
+
+    Only the second case loads the backbone.
+    """
+    version = catalog().active_model_version()
+    return version["backbone"] if version else embedder().key
+
+
+def show_notices() -> None:
+    """What the last action did (a toast), and the corrections someone else's change blocked."""
+    if notice := st.session_state.pop("notice", None):
+        st.toast(notice)
+    for conflict in st.session_state.pop("conflicts", []):
+        st.warning(f"Not applied, someone was quicker: {conflict}. The page now shows the current label.")
+
+
 def _remember_author() -> None:
     st.session_state["author"] = st.session_state["author_input"].strip()
 

@@ -3,7 +3,7 @@
 import streamlit as st
 
 from core import duplicates
-from pages.common import author, catalog, embedder, thumbnail_path
+from pages.common import author, catalog, embedding_key, show_notices, show_thumbnail
 
 MAX_GROUPS = 20
 
@@ -11,13 +11,12 @@ st.title("Duplicates")
 st.caption("Identical files are never stored twice (an upload of one shows as a duplicate on the Upload page). "
            "Here: photos whose CNN features are nearly the same — re-encoded, resized or cropped copies, "
            "or the same product shot twice.")
-key = (catalog().active_model_version() or {}).get("backbone") or embedder().key
+key = embedding_key()
 threshold = st.slider("Similarity threshold", 0.80, 1.0, duplicates.DEFAULT_THRESHOLD, 0.005,
                       help="Cosine similarity of the features. Lower finds more (and looser) groups.")
 groups = duplicates.duplicate_groups(catalog(), key, threshold)
 st.metric("Groups", len(groups), help=f"{sum(len(g['product_ids']) for g in groups)} products in groups")
-if notice := st.session_state.pop("notice", None):
-    st.toast(notice)
+show_notices()
 if not groups:
     st.success("No near-duplicates at this threshold.")
 
@@ -28,9 +27,7 @@ for number, group in enumerate(groups[:MAX_GROUPS]):
         cells = st.columns(min(len(ids), 6))
         for index, (product_id, filename, label) in enumerate(zip(ids, group["filenames"], group["labels"])):
             with cells[index % len(cells)]:
-                path = thumbnail_path(product_id)
-                if path:
-                    st.image(path, width="stretch")
+                show_thumbnail(product_id)
                 st.caption(f"#{product_id} {filename}  \n{label or 'unlabelled'}")
         with st.form(f"group-{ids[0]}"):
             row = st.columns(3)

@@ -5,13 +5,13 @@ import streamlit as st
 
 from core import review
 from core.projection import catalogue_map
-from pages.common import author, catalog, embedder, thumbnail_path
+from pages.common import author, catalog, embedding_key, show_thumbnail
 
 COLOURS = {"label": "label", "predicted category": "predicted_label", "confidence": "confidence",
            "right / wrong": "agreement"}
 
 st.title("Explore the catalogue")
-key = (catalog().active_model_version() or {}).get("backbone") or embedder().key
+key = embedding_key()
 embedded = catalog().count_embeddings(key)
 if embedded < 2:
     st.info("Nothing to map yet: upload photos (they are embedded on import) or train a model.")
@@ -55,7 +55,5 @@ gallery = st.columns(8)
 selected_rows = table.set_index("product_id").loc[chosen]
 for index, (product_id, row) in enumerate(selected_rows.head(64).iterrows()):
     with gallery[index % 8]:
-        path = thumbnail_path(product_id)
-        if path:
-            st.image(path, width="stretch")
+        show_thumbnail(product_id)
         st.caption(f"{row['label']} → {row['predicted_label']}")

@@ -3,7 +3,7 @@
 import streamlit as st
 
 from core import review
-from pages.common import author, catalog, embedder, thumbnail_path
+from pages.common import author, catalog, embedding_key, show_notices, show_thumbnail
 
 PAGE_SIZE = 12
 COLUMNS = 4
@@ -22,7 +22,7 @@ def _features(key: str, embedded: int):
     return catalog().embeddings(key)
 
 
-key = (catalog().active_model_version() or {}).get("backbone") or embedder().key
+key = embedding_key()
 
 
 def set_label(product_ids, label, seen):
@@ -55,18 +55,13 @@ if top[3].button("Undo last action", icon=":material/undo:"):
     undone = review.undo_last_action(catalog(), author())
     st.session_state["notice"] = f"Undid {undone} change(s)." if undone else "Nothing to undo."
     st.rerun()
-if notice := st.session_state.pop("notice", None):
-    st.toast(notice)
-for conflict in st.session_state.pop("conflicts", []):
-    st.warning(f"Not applied, someone was quicker: {conflict}. The page now shows the current label.")
+show_notices()
 
 visible = selected.iloc[(page - 1) * PAGE_SIZE: page * PAGE_SIZE]
 grid = st.columns(COLUMNS)
 for index, row in enumerate(visible.itertuples()):
     with grid[index % COLUMNS].container(border=True):
-        path = thumbnail_path(row.product_id)
-        if path:
-            st.image(path, width="stretch")
+        show_thumbnail(row.product_id)
         st.caption(row.filename)
         current = row.label if isinstance(row.label, str) else None
         if row.predicted_label:

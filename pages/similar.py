@@ -3,7 +3,7 @@
 import streamlit as st
 
 from core.similarity import catalog_index
-from pages.common import catalog, embedder, thumbnail_path
+from pages.common import catalog, embedder, embedding_key, show_thumbnail
 
 COLUMNS = 5
 
@@ -15,7 +15,7 @@ def _index(key: str, embedded: int):
 
 
 st.title("Similar products")
-key = (catalog().active_model_version() or {}).get("backbone") or embedder().key
+key = embedding_key()
 embedded = catalog().count_embeddings(key)
 if embedded < 2:
     st.info("Nothing to search yet: upload photos first (they are embedded on import).")
@@ -33,9 +33,7 @@ if source == "a catalogue product":
     if chosen is not None:
         ids, vectors = catalog().embeddings(key, [chosen])
         query = vectors[0] if len(ids) else None
-        path = thumbnail_path(chosen)
-        if path:
-            st.image(path, width=160)
+        show_thumbnail(chosen, width=160)
 else:
     upload = st.file_uploader("Query photo", type=None, key="similar_upload")
     if upload is not None:
@@ -54,8 +52,6 @@ names = {p.id: p.filename for p in catalog().products(neighbour_ids[0].tolist())
 grid = st.columns(COLUMNS)
 for index, (product_id, score) in enumerate(zip(neighbour_ids[0], scores[0])):
     with grid[index % COLUMNS].container(border=True):
-        path = thumbnail_path(int(product_id))
-        if path:
-            st.image(path, width="stretch")
+        show_thumbnail(int(product_id))
         st.caption(f"**{score:.3f}** · #{product_id} {names[int(product_id)]}  \n"
                    f"{labels.get(int(product_id)) or 'unlabelled'}")

@@ -3,7 +3,7 @@
 import streamlit as st
 
 from core import suspicious
-from pages.common import author, catalog, embedder, thumbnail_path
+from pages.common import author, catalog, embedding_key, show_notices, show_thumbnail
 
 COLUMNS = 4
 SHOWN = 24
@@ -12,7 +12,7 @@ st.title("Suspicious labels")
 st.caption("Each labelled product is predicted by a head trained on the *other* products (5-fold "
            "cross-validation); confident learning (cleanlab) flags labels that disagree with a confident "
            "prediction. Most suspicious first. “Label is right” is remembered.")
-key = (catalog().active_model_version() or {}).get("backbone") or embedder().key
+key = embedding_key()
 
 if st.button("Find suspicious labels", type="primary", disabled=len(catalog().current_labels()) < 10):
     with st.spinner("Cross-validating the head on every label…"):
@@ -48,10 +48,7 @@ def keep_label(product_ids):
     st.session_state["notice"] = f"Kept {marked} label(s); they will not be flagged again."
 
 
-if notice := st.session_state.pop("notice", None):
-    st.toast(notice)
-for conflict in st.session_state.pop("conflicts", []):
-    st.warning(f"Not applied, someone was quicker: {conflict}.")
+show_notices()
 
 visible = issues.head(SHOWN)
 bulk = st.columns(2)
@@ -61,9 +58,7 @@ bulk[1].button(f"All {len(visible)} shown are right", on_click=keep_label,
 grid = st.columns(COLUMNS)
 for index, row in enumerate(visible.itertuples()):
     with grid[index % COLUMNS].container(border=True):
-        path = thumbnail_path(row.product_id)
-        if path:
-            st.image(path, width="stretch")
+        show_thumbnail(row.product_id)
         st.caption(f"{row.filename} · {row.label_source} label")
         st.markdown(f"Label **{row.label}** ({row.label_quality:.0%})  \nSuggested **{row.suggested_label}** "
                     f"({row.suggested_probability:.0%})")

@@ -4,7 +4,7 @@ import streamlit as st
 
 from core.config import max_file_bytes, max_pixels, max_zip_bytes
 from core.pipeline import import_and_predict
-from pages.common import catalog, embedder, progress_bar, thumbnail_path
+from pages.common import catalog, embedder, progress_bar, show_thumbnail
 
 st.title("Upload products")
 st.caption(f"JPEG, PNG, WebP, BMP, GIF, TIFF or zip archives (folders inside name the category). "
@@ -48,9 +48,7 @@ if result:
     for index, product_id in enumerate(result.product_ids[:60]):
         prediction = predictions.get(product_id)
         with columns[index % 6]:
-            path = thumbnail_path(product_id)
-            if path:
-                st.image(path, width="stretch")
+            show_thumbnail(product_id)
             st.caption(report.names.get(product_id, ""))
             if prediction:
                 st.markdown(f"**{prediction['label']}** · {prediction['confidence']:.0%}")

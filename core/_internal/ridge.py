@@ -14,6 +14,29 @@ from __future__ import annotations
 import numpy as np
 
 
+def balanced_class_weights(targets: np.ndarray, num_classes: int) -> np.ndarray:
+    """Per-class weights ``n / (K * count_k)``: every class counts as much in total (absent classes: ``n / K``)."""
+    counts = np.bincount(targets, minlength=num_classes).astype(np.float32)
+    return (len(targets) / (num_classes * np.maximum(counts, 1.0))).astype(np.float32)
+
+
+def fit_standardised_ridge(features: np.ndarray, targets: np.ndarray, num_classes: int, l2: float,
+                           augmented_views=(), balanced: bool = True
+                           ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """``(mean, variance, weights, bias)``: standardise by ``features``' statistics, then :func:`fit_ridge`.
+
+    ``augmented_views`` (arrays shaped like ``features``) are extra rows with the
+    same targets; scores of new rows are ``((x - mean) / sqrt(variance)) @ weights + bias``.
+    """
+    mean, variance = features.mean(axis=0), features.var(axis=0) + 1e-6
+    rows = np.concatenate([features] + [np.asarray(view) for view in augmented_views])
+    row_targets = np.tile(targets, 1 + len(augmented_views))
+    row_weights = (balanced_class_weights(row_targets, num_classes)[row_targets] if balanced
+                   else np.ones(len(row_targets), np.float32))
+    weights, bias = fit_ridge((rows - mean) / np.sqrt(variance), row_targets, num_classes, row_weights, l2)
+    return mean, variance, weights, bias
+
+
 def fit_ridge(features: np.ndarray, targets: np.ndarray, num_classes: int, sample_weight: np.ndarray,
               l2: float) -> tuple[np.ndarray, np.ndarray]:
     """``(weights (dim, num_classes), bias (num_classes,))``; ``l2`` is per unit of total weight."""
