@@ -7,6 +7,19 @@ from pages.common import author, catalog, embedding_key, show_notices, show_thum
 
 MAX_GROUPS = 20
 
+
+@st.cache_data(show_spinner="Comparing every pair of products…", max_entries=4)
+def _groups(key: str, threshold: float, catalogue_state: tuple):
+    # Every pair is compared (seconds for a few thousand products): recomputed only when the
+    # threshold or the catalogue (products, archive, labels) changed, not on every click.
+    return duplicates.duplicate_groups(catalog(), key, threshold)
+
+
+def _catalogue_state(key: str) -> tuple:
+    latest = catalog().label_history(limit=1)
+    return (catalog().count_embeddings(key), len(catalog().archived()), latest[0].id if latest else 0)
+
+
 st.title("Duplicates")
 st.caption("Identical files are never stored twice (an upload of one shows as a duplicate on the Upload page). "
            "Here: photos whose CNN features are nearly the same — re-encoded, resized or cropped copies, "
@@ -14,7 +27,7 @@ st.caption("Identical files are never stored twice (an upload of one shows as a 
 key = embedding_key()
 threshold = st.slider("Similarity threshold", 0.80, 1.0, duplicates.DEFAULT_THRESHOLD, 0.005,
                       help="Cosine similarity of the features. Lower finds more (and looser) groups.")
-groups = duplicates.duplicate_groups(catalog(), key, threshold)
+groups = _groups(key, threshold, _catalogue_state(key))
 st.metric("Groups", len(groups), help=f"{sum(len(g['product_ids']) for g in groups)} products in groups")
 show_notices()
 if not groups:
