@@ -164,19 +164,21 @@ class HeadClassifier:
         return self
 
     def _fit_closed_form(self, features, labels, targets, train, validation, augmented_views, start, progress):
-        from core._internal.ridge import fit_standardised_ridge, fit_temperature
+        from core._internal.ridge import fit_standardised_ridge_many, fit_temperature
 
-        def solve(rows):
-            return fit_standardised_ridge(features[rows], targets[rows], len(self.classes_), self.l2,
-                                          [view[rows] for view in augmented_views],
-                                          balanced=self.class_weight == "balanced")
+        steps = 2 if self.refit_full and len(validation) else 1
+        # One Gram matrix for both fits: the hold-out fit subtracts the validation rows' share.
+        held_out = [validation] + ([np.zeros(0, np.int64)] if steps == 2 else [])
+        mean, variance, fits = fit_standardised_ridge_many(
+            features, targets, len(self.classes_), self.l2, held_out, augmented_views,
+            balanced=self.class_weight == "balanced")
+        solutions = [(mean, variance, *fit) for fit in fits]
 
         def scores(solution, rows):
             mean, variance, weights, bias = solution
             return ((features[rows] - mean) / np.sqrt(variance)) @ weights + bias
 
-        steps = 2 if self.refit_full and len(validation) else 1
-        solution = solve(train)
+        solution = solutions[0]
         if progress:
             progress(1, steps, "solved")
         # Temperature: fitted where the scores are honest (held-out products), else on the training rows.
@@ -188,7 +190,7 @@ class HeadClassifier:
         else:
             self.metrics_ = classification_metrics([], [], self.classes_)
         if steps == 2:
-            solution = solve(np.arange(len(features)))
+            solution = solutions[1]
             if progress:
                 progress(2, steps, "refitted on every labelled product")
         mean, variance, weights, bias = solution

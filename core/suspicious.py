@@ -20,7 +20,7 @@ import time
 import numpy as np
 import pandas as pd
 
-from core._internal.ridge import fit_standardised_ridge, fit_temperature
+from core._internal.ridge import fit_standardised_ridge_many, fit_temperature
 from core.catalog import Catalog
 
 DEFAULT_FOLDS = 5
@@ -61,13 +61,13 @@ def out_of_sample_probabilities(features: np.ndarray, labels, folds: int = DEFAU
     targets = np.searchsorted(classes, labels)
     assignment = _fold_assignment(targets, folds, seed)
     scores = np.zeros((len(features), len(classes)), dtype=np.float32)
-    for fold in range(folds):
+    used = [fold for fold in range(folds) if (assignment == fold).any()]
+    # One Gram matrix for all folds: each fold's fit subtracts its own rows' share.
+    mean, variance, fits = fit_standardised_ridge_many(
+        features, targets, len(classes), l2, [np.flatnonzero(assignment == fold) for fold in used], augmented_views)
+    for fold, (weights, bias) in zip(used, fits):
         held_out = assignment == fold
-        if not held_out.any():
-            continue
         train = np.flatnonzero(~held_out)
-        mean, variance, weights, bias = fit_standardised_ridge(
-            features[train], targets[train], len(classes), l2, [np.asarray(view)[train] for view in augmented_views])
         fold_scores = ((features[held_out] - mean) / np.sqrt(variance)) @ weights + bias
         # A class absent from this fold's training rows cannot be predicted.
         fold_scores[:, np.bincount(targets[train], minlength=len(classes)) == 0] = -1e3

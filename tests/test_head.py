@@ -104,3 +104,29 @@ def test_closed_form_head_is_calibrated_and_matches_gradient_training():
         HeadClassifier(hidden_units=8, solver="closed_form")
     with pytest.raises(ValueError, match="solver"):
         HeadClassifier(solver="sgd")
+
+
+def test_fits_sharing_one_gram_matrix_equal_separate_fits():
+    """A hold-out fit computed by subtracting its rows' share equals a fit on the remaining rows."""
+    from core._internal.ridge import (balanced_class_weights, fit_ridge, fit_standardised_ridge,
+                                      fit_standardised_ridge_many)
+
+    rng = np.random.default_rng(0)
+    features = rng.normal(size=(120, 16)).astype(np.float32)
+    targets = rng.integers(0, 4, 120)
+    views = [features + rng.normal(0, 0.1, features.shape).astype(np.float32)]
+    held = np.arange(0, 120, 4)
+    mean, variance, (everything, without) = fit_standardised_ridge_many(
+        features, targets, 4, 0.1, [np.zeros(0, np.int64), held], views)
+    _, _, weights, bias = fit_standardised_ridge(features, targets, 4, 0.1, views)
+    np.testing.assert_allclose(everything[0], weights, atol=1e-5)
+    np.testing.assert_allclose(everything[1], bias, atol=1e-5)
+    keep = np.setdiff1d(np.arange(120), held)
+    rows = np.concatenate([features[keep], views[0][keep]])
+    row_targets = np.tile(targets[keep], 2)
+    row_weights = balanced_class_weights(np.tile(targets, 2), 4)[row_targets]
+    expected = fit_ridge((rows - mean) / np.sqrt(variance), row_targets, 4, row_weights, 0.1)
+    np.testing.assert_allclose(without[0], expected[0], atol=1e-5)
+    np.testing.assert_allclose(without[1], expected[1], atol=1e-5)
+    with pytest.raises(ValueError, match="overlap"):
+        fit_standardised_ridge_many(features, targets, 4, 0.1, [held, held])
