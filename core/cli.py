@@ -50,7 +50,8 @@ def _catalog(args, create=True):
 def _embedder(args):
     from core.embeddings import Embedder
 
-    return Embedder(backbone=args.backbone, weights=args.weights, image_size=args.image_size)
+    return Embedder(backbone=args.backbone, weights=args.weights, image_size=args.image_size,
+                    pooling=args.pooling, views=args.views)
 
 
 def command_import(args) -> int:
@@ -337,6 +338,11 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--weights", default="imagenet",
                          help="'imagenet' (default) or a local Keras weights file for the backbone")
         sub.add_argument("--image-size", type=int, default=None, help="input resolution (default: backbone's)")
+        sub.add_argument("--pooling", choices=["avg", "multi"], default=None,
+                         help="feature pooling (default: multi for EfficientNet-Lite, see core/pooling.py)")
+        sub.add_argument("--views", type=int, default=DEFAULT_AUGMENTED_VIEWS,
+                         help=f"random crops embedded per photo: training rows for labelled photos, averaged into "
+                              f"every prediction (default {DEFAULT_AUGMENTED_VIEWS}; 0 = fastest, less accurate)")
 
     def add_model_options(sub, head=False):
         add_backbone_options(sub)
@@ -346,9 +352,6 @@ def build_parser() -> argparse.ArgumentParser:
                              help="hidden layer width; 0 = linear head, solved in closed form (default)")
             sub.add_argument("--epochs", type=int, default=200,
                              help="maximum training epochs of a head with a hidden layer (AdamW)")
-            sub.add_argument("--views", type=int, default=DEFAULT_AUGMENTED_VIEWS,
-                             help=f"augmented crop views per labelled photo (default {DEFAULT_AUGMENTED_VIEWS}; "
-                                  "0 = fastest, less accurate)")
 
     sub = commands.add_parser("import", help="add photos: files, folders of category folders, zips, CSV manifests")
     sub.add_argument("paths", nargs="+", help="image files, folders, .zip archives or path,label CSV files")

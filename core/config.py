@@ -12,7 +12,12 @@ import os
 from pathlib import Path
 
 DEFAULT_WORKSPACE = "workspace"
-DEFAULT_BACKBONE = "efficientnet_lite0"
+# The most accurate offline backbone; ``PRODUCTLENS_BACKBONE=efficientnet_lite0`` embeds
+# ~3x faster for a few points less (README, accuracy ablation). Read once, at import.
+DEFAULT_BACKBONE = os.environ.get("PRODUCTLENS_BACKBONE") or "efficientnet_lite0_lite2"
+# Random crops embedded per photo: training rows for labelled photos, and averaged with
+# the photo for its prediction (README, accuracy ablation). ``PRODUCTLENS_VIEWS`` overrides.
+DEFAULT_VIEWS = int(os.environ.get("PRODUCTLENS_VIEWS") or 4)
 
 
 def workspace_dir(explicit: str | os.PathLike | None = None) -> Path:
@@ -71,3 +76,27 @@ def embedding_batch_size() -> int:
     import tensorflow as tf
 
     return 64 if tf.config.list_physical_devices("GPU") else 8
+
+
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags (Linux ``/proc/cpuinfo``; empty elsewhere)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return set()
+    line = next((line for line in text.splitlines() if line.startswith("flags")), "")
+    return set(line.split(":", 1)[-1].split())
+
+
+def embedding_precision() -> str:
+    """``float32`` (default) or ``bfloat16`` for the backbone, from ``$PRODUCTLENS_PRECISION``.
+
+    bfloat16 is opt-in: on the 2-core benchmark machine (AVX512-BF16) it embeds 1.73x
+    faster, but changes the top-1 category of 3 of 296 grocery val photos (feature
+    cosine down to 0.996; benchmarks/precision.py), and the default must not change
+    predictions. Without native support (AVX512-BF16 / AMX) it is emulated and slower.
+    """
+    value = os.environ.get("PRODUCTLENS_PRECISION") or "float32"
+    if value not in ("float32", "bfloat16"):
+        raise ValueError(f"PRODUCTLENS_PRECISION must be float32 or bfloat16, got {value!r}")
+    return value

@@ -6,10 +6,13 @@ flip test-time augmentation (the feature of a photo and of its mirror image,
 averaged). Those settings are part of the embedding's *key* (e.g.
 ``efficientnet_lite0`` or ``efficientnet_lite0@288``), under which the catalogue
 caches vectors, so changing a setting never mixes incompatible features.
-*Augmented views* (random crops and mirrors of a labelled photo, key
-``<key>#view<i>``) are extra training examples for the head: they teach it that a
-product is the same product when framed differently, which a catalogue of
-near-identical shots cannot teach on its own.
+*Views* (``views`` seeded random crops of each photo, mirrored half the time, key
+``<key>#view<i>``) serve twice: for labelled photos they are extra training rows
+that teach the head a product is the same product when framed differently (which
+a catalogue of near-identical shots cannot teach on its own), and every photo's
+prediction uses the average of its own vector and its views' (``<key>#tta<views>``,
+:attr:`Embedder.prediction_key`): test-time augmentation, stored once so that
+predicting stays one vector per product.
 :func:`embed_catalog` embeds every product that has no vector under that key yet,
 decoding the next chunk of photos on worker threads while the model runs, and
 writes each chunk to the catalogue as soon as it is done (memory does not grow
@@ -30,6 +33,12 @@ from core import backbones, config, images
 from core.catalog import Catalog
 
 ProgressCallback = Callable[[int, int, str], None]
+_VIEW_SEED_STEP = 7919
+
+
+def view_seed(sha256: str, view: int) -> int:
+    """Seed of a product's view ``view``: from the photo's content, so a view is reproducible anywhere."""
+    return int(sha256[:12], 16) + _VIEW_SEED_STEP * view
 
 
 class Embedder:
@@ -37,7 +46,8 @@ class Embedder:
 
     def __init__(self, backbone: str = config.DEFAULT_BACKBONE, weights: str | None = "imagenet",
                  image_size: int | None = None, crop: str = "full", flip_tta: bool = True,
-                 batch_size: int | None = None, decode_workers: int | None = None):
+                 batch_size: int | None = None, decode_workers: int | None = None, pooling: str | None = None,
+                 views: int | None = None, precision: str | None = None):
         spec = backbones.spec(backbone)
         if crop not in ("full", "center"):
             raise ValueError(f"crop must be 'full' or 'center', got {crop!r}")
@@ -50,7 +60,12 @@ class Embedder:
         self.flip_tta = flip_tta
         self._batch_size = batch_size
         self.decode_workers = decode_workers or max(1, min(4, os.cpu_count() or 1))
-        self.feature_dim = spec.feature_dim
+        self.pooling = pooling or spec.default_pooling
+        self.feature_dim = spec.feature_dim_for(self.pooling)
+        self._precision = precision
+        self.views = config.DEFAULT_VIEWS if views is None else int(views)
+        if self.views < 0:
+            raise ValueError(f"views must be 0 or more, got {views}")
         self._model = None
         self._forward = None
 
@@ -61,6 +76,8 @@ class Embedder:
         key = self.backbone
         if self.image_size != spec.image_size:
             key += f"@{self.image_size}"
+        if self.pooling != "avg":
+            key += f"+{self.pooling}"
         if self.crop != "full":
             key += f"+{self.crop}"
         if not self.flip_tta:
@@ -81,9 +98,19 @@ class Embedder:
         self._batch_size = int(value)
 
     @property
+    def precision(self) -> str:
+        """Arithmetic of the forward pass: float32 unless given or ``$PRODUCTLENS_PRECISION``
+        (see :func:`config.embedding_precision`). Not part of the key: bfloat16 features are
+        the float32 ones to a cosine of ~0.996-1.0."""
+        if self._precision is None:
+            self._precision = config.embedding_precision()
+        return self._precision
+
+    @property
     def model(self):
         if self._model is None:
-            self._model = backbones.build_feature_model(self.backbone, self.weights, self.image_size)
+            self._model = backbones.build_feature_model(self.backbone, self.weights, self.image_size, self.pooling,
+                                                        self.precision)
         return self._model
 
     def _compiled_forward(self):
@@ -95,9 +122,10 @@ class Embedder:
             @tf.function(reduce_retracing=True)
             def forward(pixels, flip):
                 pixels = tf.cast(pixels, tf.float32)
-                features = model(pixels, training=False)
+                features = tf.cast(model(pixels, training=False), tf.float32)
                 if flip:
-                    features = (features + model(tf.reverse(pixels, axis=[2]), training=False)) / 2.0
+                    mirrored = tf.cast(model(tf.reverse(pixels, axis=[2]), training=False), tf.float32)
+                    features = (features + mirrored) / 2.0
                 return features
 
             self._forward = forward
@@ -133,6 +161,18 @@ class Embedder:
     def view_key(self, view: int) -> str:
         """Cache key of augmented training view number ``view`` (0-based)."""
         return f"{self.key}#view{view}"
+
+    @property
+    def prediction_key(self) -> str:
+        """Cache key of the vectors predictions use: the photo averaged with its ``views`` crops."""
+        return f"{self.key}#tta{self.views}" if self.views else self.key
+
+    def load_photo_and_views(self, source_and_seed) -> np.ndarray:
+        """``(1 + views, size, size, 3)``: the photo, then its views (same crops as :meth:`load_view_pixels`)."""
+        source, seed = source_and_seed
+        photo = self.load_pixels(source)
+        crops = [self.load_view_pixels((source, seed + _VIEW_SEED_STEP * view)) for view in range(self.views)]
+        return np.stack([photo, *crops])
 
     def load_view_pixels(self, source_and_seed) -> np.ndarray:
         """A random crop (55-90% of each side, aspect 4:5 to 5:4) of the photo, mirrored half the time.
@@ -171,7 +211,34 @@ class Embedder:
                 progress(int(min(len(sources), (indices.max() + 1) if len(indices) else 0)), len(sources), "")
         return vectors, failures
 
-    def _decoded_batches(self, numbered_sources: list[tuple[int, object]], loader):
+    def embed_with_views(self, sources_and_seeds: Sequence, progress: ProgressCallback | None = None
+                         ) -> tuple[np.ndarray, np.ndarray, list[tuple[int, str]]]:
+        """Embed each photo and its ``views`` crops from one decode.
+
+        ``sources_and_seeds``: ``(path or bytes, seed)`` pairs (see :func:`view_seed`).
+        Returns ``(photo vectors (n, dim), view vectors (n, views, dim), failures)``;
+        failed rows are NaN.
+        """
+        count = len(sources_and_seeds)
+        photos = np.full((count, self.feature_dim), np.nan, dtype=np.float32)
+        crops = np.full((count, self.views, self.feature_dim), np.nan, dtype=np.float32)
+        failures: list[tuple[int, str]] = []
+        size = self.image_size
+        for indices, pixels, errors in self._decoded_batches(list(enumerate(sources_and_seeds)),
+                                                             self.load_photo_and_views,
+                                                             shape=(1 + self.views, size, size, 3)):
+            failures.extend(errors)
+            if len(indices):
+                photos[indices] = self.embed_pixels(pixels[:, 0])
+                if self.views:
+                    # Views are already mirrored at random: averaging them with a mirror is wasted work.
+                    flat = self.embed_pixels(pixels[:, 1:].reshape(-1, size, size, 3), flip_tta=False)
+                    crops[indices] = flat.reshape(len(indices), self.views, -1)
+            if progress:
+                progress(int(min(count, (indices.max() + 1) if len(indices) else 0)), count, "")
+        return photos, crops, failures
+
+    def _decoded_batches(self, numbered_sources: list[tuple[int, object]], loader, shape=None):
         """Yield ``(indices, pixels, errors)`` per batch, decoding batch i+1 while i is embedded."""
 
         def decode(entry):
@@ -196,8 +263,8 @@ class Embedder:
                 good = [(index, array) for index, array, error in results if error is None]
                 errors = [(index, error) for index, array, error in results if error is not None]
                 indices = np.array([index for index, _ in good], dtype=np.int64)
-                pixels = (np.stack([array for _, array in good]) if good
-                          else np.zeros((0, self.image_size, self.image_size, 3), np.uint8))
+                shape = shape or (self.image_size, self.image_size, 3)
+                pixels = np.stack([array for _, array in good]) if good else np.zeros((0, *shape), np.uint8)
                 yield indices, pixels, errors
 
 
@@ -219,11 +286,15 @@ def embed_catalog(catalog: Catalog, embedder: Embedder, progress: ProgressCallba
                   view: int | None = None) -> EmbedReport:
     """Embed every product (or ``product_ids``) that has no cached vector under ``embedder.key``.
 
-    With ``view=i``, compute augmented training view ``i`` instead (key
-    :meth:`Embedder.view_key`).
+    Each photo's ``embedder.views`` views and its prediction vector come from the
+    same decode and are stored with it (the prediction vector last, so a run
+    interrupted mid-chunk redoes that chunk). With ``view=i``, compute only view
+    ``i`` (key :meth:`Embedder.view_key`), e.g. for more training views than the
+    embedder keeps.
     """
+    with_views = view is None and embedder.views > 0
     key = embedder.key if view is None else embedder.view_key(view)
-    missing = catalog.missing_embeddings(key)
+    missing = catalog.missing_embeddings(embedder.prediction_key if with_views else key)
     if product_ids is not None:
         wanted = {int(pid) for pid in product_ids}
         missing = [pid for pid in missing if pid in wanted]
@@ -237,25 +308,34 @@ def embed_catalog(catalog: Catalog, embedder: Embedder, progress: ProgressCallba
         return report
     start = time.perf_counter()
     done = report.cached
+    stage = "embedding" if view is None else f"augmented view {view + 1}"
     for chunk_start in range(0, len(missing), chunk_size):
         chunk = missing[chunk_start:chunk_start + chunk_size]
         products = catalog.products(chunk)
-        if view is None:
-            sources, loader = [catalog.image_path(product) for product in products], None
-        else:
-            sources = [(catalog.image_path(product), int(product.sha256[:12], 16) + 7919 * view)
-                       for product in products]
-            loader = embedder.load_view_pixels
-        stage = "embedding" if view is None else f"augmented view {view + 1}"
 
         def chunk_progress(done_in_chunk, _total, _message, offset=done):
             if progress:
                 progress(offset + done_in_chunk, total, stage)
 
-        vectors, failures = embedder.embed_sources(sources, progress=chunk_progress, loader=loader,
-                                                   flip_tta=None if view is None else False)
+        if with_views:
+            sources = [(catalog.image_path(product), view_seed(product.sha256, 0)) for product in products]
+            vectors, crops, failures = embedder.embed_with_views(sources, progress=chunk_progress)
+        elif view is None:
+            sources = [catalog.image_path(product) for product in products]
+            vectors, failures = embedder.embed_sources(sources, progress=chunk_progress)
+        else:
+            sources = [(catalog.image_path(product), view_seed(product.sha256, view)) for product in products]
+            vectors, failures = embedder.embed_sources(sources, progress=chunk_progress,
+                                                       loader=embedder.load_view_pixels, flip_tta=False)
         good = [i for i in range(len(chunk)) if not np.isnan(vectors[i, 0])]
-        catalog.store_embeddings(key, [chunk[i] for i in good], vectors[good])
+        good_ids = [chunk[i] for i in good]
+        if with_views:
+            for number in range(embedder.views):
+                catalog.store_embeddings(embedder.view_key(number), good_ids, crops[good, number])
+        catalog.store_embeddings(key, good_ids, vectors[good])
+        if with_views:
+            catalog.store_embeddings(embedder.prediction_key, good_ids,
+                                     (vectors[good] + crops[good].sum(axis=1)) / (1 + embedder.views))
         report.failed.extend((chunk[i], reason) for i, reason in failures)
         report.computed += len(good)
         done += len(chunk)

@@ -21,7 +21,7 @@ from core._internal.memory import peak_rss_mb
 from core.catalog import Catalog
 from core.embeddings import Embedder, embed_catalog
 from core.head import HeadClassifier
-from core.training import DEFAULT_AUGMENTED_VIEWS, labelled_embeddings, train_version
+from core.training import labelled_embeddings, prediction_key, train_version
 
 ProgressCallback = Callable[[str, int, int], None]
 
@@ -29,8 +29,9 @@ ProgressCallback = Callable[[str, int, int], None]
 def evaluate(train_dir: str | Path, test_dir: str | Path, embedder: Embedder | None = None,
              head: HeadClassifier | None = None, predictions_csv: str | Path | None = None,
              workspace: str | Path | None = None, progress: ProgressCallback | None = None,
-             augmented_views: int = DEFAULT_AUGMENTED_VIEWS) -> dict:
+             augmented_views: int | None = None) -> dict:
     embedder = embedder or Embedder()
+    augmented_views = embedder.views if augmented_views is None else augmented_views
     head = head or HeadClassifier()
     for path in (train_dir, test_dir):
         if not Path(path).is_dir():
@@ -57,7 +58,7 @@ def evaluate(train_dir: str | Path, test_dir: str | Path, embedder: Embedder | N
                                 progress=stage("train"), augmented_views=augmented_views)
         train_seconds = version["metrics"]["train_seconds"]
 
-        ids, features = catalog.embeddings(embedder.key, test_ids)
+        ids, features = catalog.embeddings(prediction_key(version), test_ids)
         top_labels, top_probabilities = head.top_k(features, 1)
         predicted = np.array([row[0] for row in top_labels], dtype=object)
         truth = np.array([test_report.found_labels.get(int(pid)) for pid in ids], dtype=object)

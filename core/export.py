@@ -6,8 +6,11 @@
   (``product_id``, ``filename``, ``label``, ``embedding``) or as ``.npy`` with a
   ``.ids.csv`` beside it;
 * :func:`export_classifier`: backbone + head as one ``.keras`` file that maps raw
-  RGB pixels (any size, values 0-255) to category probabilities, built only from
-  standard Keras layers so ``keras.models.load_model`` needs nothing from us.
+  RGB pixels (any size, values 0-255) to category probabilities, built from
+  standard Keras layers plus, with ``multi`` pooling, one registered pooling layer:
+  ``import core.pooling`` (or pass ``custom_objects``) before
+  ``keras.models.load_model``. It averages the photo with its mirror but not with
+  random crops, so its probabilities differ slightly from the app's.
 """
 
 from __future__ import annotations

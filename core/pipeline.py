@@ -15,7 +15,7 @@ from core.catalog import Catalog
 from core.embeddings import EmbedReport, Embedder, embed_catalog
 from core.head import HeadClassifier
 from core.prediction import predict_catalog
-from core.training import DEFAULT_AUGMENTED_VIEWS, train_version
+from core.training import train_version
 
 JobProgress = Callable[[float, str], None]
 
@@ -63,7 +63,7 @@ def import_and_predict(catalog: Catalog, files: Iterable[tuple[str, bytes]], emb
 
 
 def retrain_and_predict(catalog: Catalog, embedder: Embedder, head: HeadClassifier | None = None,
-                        augmented_views: int = DEFAULT_AUGMENTED_VIEWS,
+                        augmented_views: int | None = None,
                         progress: JobProgress | None = None) -> dict:
     """Embed what is missing, train a new head version, and refresh every prediction."""
     embed_catalog(catalog, embedder, progress=_stage(progress, 0.0, 0.3, "embedding"))

@@ -17,6 +17,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from core import config
 from core.catalog import Catalog
 from core.embeddings import Embedder
 from core.head import HeadClassifier
@@ -35,10 +36,14 @@ class EmbedderSettings:
     crop: str
     flip_tta: bool
     weights: str | None = "imagenet"
+    # Versions saved before these settings existed used average pooling and no prediction views.
+    pooling: str = "avg"
+    views: int = 0
 
     @classmethod
     def of(cls, embedder: Embedder) -> "EmbedderSettings":
-        return cls(embedder.backbone, embedder.image_size, embedder.crop, embedder.flip_tta, embedder.weights)
+        return cls(embedder.backbone, embedder.image_size, embedder.crop, embedder.flip_tta, embedder.weights,
+                   embedder.pooling, embedder.views)
 
     def embedder(self, **overrides) -> Embedder:
         return Embedder(**{**asdict(self), **overrides})
@@ -55,20 +60,21 @@ def labelled_embeddings(catalog: Catalog, embedding_key: str, product_ids: Seque
     return ids, features, np.array([labels[int(pid)] for pid in ids], dtype=object)
 
 
-DEFAULT_AUGMENTED_VIEWS = 2
+DEFAULT_AUGMENTED_VIEWS = config.DEFAULT_VIEWS
 
 
 def train_version(catalog: Catalog, embedder: Embedder, head: HeadClassifier | None = None,
                   product_ids: Sequence[int] | None = None, progress: ProgressCallback | None = None,
-                  activate: bool = True, augmented_views: int = DEFAULT_AUGMENTED_VIEWS) -> dict:
+                  activate: bool = True, augmented_views: int | None = None) -> dict:
     """Fit a head on the current labels and store it as the new (active) model version.
 
-    ``augmented_views`` random-crop views per labelled product are embedded (once,
-    then cached) and used as extra training rows.
+    ``augmented_views`` (default: the embedder's ``views``) random-crop views per
+    labelled product are embedded (once, then cached) and used as extra training rows.
     """
     from core.embeddings import embed_catalog
 
     head = head or HeadClassifier()
+    augmented_views = embedder.views if augmented_views is None else augmented_views
     ids, features, labels = labelled_embeddings(catalog, embedder.key, product_ids)
     if len(ids) == 0:
         raise TrainingError("no labelled products with embeddings: import labelled photos (a folder of "
@@ -93,7 +99,7 @@ def train_version(catalog: Catalog, embedder: Embedder, head: HeadClassifier | N
     metrics = dict(head.metrics_)
     metrics.update(n_train=int(len(ids)), train_seconds=round(train_seconds, 3), best_epoch=head.best_epoch_)
     params = {"embedder": asdict(EmbedderSettings.of(embedder)), "head": head.get_params(),
-              "augmented_views": augmented_views}
+              "augmented_views": augmented_views, "prediction_key": embedder.prediction_key}
     version_id = catalog.add_model_version(embedder.key, list(head.classes_), metrics, params, relative,
                                            activate=activate)
     return catalog.model_version(version_id)
@@ -112,6 +118,11 @@ def load_version(catalog: Catalog, version: dict | int | None = None) -> tuple[d
 
 def embedder_for(version: dict) -> Embedder:
     return EmbedderSettings(**version["params"]["embedder"]).embedder()
+
+
+def prediction_key(version: dict) -> str:
+    """The embedding key whose vectors this version predicts from (the photo, or photo + views averaged)."""
+    return version.get("params", {}).get("prediction_key") or version["backbone"]
 
 
 def activate(catalog: Catalog, version_id: int) -> dict:

@@ -47,8 +47,12 @@ def catalog() -> Catalog:
 @st.cache_resource(show_spinner="Loading the image model (once per server)…")
 def embedder() -> Embedder:
     model = Embedder()
-    # Build, load weights and trace the forward pass now, not during the first upload.
-    model.embed_pixels(np.zeros((1, model.image_size, model.image_size, 3), np.uint8))
+    # Build, load weights and trace both forward passes (photo + mirror, and views) now,
+    # not during the first upload.
+    blank = np.zeros((1, model.image_size, model.image_size, 3), np.uint8)
+    model.embed_pixels(blank)
+    if model.views:
+        model.embed_pixels(blank, flip_tta=False)
     return model
 
 

@@ -36,20 +36,23 @@ def test_labels_and_predictions_export(catalog, tmp_path, suffix):
 
 def test_embeddings_export(catalog, tmp_path, embedder):
     table = pd.read_parquet(export.export_embeddings(catalog, tmp_path / "emb.parquet", embedder.key))
-    assert len(table) == 24 and len(table["embedding"].iloc[0]) == 1280
+    assert len(table) == 24 and len(table["embedding"].iloc[0]) == embedder.feature_dim
     vectors = np.load(export.export_embeddings(catalog, tmp_path / "emb.npy", embedder.key))
     ids = pd.read_csv(tmp_path / "emb.ids.csv")
-    assert vectors.shape == (24, 1280) and len(ids) == 24
+    assert vectors.shape == (24, embedder.feature_dim) and len(ids) == 24
     np.testing.assert_allclose(vectors, np.stack(table["embedding"].to_numpy()))
     with pytest.raises(ValueError, match="embed"):
         export.export_embeddings(catalog, tmp_path / "x.npy", "no-such-key")
 
 
-def test_classifier_export_is_one_standard_keras_file(catalog, tmp_path, embedder):
+def test_classifier_export_is_one_keras_file(catalog, tmp_path, embedder):
     import keras
 
+    from core.pooling import GeneralizedMeanPooling
+
     path = export.export_classifier(catalog, tmp_path / "classifier.keras")
-    model = keras.models.load_model(path)  # no custom objects needed
+    # Standard layers plus the one pooling layer ProductLens registers (named explicitly here).
+    model = keras.models.load_model(path, custom_objects={"GeneralizedMeanPooling": GeneralizedMeanPooling})
     classes = json.loads(path.with_suffix(".classes.json").read_text())["classes"]
     version, head = load_version(catalog)
     assert classes == version["classes"]

@@ -82,3 +82,25 @@ def test_training_needs_two_categories(tmp_path, embedder, demo_dir):
 def test_training_an_empty_catalogue_says_what_to_do(tmp_path, embedder):
     with pytest.raises(TrainingError, match="import"):
         train_version(Catalog(tmp_path / "ws"), embedder)
+
+
+def test_predictions_come_from_the_photo_averaged_with_its_views(trained_workspace, embedder):
+    """Test-time augmentation: the stored prediction vector, not the plain photo vector, decides."""
+    catalog = Catalog(trained_workspace)
+    version = train_version(catalog, embedder, fast_head())
+    assert version["params"]["prediction_key"] == embedder.prediction_key != embedder.key
+    assert version["params"]["augmented_views"] == embedder.views
+    labels = catalog.current_labels()
+    lemon = next(pid for pid, label in labels.items() if label == "Lemon")
+    milk = next(pid for pid, label in labels.items() if label == "Arla-Standard-Milk")
+    _, milk_vector = catalog.embeddings(embedder.prediction_key, [milk])
+    _, lemon_vector = catalog.embeddings(embedder.prediction_key, [lemon])
+    try:
+        # The lemon's prediction vector swapped for the milk's: its prediction must follow.
+        catalog.store_embeddings(embedder.prediction_key, [lemon], milk_vector)
+        predict_catalog(catalog, version, product_ids=[lemon])
+        assert catalog.predictions(version["id"])[lemon]["label"] == "Arla-Standard-Milk"
+    finally:
+        catalog.store_embeddings(embedder.prediction_key, [lemon], lemon_vector)
+    predict_catalog(catalog, version, product_ids=[lemon])
+    assert catalog.predictions(version["id"])[lemon]["label"] == "Lemon"
