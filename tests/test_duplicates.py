@@ -9,8 +9,18 @@ from core.catalog import Catalog
 from core.embeddings import embed_catalog
 
 
+@pytest.fixture(scope="module")
+def default_embedder():
+    """The product's default backbone (the suite's default is Lite0): the threshold is calibrated on
+    its features (benchmarks/near_duplicates.py). Views play no part in duplicates."""
+    from core.embeddings import Embedder
+
+    return Embedder(backbone="efficientnet_lite0_lite2", views=0)
+
+
 @pytest.fixture
-def catalog(workspace, demo_dir, embedder):
+def catalog(workspace, demo_dir, default_embedder):
+    embedder = default_embedder
     catalog = Catalog(workspace)
     ingest.import_paths(catalog, [demo_dir / "Lemon"], label="Lemon")
     ingest.import_paths(catalog, [demo_dir / "Banana"], label="Banana")
