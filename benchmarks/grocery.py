@@ -56,8 +56,8 @@ def update_readme(result: dict) -> None:
     start, end = "<!-- grocery-benchmark -->", "<!-- /grocery-benchmark -->"
     table = "\n".join([
         start,
-        "| settings | fine accuracy | coarse accuracy | train / test images | classes | embed images/s "
-        "| embed s | augmented views s | head training s | peak memory |",
+        "| settings | fine accuracy | coarse accuracy | train / test images | classes | embed photos/s "
+        "| embed s | extra views s | head training s | peak memory |",
         "|---|---|---|---|---|---|---|---|---|---|",
         f"| {result['settings']} | {result['accuracy']:.1%} | {result['coarse_accuracy']:.1%} "
         f"| {result['n_train']} / {result['n_test']} | {result['n_classes']} | {result['images_per_second']:.1f} "

@@ -1,12 +1,15 @@
 """Embedding throughput: ProductLens vs a plain Keras pipeline vs a per-image loop, and the ceiling.
 
 In one process, on the same 1,000 grocery train photos and the same backbone
-(EfficientNet-Lite0 at the default resolution, one forward pass per photo):
+(``--backbone``, default: the default backbone at its resolution; one forward pass
+per photo unless said):
 
 - **ceiling**: model only, on pre-decoded uint8 tensors (what this CPU can do);
 - **decode only**: ProductLens's decoder (JPEG DCT-domain downscale, EXIF, RGB);
 - **ProductLens**: ``Embedder.embed_sources`` (decoding on worker threads while the
-  model runs), also with its default flip test-time augmentation (2 passes);
+  model runs), also with flip test-time augmentation (2 passes), and the default
+  work per photo: photo + mirror + 4 random-crop views (``Embedder.embed_with_views``,
+  6 passes) against its own ceiling;
 - **plain Keras**: ``keras.utils.image_dataset_from_directory`` + ``model.predict``;
 - **per-image loop**: ``keras.utils.load_img`` + ``model.predict`` on one photo at a time.
 
@@ -15,7 +18,7 @@ the CPU has native support) and, with ``--stream N``, the resident memory while
 N photos are embedded chunk by chunk the way :func:`core.embeddings.embed_catalog`
 does (it must stay flat). Prints one JSON object on the last line.
 
-    python benchmarks/throughput.py [--images 1000] [--stream 10000] [--skip-loop]
+    python benchmarks/throughput.py [--backbone NAME] [--images 1000] [--stream 10000] [--skip-loop]
 """
 
 from __future__ import annotations
@@ -69,6 +72,7 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=1000)
     parser.add_argument("--stream", type=int, default=0, help="also embed this many photos, reporting memory")
     parser.add_argument("--skip-loop", action="store_true", help="skip the (slow) per-image loop")
+    parser.add_argument("--backbone", default=None, help="backbone to measure (default: the default backbone)")
     args = parser.parse_args()
 
     import keras
@@ -80,7 +84,10 @@ def main() -> None:
 
     photos = sample_photos(args.dataset, args.images)
     count = len(photos)
-    embedder = Embedder()
+    from core import config
+
+    backbone = args.backbone or config.DEFAULT_BACKBONE
+    embedder = Embedder(backbone=backbone)
     size = embedder.image_size
     model = embedder.model
     results: dict = {"images": count, "backbone": embedder.backbone, "image_size": size,
@@ -91,7 +98,7 @@ def main() -> None:
 
     def report(name, seconds, passes=1):
         rate[name] = count / seconds
-        print(f"{name:<58} {rate[name]:7.1f} images/s  ({seconds:.1f} s{', 2 passes each' if passes == 2 else ''})",
+        print(f"{name:<58} {rate[name]:7.1f} photos/s  ({seconds:.1f} s{f', {passes} passes each' if passes > 1 else ''})",
               flush=True)
 
     # Decode once up front: the ceiling must not pay for it.
@@ -105,6 +112,25 @@ def main() -> None:
     report("ceiling, flip TTA (default)", timed(lambda: embedder.embed_pixels(pixels, flip_tta=True)), 2)
     report("ProductLens default (flip TTA): files -> features",
            timed(lambda: embedder.embed_sources(photos, flip_tta=True)), 2)
+    if embedder.views:
+        import hashlib
+
+        from core.embeddings import view_seed
+
+        seeded = [(path, view_seed(hashlib.sha256(path.read_bytes()).hexdigest(), 0)) for path in photos]
+        view_pixels = np.stack([embedder.load_photo_and_views(entry)[1:] for entry in seeded[:256]])
+        view_pixels = view_pixels.reshape(-1, size, size, 3)
+        embedder.embed_pixels(view_pixels[:embedder.batch_size], flip_tta=False)
+
+        def ceiling_views():
+            # The same passes on pre-decoded tensors (256 photos' views, reused to cover all photos).
+            embedder.embed_pixels(pixels, flip_tta=True)
+            for start in range(0, count, 256):
+                embedder.embed_pixels(view_pixels[:embedder.views * min(256, count - start)], flip_tta=False)
+
+        report(f"ceiling, flip + {embedder.views} views", timed(ceiling_views), 2 + embedder.views)
+        report(f"ProductLens default (flip + {embedder.views} views): files -> features",
+               timed(lambda: embedder.embed_with_views(seeded)), 2 + embedder.views)
 
     with tempfile.TemporaryDirectory() as scratch:
         # image_dataset_from_directory wants class folders: mirror the photos' folders with links.
@@ -130,21 +156,22 @@ def main() -> None:
     levers = {}
     lever_pixels = pixels[:256]
     for batch_size in (8, 16, 32, 64):
-        probe = Embedder(batch_size=batch_size)
+        probe = Embedder(backbone=backbone, batch_size=batch_size)
         probe._model = model
         probe.embed_pixels(lever_pixels[:batch_size], flip_tta=False)
         levers[f"batch {batch_size}"] = len(lever_pixels) / timed(
             lambda: probe.embed_pixels(lever_pixels, flip_tta=False))
     # The graph as converted (BatchNormalization not folded) at the old default batch of 32:
     # what the ceiling was before this machine's levers were pulled.
-    from core.efficientnet_lite import load_efficientnet_lite
+    from core.efficientnet_lite import VARIANTS, load_efficientnet_lite
 
-    unfolded_classifier = load_efficientnet_lite(embedder.backbone, size)
-    unfolded = Embedder(batch_size=32)
-    unfolded._model = keras.Model(unfolded_classifier.input, unfolded_classifier.get_layer("avg_pool").output)
-    unfolded.embed_pixels(lever_pixels[:32], flip_tta=False)
-    levers["BatchNorm not folded, batch 32 (before)"] = len(lever_pixels) / timed(
-        lambda: unfolded.embed_pixels(lever_pixels, flip_tta=False))
+    if backbone in VARIANTS:
+        unfolded_classifier = load_efficientnet_lite(backbone, size)
+        unfolded = Embedder(backbone=backbone, pooling="avg", batch_size=32)
+        unfolded._model = keras.Model(unfolded_classifier.input, unfolded_classifier.get_layer("avg_pool").output)
+        unfolded.embed_pixels(lever_pixels[:32], flip_tta=False)
+        levers["avg pooling, BatchNorm not folded, batch 32 (before)"] = len(lever_pixels) / timed(
+            lambda: unfolded.embed_pixels(lever_pixels, flip_tta=False))
     forward_xla = tf.function(lambda batch: model(tf.cast(batch, tf.float32), training=False), jit_compile=True)
     try:
         forward_xla(pixels[:32])
@@ -161,7 +188,7 @@ def main() -> None:
         reference = embedder.embed_pixels(pixels, flip_tta=False)
         keras.mixed_precision.set_global_policy("mixed_bfloat16")
         try:
-            bf16 = Embedder()
+            bf16 = Embedder(backbone=backbone)
             bf16.embed_pixels(pixels[:32], flip_tta=False)
             levers["bfloat16, batch 32"] = count / timed(lambda: bf16.embed_pixels(pixels, flip_tta=False))
             low = bf16.embed_pixels(pixels, flip_tta=False)
@@ -172,10 +199,12 @@ def main() -> None:
     else:
         levers["bfloat16"] = "skipped: this CPU has no native bfloat16 (no AVX512_BF16 / AMX_BF16)"
     for name, value in levers.items():
-        print(f"lever {name:<52} {value if isinstance(value, str) else f'{value:7.1f} images/s'}", flush=True)
+        shown = value if isinstance(value, str) else f"{value:.5f}" if "cosine" in name else f"{value:7.1f} images/s"
+        print(f"lever {name:<52} {shown}", flush=True)
 
     results["images_per_second"] = {name: round(value, 2) for name, value in rate.items()}
-    results["levers"] = {name: round(value, 2) if isinstance(value, float) else value for name, value in levers.items()}
+    results["levers"] = {name: round(value, 5 if "cosine" in name else 2) if isinstance(value, float) else value
+                         for name, value in levers.items()}
     ceiling = rate["ceiling: model only on decoded tensors"]
     results["ratios"] = {
         "productlens_vs_ceiling": round(rate["ProductLens: files -> features"] / ceiling, 3),
@@ -184,6 +213,10 @@ def main() -> None:
         "productlens_vs_plain_keras": round(rate["ProductLens: files -> features"]
                                             / rate["plain Keras: image_dataset_from_directory + predict"], 2),
     }
+    if embedder.views:
+        results["ratios"]["productlens_views_vs_ceiling_views"] = round(
+            rate[f"ProductLens default (flip + {embedder.views} views): files -> features"]
+            / rate[f"ceiling, flip + {embedder.views} views"], 3)
     if "per-image loop: load_img + predict" in rate:
         results["ratios"]["productlens_vs_per_image_loop"] = round(
             rate["ProductLens: files -> features"] / rate["per-image loop: load_img + predict"], 2)
