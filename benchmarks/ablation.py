@@ -45,30 +45,25 @@ def pooled_features(backbone: str, image_size: int, dataset: Path = DEFAULT_DATA
     import keras
     import tensorflow as tf
 
-    from core import backbones, images
-    from core.embeddings import Embedder, view_seed
-    from core.pooling import _block_output
+    from core import backbones
+    from core.embeddings import Embedder
 
     paths = sorted((dataset / "train").rglob("*.jpg")) + sorted((dataset / "val").rglob("*.jpg"))
+    # The multi-pooling model's own pooled parts (before their normalisation), plus the
+    # plain average of the last map: every pooling in one forward pass.
     feature_model = backbones.build_feature_model(backbone, "imagenet", image_size, pooling="multi")
-    blocks = sorted({int(layer.name.split("_")[0][5:]) for layer in feature_model.layers
-                     if layer.name.startswith("block")})
-    maps = keras.Model(feature_model.input, [feature_model.get_layer("top_activation").output,
-                                             _block_output(feature_model, blocks[-1]),
-                                             _block_output(feature_model, blocks[-2])])
+    pooled = keras.Model(feature_model.input, [
+        keras.layers.GlobalAveragePooling2D()(feature_model.get_layer("top_activation").output),
+        *(feature_model.get_layer(name).output for name in ("gem_pool", "last_block_pool", "previous_block_pool"))])
 
     @tf.function(reduce_retracing=True)
     def forward(pixels):
-        top, last, previous = maps(tf.cast(pixels, tf.float32), training=False)
-        gem = tf.pow(tf.reduce_mean(tf.pow(tf.maximum(top, 1e-6), 3.0), axis=[1, 2]), 1.0 / 3.0)
-        return (tf.reduce_mean(top, axis=[1, 2]), gem, tf.reduce_mean(last, axis=[1, 2]),
-                tf.reduce_mean(previous, axis=[1, 2]))
+        return pooled(tf.cast(pixels, tf.float32), training=False)
 
     embedder = Embedder(backbone=backbone, image_size=image_size, views=CROPS)
 
     def load(path):
-        seed = view_seed(hashlib.sha256(path.read_bytes()).hexdigest(), 0)
-        stacked = embedder.load_photo_and_views((path, seed))
+        stacked = embedder.load_photo_and_views((path, hashlib.sha256(path.read_bytes()).hexdigest()))
         return np.concatenate([stacked[:1], stacked[:1, :, ::-1], stacked[1:]])
 
     names = ("avg", "gem", "last_block", "previous_block")

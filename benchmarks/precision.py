@@ -24,15 +24,15 @@ from _grocery import grocery_features
 
 def main() -> None:
     from core import config
-    from core.embeddings import Embedder, view_seed
+    from core.embeddings import Embedder, prediction_vectors
     from core.head import HeadClassifier
 
     data = grocery_features()
     train, val, catalog = data.train, data.val, data.catalog
     head = HeadClassifier().fit(train.features, train.labels, augmented_views=train.views)
     products = {product.id: product for product in catalog.products(val.ids.tolist())}
-    sources = [(catalog.image_path(products[int(pid)]), view_seed(products[int(pid)].sha256, 0)) for pid in val.ids]
-    results = {"photos": len(sources), "cpu_has_native_bfloat16": bool(config.cpu_flags() & {"avx512_bf16", "amx_bf16"})}
+    sources = [(catalog.image_path(products[int(pid)]), products[int(pid)].sha256) for pid in val.ids]
+    results = {"photos": len(sources), "cpu_has_native_bfloat16": config.has_native_bfloat16()}
     vectors = {}
     for precision in ("float32", "bfloat16"):
         embedder = Embedder(precision=precision)
@@ -42,7 +42,7 @@ def main() -> None:
         seconds = time.perf_counter() - started
         if failures:
             raise SystemExit(f"failed to embed: {failures[:3]}")
-        vectors[precision] = (photos, (photos + views.sum(axis=1)) / (1 + embedder.views))
+        vectors[precision] = (photos, prediction_vectors(photos, views))
         predicted = head.predict(vectors[precision][1])
         results[precision] = {"photos_per_second": round(len(sources) / seconds, 2),
                               "accuracy": round(float(np.mean(predicted == val.labels)), 4)}

@@ -57,15 +57,6 @@ def sample_photos(dataset: Path, count: int) -> list[Path]:
     return [photos[i] for i in sorted(chosen)]
 
 
-def cpu_flags() -> set[str]:
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return set()
-    line = next((line for line in text.splitlines() if line.startswith("flags")), "")
-    return set(line.split(":", 1)[-1].split())
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", type=Path, default=DEFAULT_DATASET)
@@ -98,8 +89,8 @@ def main() -> None:
 
     def report(name, seconds, passes=1):
         rate[name] = count / seconds
-        print(f"{name:<58} {rate[name]:7.1f} photos/s  ({seconds:.1f} s{f', {passes} passes each' if passes > 1 else ''})",
-              flush=True)
+        each = f", {passes} passes each" if passes > 1 else ""
+        print(f"{name:<58} {rate[name]:7.1f} photos/s  ({seconds:.1f} s{each})", flush=True)
 
     # Decode once up front: the ceiling must not pay for it.
     started = time.perf_counter()
@@ -115,10 +106,8 @@ def main() -> None:
     if embedder.views:
         import hashlib
 
-        from core.embeddings import view_seed
-
-        seeded = [(path, view_seed(hashlib.sha256(path.read_bytes()).hexdigest(), 0)) for path in photos]
-        view_pixels = np.stack([embedder.load_photo_and_views(entry)[1:] for entry in seeded[:256]])
+        hashed = [(path, hashlib.sha256(path.read_bytes()).hexdigest()) for path in photos]
+        view_pixels = np.stack([embedder.load_photo_and_views(entry)[1:] for entry in hashed[:256]])
         view_pixels = view_pixels.reshape(-1, size, size, 3)
         embedder.embed_pixels(view_pixels[:embedder.batch_size], flip_tta=False)
 
@@ -130,7 +119,7 @@ def main() -> None:
 
         report(f"ceiling, flip + {embedder.views} views", timed(ceiling_views), 2 + embedder.views)
         report(f"ProductLens default (flip + {embedder.views} views): files -> features",
-               timed(lambda: embedder.embed_with_views(seeded)), 2 + embedder.views)
+               timed(lambda: embedder.embed_with_views(hashed)), 2 + embedder.views)
 
     with tempfile.TemporaryDirectory() as scratch:
         # image_dataset_from_directory wants class folders: mirror the photos' folders with links.
@@ -183,19 +172,14 @@ def main() -> None:
         levers["XLA jit_compile, batch 32 (64 photos)"] = 64 / timed(run_xla)
     except Exception as error:  # XLA is optional; report why it could not run
         levers["XLA jit_compile, batch 32 (64 photos)"] = f"failed: {type(error).__name__}"
-    flags = cpu_flags()
-    if flags & {"avx512_bf16", "amx_bf16"}:
+    if config.has_native_bfloat16():
         reference = embedder.embed_pixels(pixels, flip_tta=False)
-        keras.mixed_precision.set_global_policy("mixed_bfloat16")
-        try:
-            bf16 = Embedder(backbone=backbone)
-            bf16.embed_pixels(pixels[:32], flip_tta=False)
-            levers["bfloat16, batch 32"] = count / timed(lambda: bf16.embed_pixels(pixels, flip_tta=False))
-            low = bf16.embed_pixels(pixels, flip_tta=False)
-            cosine = np.sum(reference * low, axis=1) / (np.linalg.norm(reference, axis=1) * np.linalg.norm(low, axis=1))
-            levers["bfloat16 min feature cosine vs float32"] = float(cosine.min())
-        finally:
-            keras.mixed_precision.set_global_policy("float32")
+        bf16 = Embedder(backbone=backbone, precision="bfloat16")
+        bf16.embed_pixels(pixels[:32], flip_tta=False)
+        levers[f"bfloat16, batch {bf16.batch_size}"] = count / timed(lambda: bf16.embed_pixels(pixels, flip_tta=False))
+        low = bf16.embed_pixels(pixels, flip_tta=False)
+        cosine = np.sum(reference * low, axis=1) / (np.linalg.norm(reference, axis=1) * np.linalg.norm(low, axis=1))
+        levers["bfloat16 min feature cosine vs float32"] = float(cosine.min())
     else:
         levers["bfloat16"] = "skipped: this CPU has no native bfloat16 (no AVX512_BF16 / AMX_BF16)"
     for name, value in levers.items():

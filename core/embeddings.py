@@ -33,12 +33,16 @@ from core import backbones, config, images
 from core.catalog import Catalog
 
 ProgressCallback = Callable[[int, int, str], None]
-_VIEW_SEED_STEP = 7919
+
+
+def prediction_vectors(photos: np.ndarray, views: np.ndarray) -> np.ndarray:
+    """``(n, dim)``: each photo's vector averaged with its views' (``views``: ``(n, views, dim)``)."""
+    return (photos + views.sum(axis=1)) / (1 + views.shape[1])
 
 
 def view_seed(sha256: str, view: int) -> int:
     """Seed of a product's view ``view``: from the photo's content, so a view is reproducible anywhere."""
-    return int(sha256[:12], 16) + _VIEW_SEED_STEP * view
+    return int(sha256[:12], 16) + 7919 * view
 
 
 class Embedder:
@@ -167,11 +171,12 @@ class Embedder:
         """Cache key of the vectors predictions use: the photo averaged with its ``views`` crops."""
         return f"{self.key}#tta{self.views}" if self.views else self.key
 
-    def load_photo_and_views(self, source_and_seed) -> np.ndarray:
-        """``(1 + views, size, size, 3)``: the photo, then its views (same crops as :meth:`load_view_pixels`)."""
-        source, seed = source_and_seed
+    def load_photo_and_views(self, source_and_sha256) -> np.ndarray:
+        """``(1 + views, size, size, 3)``: the photo, then its views (the crops :meth:`load_view_pixels`
+        makes with :func:`view_seed`)."""
+        source, sha256 = source_and_sha256
         photo = self.load_pixels(source)
-        crops = [self.load_view_pixels((source, seed + _VIEW_SEED_STEP * view)) for view in range(self.views)]
+        crops = [self.load_view_pixels((source, view_seed(sha256, view))) for view in range(self.views)]
         return np.stack([photo, *crops])
 
     def load_view_pixels(self, source_and_seed) -> np.ndarray:
@@ -211,20 +216,21 @@ class Embedder:
                 progress(int(min(len(sources), (indices.max() + 1) if len(indices) else 0)), len(sources), "")
         return vectors, failures
 
-    def embed_with_views(self, sources_and_seeds: Sequence, progress: ProgressCallback | None = None
+    def embed_with_views(self, sources_and_hashes: Sequence, progress: ProgressCallback | None = None
                          ) -> tuple[np.ndarray, np.ndarray, list[tuple[int, str]]]:
         """Embed each photo and its ``views`` crops from one decode.
 
-        ``sources_and_seeds``: ``(path or bytes, seed)`` pairs (see :func:`view_seed`).
+        ``sources_and_hashes``: ``(path or bytes, the photo's SHA-256 hex)`` pairs (the
+        crops are seeded by it, see :func:`view_seed`).
         Returns ``(photo vectors (n, dim), view vectors (n, views, dim), failures)``;
         failed rows are NaN.
         """
-        count = len(sources_and_seeds)
+        count = len(sources_and_hashes)
         photos = np.full((count, self.feature_dim), np.nan, dtype=np.float32)
         crops = np.full((count, self.views, self.feature_dim), np.nan, dtype=np.float32)
         failures: list[tuple[int, str]] = []
         size = self.image_size
-        for indices, pixels, errors in self._decoded_batches(list(enumerate(sources_and_seeds)),
+        for indices, pixels, errors in self._decoded_batches(list(enumerate(sources_and_hashes)),
                                                              self.load_photo_and_views,
                                                              shape=(1 + self.views, size, size, 3)):
             failures.extend(errors)
@@ -318,7 +324,7 @@ def embed_catalog(catalog: Catalog, embedder: Embedder, progress: ProgressCallba
                 progress(offset + done_in_chunk, total, stage)
 
         if with_views:
-            sources = [(catalog.image_path(product), view_seed(product.sha256, 0)) for product in products]
+            sources = [(catalog.image_path(product), product.sha256) for product in products]
             vectors, crops, failures = embedder.embed_with_views(sources, progress=chunk_progress)
         elif view is None:
             sources = [catalog.image_path(product) for product in products]
@@ -335,7 +341,7 @@ def embed_catalog(catalog: Catalog, embedder: Embedder, progress: ProgressCallba
         catalog.store_embeddings(key, good_ids, vectors[good])
         if with_views:
             catalog.store_embeddings(embedder.prediction_key, good_ids,
-                                     (vectors[good] + crops[good].sum(axis=1)) / (1 + embedder.views))
+                                     prediction_vectors(vectors[good], crops[good]))
         report.failed.extend((chunk[i], reason) for i, reason in failures)
         report.computed += len(good)
         done += len(chunk)

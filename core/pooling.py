@@ -20,9 +20,6 @@ import math
 import keras
 from keras import layers, ops
 
-POOLINGS = ("avg", "multi")
-
-
 @keras.saving.register_keras_serializable(package="productlens")
 class GeneralizedMeanPooling(layers.Layer):
     """Global generalised-mean pooling of a ``(batch, h, w, channels)`` map (GeM, Radenović et al.)."""

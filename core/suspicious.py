@@ -67,10 +67,9 @@ def out_of_sample_probabilities(features: np.ndarray, labels, folds: int = DEFAU
         features, targets, len(classes), l2, [np.flatnonzero(assignment == fold) for fold in used], augmented_views)
     for fold, (weights, bias) in zip(used, fits):
         held_out = assignment == fold
-        train = np.flatnonzero(~held_out)
         fold_scores = ((features[held_out] - mean) / np.sqrt(variance)) @ weights + bias
         # A class absent from this fold's training rows cannot be predicted.
-        fold_scores[:, np.bincount(targets[train], minlength=len(classes)) == 0] = -1e3
+        fold_scores[:, np.bincount(targets[~held_out], minlength=len(classes)) == 0] = -1e3
         scores[held_out] = fold_scores
     temperature = fit_temperature(scores, targets)
     logits = temperature * scores.astype(np.float64)
