@@ -57,11 +57,11 @@ def update_readme(result: dict) -> None:
     table = "\n".join([
         start,
         "| settings | fine accuracy | coarse accuracy | train / test images | classes | embed photos/s "
-        "| embed s | extra views s | head training s | peak memory |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| embed s | head training s | peak memory |",
+        "|---|---|---|---|---|---|---|---|---|",
         f"| {result['settings']} | {result['accuracy']:.1%} | {result['coarse_accuracy']:.1%} "
         f"| {result['n_train']} / {result['n_test']} | {result['n_classes']} | {result['images_per_second']:.1f} "
-        f"| {result['embed_seconds']:.0f} | {result['views_seconds']:.0f} | {result['train_seconds']:.1f} "
+        f"| {result['embed_seconds']:.0f} | {result['train_seconds']:.1f} "
         f"| {result['peak_memory_mb']:.0f} MB |",
         end,
     ])

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import csv
 import tempfile
-import time
 from pathlib import Path
 from typing import Callable
 
@@ -21,7 +20,7 @@ from core._internal.memory import peak_rss_mb
 from core.catalog import Catalog
 from core.embeddings import Embedder, embed_catalog
 from core.head import HeadClassifier
-from core.training import labelled_embeddings, prediction_key, train_version
+from core.training import prediction_key, train_version
 
 ProgressCallback = Callable[[str, int, int], None]
 
@@ -47,13 +46,8 @@ def evaluate(train_dir: str | Path, test_dir: str | Path, embedder: Embedder | N
         test_report = ingest.import_paths(catalog, [test_dir], progress=stage("import test"), apply_labels=False)
         test_ids = list(dict.fromkeys(test_report.product_ids))
 
+        # Embeds each photo with its views; train_version adds any views beyond the embedder's.
         embed_report = embed_catalog(catalog, embedder, progress=stage("embed"))
-        started = time.perf_counter()
-        train_ids = labelled_embeddings(catalog, embedder.key, train_report.product_ids)[0].tolist()
-        for view in range(augmented_views):
-            embed_catalog(catalog, embedder, progress=stage(f"augmented view {view + 1}"),
-                          product_ids=train_ids, view=view)
-        views_seconds = time.perf_counter() - started
         version = train_version(catalog, embedder, head, product_ids=train_report.product_ids,
                                 progress=stage("train"), augmented_views=augmented_views)
         train_seconds = version["metrics"]["train_seconds"]
@@ -62,7 +56,7 @@ def evaluate(train_dir: str | Path, test_dir: str | Path, embedder: Embedder | N
         top_labels, top_probabilities = head.top_k(features, 1)
         predicted = np.array([row[0] for row in top_labels], dtype=object)
         truth = np.array([test_report.found_labels.get(int(pid)) for pid in ids], dtype=object)
-        n_train = len(train_ids)
+        n_train = version["metrics"]["n_train"]
         if predictions_csv:
             with open(predictions_csv, "w", newline="") as handle:
                 writer = csv.writer(handle)
@@ -79,7 +73,6 @@ def evaluate(train_dir: str | Path, test_dir: str | Path, embedder: Embedder | N
             "embedding": embedder.key,
             "augmented_views": augmented_views,
             "embed_seconds": round(embed_report.seconds, 2),
-            "views_seconds": round(views_seconds, 2),
             "train_seconds": round(train_seconds, 2),
             "images_per_second": round(embed_report.images_per_second, 2),
             "rejected": len(train_report.rejected) + len(test_report.rejected),
