@@ -10,8 +10,10 @@ softmax ``predictions`` layer. Training is class-weighted (rare categories count
 as much as common ones) and holds out a stratified validation split for the
 metrics. The default linear head is solved in closed form (class-weighted ridge
 regression onto one-hot targets, see :mod:`core._internal.ridge`; the softmax
-temperature is fitted on the validation split): under a second for the grocery
-train split, and as accurate there as 200 epochs of AdamW. A head with a hidden
+temperature is fitted on the validation split): about a second for the grocery
+train split, and as accurate there as 200 epochs of AdamW. Augmented views can
+enter it as rows or, much cheaper, summarised per product (``view_means`` and
+``view_scatter``, see :mod:`core.view_scatter`). A head with a hidden
 layer (or ``solver="adamw"``) trains by mini-batch AdamW with early stopping on
 the validation split. By default the head is then refitted on all labelled
 products.
@@ -22,6 +24,7 @@ from __future__ import annotations
 import os
 import time
 import uuid
+import zlib
 from pathlib import Path
 from typing import Sequence
 
@@ -94,10 +97,14 @@ class HeadClassifier:
         return keras.Model(inputs, outputs, name="productlens_head")
 
     def _split(self, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Stratified hold-out: each class with >= 2 examples gives ~validation_fraction of them."""
-        rng = np.random.default_rng(self.random_state)
+        """Stratified hold-out: each class with >= 2 examples gives ~validation_fraction of them.
+
+        Each class draws from its own seed, so correcting a few labels changes only
+        their classes' share (what lets a retrain reuse the rest, see core.view_scatter).
+        """
         train, validation = [], []
         for name in np.unique(labels):
+            rng = np.random.default_rng([self.random_state, zlib.crc32(str(name).encode())])
             members = rng.permutation(np.flatnonzero(labels == name))
             take = int(round(len(members) * self.validation_fraction)) if len(members) >= 2 else 0
             if len(members) >= 2 and self.validation_fraction > 0:
@@ -107,14 +114,19 @@ class HeadClassifier:
         return np.array(sorted(train), dtype=np.int64), np.array(sorted(validation), dtype=np.int64)
 
     def fit(self, features: np.ndarray, labels: Sequence[str], augmented_views: Sequence[np.ndarray] = (),
-            progress=None) -> "HeadClassifier":
+            progress=None, view_scatter=None, view_means: np.ndarray | None = None) -> "HeadClassifier":
         """Train on ``features`` (n, feature_dim) and string ``labels`` (n,).
 
         ``augmented_views``: optional arrays shaped like ``features`` holding the
         features of augmented copies (crops, flips) of the same products; they are
         extra training rows, and a product held out for validation is held out
-        with all its views. ``progress(epoch, max_epochs, message)`` is called
-        after every epoch.
+        with all its views. Or, for the closed-form solver, summarised: ``view_means``
+        (shaped like ``features``: each product's photo averaged with its views, the
+        vectors it is predicted from) and ``view_scatter`` (a
+        :class:`core.view_scatter.ViewScatter` of the same products): the same fit
+        from one row per product; ``features`` then only set the standardisation,
+        and the validation metrics score ``view_means``. ``progress(epoch,
+        max_epochs, message)`` is called after every epoch.
         """
         import keras
 
@@ -137,9 +149,18 @@ class HeadClassifier:
         targets = np.array([class_index[name] for name in labels], dtype=np.int64)
         train, validation = self._split(labels)
 
+        if (view_scatter is None) != (view_means is None):
+            raise ValueError("view_scatter and view_means come together")
+        if view_means is not None:
+            view_means = np.asarray(view_means, dtype=np.float32)
+            if view_means.shape != features.shape or not np.isfinite(view_means).all():
+                raise ValueError("view_means must be finite and have the same shape as features")
         if self.resolved_solver == "closed_form":
             return self._fit_closed_form(features, labels, targets, train, validation, augmented_views, start,
-                                         progress)
+                                         progress, view_scatter, view_means)
+        if view_scatter is not None:
+            raise ValueError("view_scatter needs the closed-form solver (a linear head); give the views as "
+                             "augmented_views rows to train with AdamW")
         keras.utils.set_random_seed(self.random_state)
         self.model_ = self._build(features.shape[1], len(self.classes_), features[train].mean(axis=0),
                                   features[train].var(axis=0) + 1e-6)
@@ -163,20 +184,30 @@ class HeadClassifier:
         self.fit_seconds_ = time.perf_counter() - start
         return self
 
-    def _fit_closed_form(self, features, labels, targets, train, validation, augmented_views, start, progress):
-        from core._internal.ridge import fit_standardised_ridge_many, fit_temperature
+    def _fit_closed_form(self, features, labels, targets, train, validation, augmented_views, start, progress,
+                         view_scatter=None, view_means=None):
+        from core._internal.ridge import fit_standardised_ridge_many, fit_temperature, product_weights
 
         steps = 2 if self.refit_full and len(validation) else 1
-        # One Gram matrix for both fits: the hold-out fit subtracts the validation rows' share.
+        # Both fits come from one set of per-part moments: the hold-out fit is the non-validation
+        # part's, the refit their sum.
         held_out = [validation] + ([np.zeros(0, np.int64)] if steps == 2 else [])
+        balanced = self.class_weight == "balanced"
+        summarised = None
+        if view_scatter is not None:
+            weights = product_weights(targets, len(self.classes_), balanced)
+            summarised = ([view_scatter.weighted(weights)]
+                          + [view_scatter.weighted(weights, part) if len(part) else None for part in held_out],
+                          view_scatter.views)
         mean, variance, fits = fit_standardised_ridge_many(
-            features, targets, len(self.classes_), self.l2, held_out, augmented_views,
-            balanced=self.class_weight == "balanced")
+            features, targets, len(self.classes_), self.l2, held_out, augmented_views, balanced=balanced,
+            view_means=view_means, view_scatter=summarised)
         solutions = [(mean, variance, *fit) for fit in fits]
+        scored = features if view_means is None else view_means
 
         def scores(solution, rows):
             mean, variance, weights, bias = solution
-            return ((features[rows] - mean) / np.sqrt(variance)) @ weights + bias
+            return ((scored[rows] - mean) / np.sqrt(variance)) @ weights + bias
 
         solution = solutions[0]
         if progress:

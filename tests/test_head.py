@@ -138,3 +138,65 @@ def test_fits_sharing_one_gram_matrix_equal_separate_fits():
         np.testing.assert_allclose(fit[1], expected[1], atol=1e-4)
     with pytest.raises(ValueError, match="overlap"):
         fit_standardised_ridge_many(features, targets, 4, 0.1, [held, held])
+
+
+class ArrayViewScatter:
+    """The view-scatter interface of :class:`core.view_scatter.ViewScatter`, on in-memory rows."""
+
+    def __init__(self, rows):
+        self.views = rows.shape[1] - 1
+        deviations = rows - rows.mean(axis=1, keepdims=True)
+        self.per_product = np.einsum("nvi,nvj->nij", deviations, deviations)
+
+    def weighted(self, weights, indices=None):
+        indices = np.arange(len(weights)) if indices is None else indices
+        return np.einsum("n,nij->ij", weights[indices], self.per_product[indices]).astype(np.float32)
+
+
+def test_views_summarised_by_mean_and_scatter_give_the_fit_on_every_row():
+    """One row per product (its mean) plus the views' weighted scatter = the fit on all 1 + V rows."""
+    from core._internal.ridge import fit_standardised_ridge_many, product_weights
+
+    rng = np.random.default_rng(1)
+    features = rng.normal(size=(90, 12)).astype(np.float32)
+    targets = rng.integers(0, 3, 90)
+    views = [features + rng.normal(0, 0.3, features.shape).astype(np.float32) for _ in range(3)]
+    rows = np.stack([features] + views, axis=1)
+    means, scatter = rows.mean(axis=1), ArrayViewScatter(rows)
+    weights = product_weights(targets, 3)
+    held = np.arange(0, 90, 5)
+    expected = fit_standardised_ridge_many(features, targets, 3, 0.1, [held, np.zeros(0, np.int64)], views)
+    summarised = fit_standardised_ridge_many(
+        features, targets, 3, 0.1, [held, np.zeros(0, np.int64)], view_means=means,
+        view_scatter=([scatter.weighted(weights), scatter.weighted(weights, held), None], 3))
+    np.testing.assert_allclose(summarised[0], expected[0])
+    for (weights_rows, bias_rows), (weights_mean, bias_mean) in zip(expected[2], summarised[2]):
+        assert np.abs(weights_rows).max() > 0.05  # a real fit, not all zeros
+        np.testing.assert_allclose(weights_mean, weights_rows, atol=2e-4)
+        np.testing.assert_allclose(bias_mean, bias_rows, atol=2e-4)
+    # Without the scatter the fit is a different one: the views' spread is what it adds.
+    zero = np.zeros((12, 12), np.float32)
+    without = fit_standardised_ridge_many(features, targets, 3, 0.1, [np.zeros(0, np.int64)], view_means=means,
+                                          view_scatter=([zero, None], 3))
+    assert np.abs(without[2][0][0] - expected[2][1][0]).max() > 10 * 2e-4
+    labels = np.array(["a", "b", "c"], dtype=object)[targets]
+    head = HeadClassifier().fit(features, labels, view_means=means, view_scatter=scatter)
+    rows_head = HeadClassifier().fit(features, labels, augmented_views=views)
+    assert (head.predict(means) == rows_head.predict(means)).all()
+    with pytest.raises(ValueError, match="together"):
+        HeadClassifier().fit(features, labels, view_scatter=scatter)
+    with pytest.raises(ValueError, match="closed-form"):
+        HeadClassifier(solver="adamw").fit(features, labels, view_means=means, view_scatter=scatter)
+
+
+def test_a_correction_moves_only_its_categories_validation_share():
+    """Retraining after a correction keeps every other category's hold-out products (and so
+    the cached view scatter of the hold-out set stays valid for them)."""
+    labels = np.array([f"c{index % 6}" for index in range(120)], dtype=object)
+    head = HeadClassifier()
+    _, before = head._split(labels)
+    corrected = labels.copy()
+    corrected[0] = "c1"
+    _, after = head._split(corrected)
+    changed = set(before.tolist()) ^ set(after.tolist())
+    assert changed and {corrected[index] for index in changed} | {labels[index] for index in changed} <= {"c0", "c1"}

@@ -8,6 +8,16 @@ epochs, nothing to tune but ``lam``, per unit of total weight) and
 into probabilities by ``softmax(temperature * scores)``; the temperature is
 fitted separately (:func:`fit_temperature`) on held-out scores.
 
+Augmented views (crops of a product's photo: extra rows with the product's
+target) can be given as rows, or summarised: with ``m_i`` the mean of product
+``i``'s ``1 + V`` rows and ``S_i = sum_j (z_ij - m_i)(z_ij - m_i)^T`` their scatter
+around it, the rows' weighted Gram matrix is exactly
+``(1 + V) sum_i w_i (m_i - mu)(m_i - mu)^T + sum_i w_i S_i`` and their cross
+product with the targets ``(1 + V) sum_i w_i (m_i - mu) t_i^T``. Given the
+``m_i`` and ``sum_i w_i S_i`` (cached per catalogue, see :mod:`core.view_scatter`),
+a fit needs one row per product: the same weights from a ``1 + V`` times smaller
+Gram matrix.
+
 Training asks for several fits on overlapping rows (a hold-out fit and the refit on
 everything; k folds). :func:`fit_standardised_ridge_many` computes the Gram
 matrix of all rows once and subtracts each held-out part's (which costs its share
@@ -16,6 +26,8 @@ k Gram matrices: what keeps retraining on 3,632-dimensional features in seconds.
 """
 
 from __future__ import annotations
+
+import functools
 
 import numpy as np
 
@@ -49,8 +61,17 @@ def fit_temperature(scores: np.ndarray, targets: np.ndarray, low: float = 0.1, h
     return float(np.exp((a + b) / 2))
 
 
+def product_weights(targets: np.ndarray, num_classes: int, balanced: bool = True) -> np.ndarray:
+    """Each product's weight in a fit: :func:`balanced_class_weights` of its class, or 1."""
+    if not balanced:
+        return np.ones(len(targets), np.float32)
+    return balanced_class_weights(targets, num_classes)[targets]
+
+
 def fit_standardised_ridge_many(features: np.ndarray, targets: np.ndarray, num_classes: int, l2: float,
-                                held_out: list[np.ndarray], augmented_views=(), balanced: bool = True
+                                held_out: list[np.ndarray], augmented_views=(), balanced: bool = True,
+                                view_means: np.ndarray | None = None,
+                                view_scatter: tuple[list[np.ndarray | None], int] | None = None
                                 ) -> tuple[np.ndarray, np.ndarray, list[tuple[np.ndarray, np.ndarray]]]:
     """``(mean, variance, [(weights, bias) per entry of held_out])``.
 
@@ -60,8 +81,15 @@ def fit_standardised_ridge_many(features: np.ndarray, targets: np.ndarray, num_c
     standardisation (statistics of all ``features``: no labels involved) and the
     class weights (from all rows), which is what lets them share one Gram matrix:
     rows are laid out so that each held-out set's rows are contiguous, each part's
-    moments are computed once, and everything's are their sum. Scores of new rows
-    are ``((x - mean) / sqrt(variance)) @ weights + bias``.
+    moments are computed once, and everything's are their sum.
+
+    Views summarised instead of as rows: ``view_means`` (shaped like ``features``)
+    holds each product's mean over its photo and ``views`` views, and
+    ``view_scatter=(scatters, views)`` the views' weighted scatter ``sum w_i S_i``
+    in raw feature units, ``(dim, dim)``, with ``w`` = :func:`product_weights`:
+    ``scatters[0]`` over all products, ``scatters[1 + p]`` over ``held_out[p]``
+    (``None`` for an empty set). ``features`` then only standardise. Scores of new
+    rows are ``((x - mean) / sqrt(variance)) @ weights + bias``.
     """
     import scipy.linalg
 
@@ -75,14 +103,28 @@ def fit_standardised_ridge_many(features: np.ndarray, targets: np.ndarray, num_c
         covered[products] = True
     order = np.concatenate([np.flatnonzero(~covered)] + parts)
     bounds = np.cumsum([0, int((~covered).sum())] + [len(products) for products in parts])
-    blocks = [features] + [np.asarray(view, dtype=np.float32) for view in augmented_views]
-    per_product = len(blocks)
-
     mean, variance = features.mean(axis=0), features.var(axis=0) + 1e-6
     scale = (1.0 / np.sqrt(variance)).astype(np.float32)
+    if (view_scatter is None) != (view_means is None):
+        raise ValueError("view_scatter and view_means come together")
+    if view_scatter is None:
+        blocks = [features] + [np.asarray(view, dtype=np.float32) for view in augmented_views]
+        rows_per_product = len(blocks)
+    else:
+        scatters, views = view_scatter
+        view_means = np.asarray(view_means, dtype=np.float32)
+        if len(augmented_views):
+            raise ValueError("give augmented views either as rows (augmented_views) or summarised (view_scatter)")
+        if view_means.shape != features.shape or len(scatters) != 1 + len(parts) or \
+                any(part is not None and part.shape != (dim, dim) for part in scatters) or scatters[0] is None:
+            raise ValueError(f"view_means must be shaped like features and view_scatter hold one ({dim}, {dim}) "
+                             f"matrix for all products and one per held-out set")
+        # A product's mean stands for its 1 + views rows.
+        blocks, rows_per_product = [view_means], 1 + int(views)
+    per_product = len(blocks)
     row_targets = np.repeat(targets[order], per_product)
-    row_weights = (balanced_class_weights(row_targets, num_classes)[row_targets] if balanced
-                   else np.ones(len(row_targets), np.float32))
+    row_weights = np.repeat(product_weights(targets[order], num_classes, balanced), per_product)
+    row_weights *= np.float32(rows_per_product / per_product)
     # Rows scaled by sqrt(weight): the weighted Gram matrix is then rows^T rows, which numpy
     # computes as a symmetric rank-k update (half a general matrix product's work).
     root = np.sqrt(row_weights)
@@ -90,6 +132,10 @@ def fit_standardised_ridge_many(features: np.ndarray, targets: np.ndarray, num_c
     for index, block in enumerate(blocks):
         rows[:, index] = (block[order] - mean) * scale
     rows = rows.reshape(-1, dim)
+    # Centred on the weighted mean of every row: the fit on everything then needs no
+    # correction of its Gram matrix, the others a rank-one one.
+    shift = (row_weights @ rows) / row_weights.sum()
+    rows -= shift
     rows *= root[:, None]
     one_hot = np.zeros((len(row_targets), num_classes), dtype=np.float32)
     one_hot[np.arange(len(row_targets)), row_targets] = root
@@ -100,22 +146,43 @@ def fit_standardised_ridge_many(features: np.ndarray, targets: np.ndarray, num_c
         return [chosen.T @ chosen, chosen_root @ chosen, float(chosen_root @ chosen_root),
                 chosen.T @ targets_root, chosen_root @ targets_root]
 
-    part_moments = [moments(bounds[i], bounds[i + 1]) for i in range(len(bounds) - 1)]
-    everything = [sum(values) for values in zip(*part_moments)]
+    # parts: 0 = products in every fit, 1 + p = held_out[p]; None for an empty one.
+    part_moments = [moments(bounds[i], bounds[i + 1]) if bounds[i + 1] > bounds[i] else None
+                    for i in range(len(bounds) - 1)]
+    if view_scatter is not None:
+        # The views' scatter, standardised, joins the Gram matrix of the part it belongs to.
+        standardise = np.outer(scale, scale)
+        part_scatters = [scatters[0] - sum(part for part in scatters[1:] if part is not None)] + scatters[1:]
+        for moments_of_part, scatter in zip(part_moments, part_scatters):
+            if moments_of_part is not None and scatter is not None:
+                moments_of_part[0] += scatter * standardise
+        del standardise, part_scatters
+    present = [values for values in part_moments if values is not None]
+    everything = [functools.reduce(np.add, values) for values in zip(*present)]
     solutions = []
     for number, products in enumerate(parts):
-        if len(products):
+        others = [values for index, values in enumerate(part_moments) if index != number + 1 and values is not None]
+        if len(others) == 1 and len(present) > 1:
+            # The fit's rows are exactly one part (the usual hold-out fit): its moments as they are
+            # (used up here: with two parts no other fit needs this one on its own).
+            gram, row_sum, total, cross, target_sum = others[0]
+        elif len(products):
             gram, row_sum, total, cross, target_sum = (a - b for a, b in zip(everything, part_moments[number + 1]))
         else:
             gram, row_sum, total, cross, target_sum = everything
+            gram = gram.copy() if number + 1 < len(parts) else gram
         feature_mean, target_mean = row_sum / total, target_sum / total
         # Centred by the weighted means: sum w (x - mu)(x - mu)^T = sum w x x^T - total mu mu^T.
         # float32 throughout: the ridge term keeps the system well conditioned (standardised
         # features, l2 * total on the diagonal), and float64 would double the solve's time.
-        centred = gram - np.float32(total) * np.outer(feature_mean, feature_mean)
+        centred = gram
+        if gram is not everything[0]:  # everything's mean is the shift: nothing to correct
+            centred -= np.float32(total) * np.outer(feature_mean, feature_mean)
         centred[np.diag_indices_from(centred)] += np.float32(l2 * total)
         right = cross - np.float32(total) * np.outer(feature_mean, target_mean)
-        weights = scipy.linalg.cho_solve(scipy.linalg.cho_factor(centred, overwrite_a=True, check_finite=False),
-                                         right, overwrite_b=True, check_finite=False).astype(np.float32)
-        solutions.append((weights, (target_mean - feature_mean @ weights).astype(np.float32)))
+        # The transpose of a symmetric C-ordered matrix is itself in Fortran order: LAPACK factors it
+        # in place instead of copying it first.
+        factor = scipy.linalg.cho_factor(centred.T, overwrite_a=True, check_finite=False)
+        weights = scipy.linalg.cho_solve(factor, right, overwrite_b=True, check_finite=False).astype(np.float32)
+        solutions.append((weights, (target_mean - (feature_mean + shift) @ weights).astype(np.float32)))
     return mean, variance, solutions
