@@ -69,12 +69,18 @@ def train_version(catalog: Catalog, embedder: Embedder, head: HeadClassifier | N
     """Fit a head on the current labels and store it as the new (active) model version.
 
     ``augmented_views`` (default: the embedder's ``views``) random-crop views per
-    labelled product are embedded (once, then cached) and used as extra training rows.
+    labelled product are embedded (once, then cached) and used for training. With
+    the embedder's own views and the closed-form head they enter summarised (each
+    product's photo-and-views mean plus the catalogue's cached view scatter, see
+    :mod:`core.view_scatter`: one row per product); otherwise as extra rows.
     """
     from core.embeddings import embed_catalog
+    from core.view_scatter import ViewScatter
 
     head = head or HeadClassifier()
     augmented_views = embedder.views if augmented_views is None else augmented_views
+    summarised = augmented_views > 0 and augmented_views == embedder.views and \
+        head.resolved_solver == "closed_form"
     ids, features, labels = labelled_embeddings(catalog, embedder.key, product_ids)
     if len(ids) == 0:
         raise TrainingError("no labelled products with embeddings: import labelled photos (a folder of "
@@ -83,26 +89,39 @@ def train_version(catalog: Catalog, embedder: Embedder, head: HeadClassifier | N
     if len(categories) < 2:
         raise TrainingError(f"training needs labelled products in at least 2 categories; found "
                             f"{len(categories)} ({', '.join(categories) or 'none'})")
-    views = []
-    for view in range(augmented_views):
+    views, scatter, means = [], None, None
+    if summarised:
+        # Products embedded before views existed get them now (the photo is decoded once for all).
+        embed_catalog(catalog, embedder, progress=progress, product_ids=ids.tolist())
+        scatter = ViewScatter(catalog, embedder, ids, labels)
+        means = _with_fallback(catalog, embedder.prediction_key, ids, features)
+    for view in range(0 if summarised else augmented_views):
         embed_catalog(catalog, embedder, progress=progress, product_ids=ids.tolist(), view=view)
-        view_ids, view_features = catalog.embeddings(embedder.view_key(view), ids.tolist())
-        if len(view_ids) != len(ids):  # a photo unreadable now: fall back to its plain features
-            by_id = dict(zip(view_ids.tolist(), view_features))
-            view_features = np.stack([by_id.get(int(pid), row) for pid, row in zip(ids, features)])
-        views.append(view_features)
+        views.append(_with_fallback(catalog, embedder.view_key(view), ids, features))
     started = time.perf_counter()
-    head.fit(features, labels, augmented_views=views, progress=progress)
+    head.fit(features, labels, augmented_views=views, progress=progress, view_scatter=scatter, view_means=means)
     train_seconds = time.perf_counter() - started
     relative = f"models/head-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}.keras"
     head.save(catalog.workspace / relative)
     metrics = dict(head.metrics_)
     metrics.update(n_train=int(len(ids)), train_seconds=round(train_seconds, 3), best_epoch=head.best_epoch_)
+    if scatter is not None:  # how much of the cached view scatter this retrain had to redo
+        metrics["view_scatter_products_read"] = scatter.recomputed_products_
     params = {"embedder": asdict(EmbedderSettings.of(embedder)), "head": head.get_params(),
-              "augmented_views": augmented_views, "prediction_key": embedder.prediction_key}
+              "augmented_views": augmented_views, "prediction_key": embedder.prediction_key,
+              "views_summarised": summarised}
     version_id = catalog.add_model_version(embedder.key, list(head.classes_), metrics, params, relative,
                                            activate=activate)
     return catalog.model_version(version_id)
+
+
+def _with_fallback(catalog: Catalog, key: str, ids: np.ndarray, features: np.ndarray) -> np.ndarray:
+    """The vectors of ``ids`` under ``key``; a product without one (its photo unreadable now) keeps ``features``."""
+    found_ids, found = catalog.embeddings(key, ids.tolist())
+    if len(found_ids) == len(ids):
+        return found
+    by_id = dict(zip(found_ids.tolist(), found))
+    return np.stack([by_id.get(int(pid), row) for pid, row in zip(ids, features)])
 
 
 def load_version(catalog: Catalog, version: dict | int | None = None) -> tuple[dict, HeadClassifier]:

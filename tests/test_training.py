@@ -104,3 +104,25 @@ def test_predictions_come_from_the_photo_averaged_with_its_views(trained_workspa
         catalog.store_embeddings(embedder.prediction_key, [lemon], lemon_vector)
     predict_catalog(catalog, version, product_ids=[lemon])
     assert catalog.predictions(version["id"])[lemon]["label"] == "Lemon"
+
+
+def test_retraining_summarises_the_views_without_changing_the_model(trained_workspace, embedder):
+    """Views enter as each product's mean plus their cached scatter: the same model as training on
+    every view row, and a retrain with unchanged labels reads no view vectors."""
+    catalog = Catalog(trained_workspace)
+    first = train_version(catalog, embedder, HeadClassifier(), activate=False)
+    assert first["params"]["views_summarised"] and embedder.views > 0
+    second = train_version(catalog, embedder, HeadClassifier(), activate=False)
+    assert second["metrics"]["view_scatter_products_read"] == 0
+    labels = catalog.current_labels()
+    ids, photos = catalog.embeddings(embedder.key, list(labels))
+    views = [catalog.embeddings(embedder.view_key(number), ids.tolist())[1] for number in range(embedder.views)]
+    _, means = catalog.embeddings(embedder.prediction_key, ids.tolist())
+    on_rows = HeadClassifier().fit(photos, [labels[int(pid)] for pid in ids], augmented_views=views)
+    _, summarised = load_version(catalog, second["id"])
+    # Stored weights are the ridge solution times each fit's softmax temperature (fitted on
+    # different validation vectors): compare directions.
+    weights = [head.model_.get_layer("predictions").get_weights()[0] for head in (summarised, on_rows)]
+    weights = [matrix / np.linalg.norm(matrix) for matrix in weights]
+    np.testing.assert_allclose(weights[0], weights[1], atol=3e-4)  # zero scatter: 3e-2 off
+    assert (summarised.predict(means) == on_rows.predict(means)).all()
