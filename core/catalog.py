@@ -173,15 +173,22 @@ class LabelConflict:
                 f"{self.seen_label or '(none)'}; your change to {self.wanted_label or '(none)'} was not applied")
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write via a temporary file and rename, so readers never see half a file."""
+def atomic_write_bytes(path: Path, data: bytes | Sequence[bytes | memoryview], durable: bool = True) -> None:
+    """Write ``data`` (or its pieces, in order) via a temporary file and rename, so readers
+    never see half a file. ``durable=False`` skips the fsync: for caches, which may be lost
+    in a crash but are rebuilt."""
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    with open(temporary, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
+    try:
+        with open(temporary, "wb") as handle:
+            for piece in [data] if isinstance(data, (bytes, bytearray, memoryview)) else data:
+                handle.write(piece)
+            if durable:
+                handle.flush()
+                os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
 
 
 class Catalog:

@@ -22,12 +22,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import uuid
 from pathlib import Path
 
 import numpy as np
 
-from core.catalog import Catalog
+from core.catalog import Catalog, atomic_write_bytes
 
 # Products read per step: (1 + V) * dim float32 each, ~70 MB at 1,024 with 4 views and 3,632 dims.
 CHUNK_PRODUCTS = 1024
@@ -153,23 +152,19 @@ class ViewScatter:
 
     def _save(self, slot: str, total: np.ndarray, members: dict[str, np.ndarray],
               class_weights: dict[str, float]) -> None:
-        """A length-prefixed JSON header, then the float32 matrix; written aside and renamed into place.
+        """A length-prefixed JSON header, then the float32 matrix (not fsynced: a cache).
 
-        Not fsynced: a file lost to a crash is only a cache, rebuilt on the next retrain.
+        A workspace whose cache cannot be written (full disk, read-only folder) still
+        trains; the next retrain then recomputes more.
         """
-        path = self.cache_path(slot)
-        path.parent.mkdir(parents=True, exist_ok=True)
         header = json.dumps({"dim": self.embedder.feature_dim, "weights": class_weights,
                              "members": {name: ids.tolist() for name, ids in members.items()}}).encode()
-        temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
         try:
-            with open(temporary, "wb") as handle:
-                handle.write(len(header).to_bytes(8, "little"))
-                handle.write(header)
-                handle.write(np.ascontiguousarray(total, dtype=np.float32).data)
-            os.replace(temporary, path)
-        finally:
-            temporary.unlink(missing_ok=True)
+            atomic_write_bytes(self.cache_path(slot), [len(header).to_bytes(8, "little"), header,
+                                                       np.ascontiguousarray(total, dtype=np.float32).data],
+                               durable=False)
+        except OSError:
+            pass
 
     # -- reading views ------------------------------------------------------------------
     def _scatter(self, product_ids: np.ndarray, weights: np.ndarray) -> np.ndarray:

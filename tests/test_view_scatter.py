@@ -1,6 +1,7 @@
 """The cached, class-weighted view scatter: right sums, and kept up to date by category."""
 
 import io
+import shutil
 
 import numpy as np
 import pytest
@@ -127,3 +128,17 @@ def test_a_product_without_its_views_adds_no_scatter(setup):
                                rtol=1e-4, atol=1e-3)
     with pytest.raises(ValueError, match="no views"):
         ViewScatter(catalog, Embedder(backbone="efficientnet_lite0", pooling="avg", views=0), ids, labels)
+
+
+def test_a_cache_that_cannot_be_written_still_gives_the_sum(setup):
+    """A full disk or read-only folder must not stop training: the sum is computed, not cached."""
+    catalog, embedder, ids, labels = setup
+    shutil.rmtree(catalog.workspace / "cache", ignore_errors=True)
+    (catalog.workspace / "cache").write_text("a file where the cache folder should be")
+    weights = balanced(labels)
+    scatter = ViewScatter(catalog, embedder, ids, labels)
+    np.testing.assert_allclose(scatter.weighted(weights), brute_force(catalog, embedder, ids, weights),
+                               rtol=1e-4, atol=1e-3)
+    again = ViewScatter(catalog, embedder, ids, labels)
+    again.weighted(weights)
+    assert again.recomputed_products_ == 40  # nothing was cached
