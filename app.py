@@ -2,8 +2,8 @@
 
 import streamlit as st
 
-from core.demo import load_demo
-from pages.common import catalog, sidebar
+from core.storage import load_demo
+from pages.shared import catalog, navigation_pages, sidebar, state
 
 st.set_page_config(page_title="ProductLens", page_icon="assets/icon.svg", layout="wide")
 st.logo("assets/logo.svg", icon_image="assets/icon.svg")
@@ -49,17 +49,7 @@ def home() -> None:
     st.page_link("pages/duplicates.py", label="Find near-duplicate photos", icon=":material/content_copy:")
 
 
-pages = [
-    st.Page(home, title="Home", icon=":material/home:", default=True),
-    st.Page("pages/upload.py", title="Upload", icon=":material/upload:"),
-    st.Page("pages/review.py", title="Review", icon=":material/fact_check:"),
-    st.Page("pages/train.py", title="Train", icon=":material/model_training:"),
-    st.Page("pages/explore.py", title="Explore", icon=":material/scatter_plot:"),
-    st.Page("pages/suspicious.py", title="Suspicious labels", icon=":material/report:"),
-    st.Page("pages/duplicates.py", title="Duplicates", icon=":material/content_copy:"),
-    st.Page("pages/similar.py", title="Similar products", icon=":material/image_search:"),
-    st.Page("pages/activity.py", title="Activity", icon=":material/history:"),
-]
-navigation = st.navigation(pages)
+navigation = st.navigation(navigation_pages(home))
+st.session_state[state.ROUTED] = True
 sidebar()
 navigation.run()

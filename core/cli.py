@@ -1,9 +1,11 @@
 """``python -m core``: the batch side of ProductLens, without a browser.
 
-Each sub-command is a thin wrapper over a ``core`` function. User errors (a
-missing path, an empty catalogue, a backbone that cannot load) end with a
-one-line ``error: …`` on stderr and exit code 2; progress bars go to stderr so
-stdout stays machine-readable (``--json`` output, one JSON object on the last line).
+Each sub-command is a thin wrapper over a ``core`` function. Errors a user can
+fix (:class:`~core.errors.ProductLensError`: a missing path, an empty
+catalogue, a backbone that cannot load) end with a one-line ``error: …`` on
+stderr and exit code 2; anything else is a bug and shows its traceback.
+Progress bars go to stderr so stdout stays machine-readable (``--json`` output,
+one JSON object on the last line).
 """
 
 from __future__ import annotations
@@ -16,11 +18,8 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from core import config  # noqa: E402
-
-
-class UserError(Exception):
-    """Expected failure: print the message, no traceback."""
+from core import settings  # noqa: E402
+from core.errors import InvalidInputError, ProductLensError  # noqa: E402
 
 
 def _progress_bar(description: str, enabled: bool = True):
@@ -42,20 +41,20 @@ def _progress_bar(description: str, enabled: bool = True):
 
 
 def _catalog(args, create=True):
-    from core.catalog import Catalog
+    from core.storage.catalog import Catalog
 
     return Catalog(args.workspace, create=create)
 
 
 def _embedder(args):
-    from core.embeddings import Embedder
+    from core.features.embeddings import Embedder
 
     return Embedder(backbone=args.backbone, weights=args.weights, image_size=args.image_size,
                     pooling=args.pooling, views=args.views)
 
 
 def command_import(args) -> int:
-    from core import ingest
+    from core.storage import ingest
 
     catalog = _catalog(args)
     update, close = _progress_bar("import", not args.quiet)
@@ -68,16 +67,16 @@ def command_import(args) -> int:
     else:
         print(report.summary())
     if not report.product_ids and report.rejected:
-        raise UserError("no photo could be imported")
+        raise ProductLensError("no photo could be imported")
     return 0
 
 
 def command_embed(args) -> int:
-    from core.embeddings import embed_catalog
+    from core.features.embeddings import embed_catalog
 
     catalog = _catalog(args, create=False)
     if catalog.count_products() == 0:
-        raise UserError("the catalogue is empty: run `python -m core import PATH` first")
+        raise ProductLensError("the catalogue is empty: run `python -m core import PATH` first")
     update, close = _progress_bar("embed", not args.quiet)
     report = embed_catalog(catalog, _embedder(args), progress=update)
     close()
@@ -91,15 +90,20 @@ def command_embed(args) -> int:
 
 
 def _head(args):
-    from core.head import HeadClassifier
+    from core.model.head import HeadClassifier
 
+    if args.epochs is not None and not args.hidden_units:
+        # The default linear head is solved in closed form: there are no epochs to set.
+        raise InvalidInputError("--epochs applies to a head with a hidden layer: add --hidden-units N")
+    if args.epochs is None:
+        return HeadClassifier(hidden_units=args.hidden_units)
     return HeadClassifier(hidden_units=args.hidden_units, max_epochs=args.epochs)
 
 
 def command_train(args) -> int:
-    from core.embeddings import embed_catalog
-    from core.prediction import predict_catalog
-    from core.training import train_version
+    from core.features.embeddings import embed_catalog
+    from core.model.prediction import predict_catalog
+    from core.model.training import train_version
 
     catalog = _catalog(args, create=False)
     embedder = _embedder(args)
@@ -111,15 +115,15 @@ def command_train(args) -> int:
     version = train_version(catalog, embedder, _head(args), progress=update, augmented_views=args.views)
     close()
     predicted = predict_catalog(catalog, version)
-    metrics = version["metrics"]
-    print(json.dumps({"model_version": version["id"], "classes": len(version["classes"]),
+    metrics = version.metrics
+    print(json.dumps({"model_version": version.id, "classes": len(version.classes),
                       "n_train": metrics["n_train"], "validation_accuracy": metrics["accuracy"],
                       "train_seconds": metrics["train_seconds"], "predicted": predicted["predicted"]}))
     return 0
 
 
 def command_predict(args) -> int:
-    from core.prediction import predict_catalog
+    from core.model.prediction import predict_catalog
 
     catalog = _catalog(args, create=False)
     result = predict_catalog(catalog, args.version, top_k=args.top_k)
@@ -128,8 +132,8 @@ def command_predict(args) -> int:
 
 
 def command_export(args) -> int:
-    from core import export
-    from core.training import load_version
+    from core.jobs import export
+    from core.model.training import load_version
 
     catalog = _catalog(args, create=False)
     target = Path(args.output or catalog.workspace / "exports")
@@ -139,7 +143,7 @@ def command_export(args) -> int:
             written.append(export.export_labels(catalog, target / f"labels.{suffix}"))
     if args.what in ("embeddings", "all"):
         version = catalog.active_model_version()
-        key = args.embedding or (version["backbone"] if version else _embedder(args).key)
+        key = args.embedding or (version.embedding_key if version else _embedder(args).key)
         written.append(export.export_embeddings(catalog, target / f"embeddings.{args.embeddings_format}", key))
     if args.what in ("model", "all"):
         load_version(catalog)  # fails early with a clear message when nothing is trained
@@ -168,20 +172,20 @@ def command_status(args) -> int:
 
 
 def command_versions(args) -> int:
-    from core.training import activate
+    from core.model.training import activate
 
     catalog = _catalog(args, create=False)
     if args.activate is not None:
         activate(catalog, args.activate)
-    rows = [{"version": v["id"], "active": v["is_active"], "created_at": v["created_at"],
-             "classes": len(v["classes"]), "accuracy": v["metrics"].get("accuracy"), "embedding": v["backbone"]}
+    rows = [{"version": v.id, "active": v.is_active, "created_at": v.created_at,
+             "classes": len(v.classes), "accuracy": v.metrics.get("accuracy"), "embedding": v.embedding_key}
             for v in catalog.model_versions()]
     print(json.dumps(rows))
     return 0
 
 
 def command_history(args) -> int:
-    from core.history import history_rows
+    from core.storage.history import history_rows
 
     rows = history_rows(_catalog(args, create=False), args.product, args.limit)
     if args.json:
@@ -195,11 +199,11 @@ def command_history(args) -> int:
 
 def _embedding_key(catalog, args) -> str:
     version = catalog.active_model_version()
-    return version["backbone"] if version else _embedder(args).key
+    return version.embedding_key if version else _embedder(args).key
 
 
 def command_similar(args) -> int:
-    from core.similarity import catalog_index
+    from core.curation.similarity import catalog_index
 
     catalog = _catalog(args, create=False)
     key = _embedding_key(catalog, args)
@@ -207,14 +211,14 @@ def command_similar(args) -> int:
     if args.query.isdigit():
         ids, vectors = catalog.embeddings(key, [int(args.query)])
         if len(ids) == 0:
-            raise UserError(f"product {args.query} has no embedding: run `embed` first")
+            raise ProductLensError(f"product {args.query} has no embedding: run `embed` first")
         query = vectors[0]
     else:
         if not Path(args.query).is_file():
-            raise UserError(f"{args.query} is neither a product id nor a file")
+            raise ProductLensError(f"{args.query} is neither a product id nor a file")
         vectors, failures = _embedder(args).embed_sources([Path(args.query)])
         if failures:
-            raise UserError(f"{args.query}: {failures[0][1]}")
+            raise ProductLensError(f"{args.query}: {failures[0][1]}")
         query = vectors[0]
     ids, scores = index.query(query, k=args.k)
     names = {p.id: p.filename for p in catalog.products(ids[0].tolist())}
@@ -229,7 +233,7 @@ def command_similar(args) -> int:
 
 
 def command_duplicates(args) -> int:
-    from core.duplicates import duplicate_groups
+    from core.curation.duplicates import duplicate_groups
 
     catalog = _catalog(args, create=False)
     groups = duplicate_groups(catalog, _embedding_key(catalog, args), threshold=args.threshold)
@@ -246,7 +250,7 @@ def command_duplicates(args) -> int:
 
 
 def command_suspicious(args) -> int:
-    from core.suspicious import suspicious_labels
+    from core.curation.suspicious import suspicious_labels
 
     catalog = _catalog(args, create=False)
     issues, statistics = suspicious_labels(catalog, _embedding_key(catalog, args), folds=args.folds)
@@ -265,9 +269,9 @@ def command_suspicious(args) -> int:
 
 
 def command_coldstart(args) -> int:
-    from core.coldstart import cold_start
-    from core.embeddings import embed_catalog
-    from core.prediction import predict_catalog
+    from core.features.embeddings import embed_catalog
+    from core.model.coldstart import cold_start
+    from core.model.prediction import predict_catalog
 
     catalog = _catalog(args, create=False)
     embedder = _embedder(args)
@@ -278,13 +282,13 @@ def command_coldstart(args) -> int:
     for item in rejected:
         print(f"rejected: {item.name}: {item.reason}")
     predicted = predict_catalog(catalog, version)
-    print(json.dumps({"model_version": version["id"], "categories": len(version["classes"]),
+    print(json.dumps({"model_version": version.id, "categories": len(version.classes),
                       "predicted": predicted["predicted"]}))
     return 0
 
 
 def command_backup(args) -> int:
-    from core.backup import backup
+    from core.storage.backup import backup
 
     path = backup(_catalog(args, create=False), args.archive)
     print(json.dumps({"archive": str(path), "bytes": path.stat().st_size}))
@@ -292,15 +296,15 @@ def command_backup(args) -> int:
 
 
 def command_restore(args) -> int:
-    from core.backup import restore
+    from core.storage.backup import restore
 
-    catalog = restore(args.archive, config.workspace_dir(args.workspace))
+    catalog = restore(args.archive, settings.workspace_dir(args.workspace))
     print(json.dumps(catalog.status()))
     return 0
 
 
 def command_evaluate(args) -> int:
-    from core.evaluate import evaluate
+    from core.jobs.evaluate import evaluate
 
     bars = {}
 
@@ -323,9 +327,8 @@ def command_evaluate(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from core.backbones import BACKBONES, POOLINGS
-    from core.duplicates import DEFAULT_THRESHOLD as DUPLICATE_THRESHOLD
-    from core.training import DEFAULT_AUGMENTED_VIEWS
+    from core.curation.duplicates import DEFAULT_THRESHOLD as DUPLICATE_THRESHOLD
+    from core.features.backbones import BACKBONES, POOLINGS
 
     parser = argparse.ArgumentParser(prog="python -m core", description="ProductLens: sort product photos "
                                      "into categories with a pretrained CNN and a trainable head.")
@@ -333,16 +336,18 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     def add_backbone_options(sub):
-        sub.add_argument("--backbone", default=config.DEFAULT_BACKBONE, choices=sorted(BACKBONES),
-                         help=f"feature extractor (default {config.DEFAULT_BACKBONE}, works offline)")
+        sub.add_argument("--backbone", default=None, choices=sorted(BACKBONES),
+                         help=f"feature extractor (default: $PRODUCTLENS_BACKBONE or {settings.DEFAULT_BACKBONE}, "
+                              "works offline)")
         sub.add_argument("--weights", default="imagenet",
                          help="'imagenet' (default) or a local Keras weights file for the backbone")
         sub.add_argument("--image-size", type=int, default=None, help="input resolution (default: backbone's)")
         sub.add_argument("--pooling", choices=POOLINGS, default=None,
-                         help="feature pooling (default: multi for EfficientNet-Lite, see core/pooling.py)")
-        sub.add_argument("--views", type=int, default=DEFAULT_AUGMENTED_VIEWS,
+                         help="feature pooling (default: multi for EfficientNet-Lite, see core/features/pooling.py)")
+        sub.add_argument("--views", type=int, default=None,
                          help=f"random crops embedded per photo: training rows for labelled photos, averaged into "
-                              f"every prediction (default {DEFAULT_AUGMENTED_VIEWS}; 0 = fastest, less accurate)")
+                              f"every prediction (default: $PRODUCTLENS_VIEWS or {settings.DEFAULT_VIEWS}; "
+                              "0 = fastest, less accurate)")
 
     def add_model_options(sub, head=False):
         add_backbone_options(sub)
@@ -350,8 +355,8 @@ def build_parser() -> argparse.ArgumentParser:
         if head:
             sub.add_argument("--hidden-units", type=int, default=0,
                              help="hidden layer width; 0 = linear head, solved in closed form (default)")
-            sub.add_argument("--epochs", type=int, default=200,
-                             help="maximum training epochs of a head with a hidden layer (AdamW)")
+            sub.add_argument("--epochs", type=int, default=None,
+                             help="with --hidden-units: maximum AdamW training epochs (default 200)")
 
     sub = commands.add_parser("import", help="add photos: files, folders of category folders, zips, CSV manifests")
     sub.add_argument("paths", nargs="+", help="image files, folders, .zip archives or path,label CSV files")
@@ -444,16 +449,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    from core.backbones import BackboneUnavailableError
-    from core.catalog import CatalogError
-    from core.training import TrainingError
 
     try:
         return args.handler(args)
-    except (UserError, CatalogError, TrainingError, BackboneUnavailableError, FileNotFoundError,
-            KeyError, ValueError) as error:
-        message = error.args[0] if isinstance(error, KeyError) and error.args else error
-        print(f"error: {message}", file=sys.stderr)
+    except ProductLensError as error:
+        # Only errors a user can fix end in one line; anything else is a bug and keeps its traceback.
+        print(f"error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted: work done so far is saved", file=sys.stderr)

@@ -2,8 +2,10 @@
 
 import streamlit as st
 
-from core.history import history_rows
-from pages.common import catalog
+from core.storage import history_rows
+from pages.shared import catalog, require_router
+
+require_router()
 
 st.title("Activity")
 st.caption("Every label change is kept: nothing is overwritten, so any mistake can be traced and undone.")

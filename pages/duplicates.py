@@ -2,8 +2,10 @@
 
 import streamlit as st
 
-from core import duplicates
-from pages.common import author, catalog, embedding_key, show_notices, show_thumbnail
+from core.curation import duplicates
+from pages.shared import author, catalog, embedding_key, remember, require_router, show_notices, show_thumbnail
+
+require_router()
 
 MAX_GROUPS = 20
 
@@ -15,11 +17,6 @@ def _groups(key: str, threshold: float, catalogue_state: tuple):
     return duplicates.duplicate_groups(catalog(), key, threshold)
 
 
-def _catalogue_state(key: str) -> tuple:
-    latest = catalog().label_history(limit=1)
-    return (catalog().count_embeddings(key), len(catalog().archived()), latest[0].id if latest else 0)
-
-
 st.title("Duplicates")
 st.caption("Identical files are never stored twice (an upload of one shows as a duplicate on the Upload page). "
            "Here: photos whose CNN features are nearly the same — re-encoded, resized or cropped copies, "
@@ -27,7 +24,7 @@ st.caption("Identical files are never stored twice (an upload of one shows as a 
 key = embedding_key()
 threshold = st.slider("Similarity threshold", 0.80, 1.0, duplicates.DEFAULT_THRESHOLD, 0.005,
                       help="Cosine similarity of the features. Lower finds more (and looser) groups.")
-groups = _groups(key, threshold, _catalogue_state(key))
+groups = _groups(key, threshold, duplicates.catalogue_state(catalog(), key))
 st.metric("Groups", len(groups), help=f"{sum(len(g['product_ids']) for g in groups)} products in groups")
 show_notices()
 if not groups:
@@ -52,10 +49,10 @@ for number, group in enumerate(groups[:MAX_GROUPS]):
             if st.form_submit_button("Apply"):
                 if action.startswith("Keep"):
                     archived = duplicates.keep_one(catalog(), ids, keep, label, author())
-                    st.session_state["notice"] = f"Kept #{keep}, archived {archived} (restorable below)."
+                    remember(f"Kept #{keep}, archived {archived} (restorable below).")
                 elif label:
                     changed = duplicates.merge_labels(catalog(), ids, label, author())
-                    st.session_state["notice"] = f"{changed} label(s) set to {label}."
+                    remember(f"{changed} label(s) set to {label}.")
                 st.rerun()
 if len(groups) > MAX_GROUPS:
     st.caption(f"Showing the {MAX_GROUPS} largest of {len(groups)} groups; resolve some or raise the threshold.")

@@ -3,9 +3,10 @@
 import plotly.express as px
 import streamlit as st
 
-from core import review
-from core.projection import catalogue_map
-from pages.common import author, catalog, embedding_key, show_thumbnail
+from core.curation import catalogue_map, review
+from pages.shared import author, catalog, embedding_key, require_router, show_thumbnail, state
+
+require_router()
 
 COLOURS = {"label": "label", "predicted category": "predicted_label", "confidence": "confidence",
            "right / wrong": "agreement"}
@@ -21,7 +22,7 @@ with st.expander("Map settings"):
     columns = st.columns(2)
     neighbours = columns[0].slider("Neighbours", 2, 100, 15, help="Larger: more global structure.")
     min_dist = columns[1].slider("Minimum distance", 0.0, 0.99, 0.1, 0.01, help="Smaller: tighter clusters.")
-colour = st.segmented_control("Colour by", list(COLOURS), default="label", key="explore_colour") or "label"
+colour = st.segmented_control("Colour by", list(COLOURS), default="label", key=state.EXPLORE_COLOUR) or "label"
 
 with st.spinner(f"Mapping {embedded} products…"):
     table = catalogue_map(catalog(), key, neighbours, min_dist)
@@ -45,9 +46,8 @@ st.subheader(f"{len(chosen)} selected products")
 with st.form("bulk_relabel"):
     target = st.selectbox("Relabel all selected as", catalog().categories(), accept_new_options=True)
     if st.form_submit_button("Relabel", type="primary") and target:
-        shown = table.set_index("product_id")["label"]
-        seen = {pid: None if shown[pid] == "(unlabelled)" else shown[pid] for pid in chosen}
-        changed, conflicts = review.relabel(catalog(), chosen, target, author(), seen=seen)
+        changed, conflicts = review.relabel(catalog(), chosen, target, author(),
+                                            seen=review.seen_labels(table, chosen))
         st.success(f"Labelled {changed} products as {target}.")
         for conflict in conflicts:
             st.warning(f"Not applied, someone was quicker: {conflict.message()}")

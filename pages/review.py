@@ -2,8 +2,11 @@
 
 import streamlit as st
 
-from core import review
-from pages.common import author, catalog, embedding_key, show_notices, show_thumbnail
+from core.curation import review
+from core.errors import ProductLensError
+from pages.shared import author, catalog, embedding_key, remember, require_router, show_notices, show_thumbnail, state
+
+require_router()
 
 PAGE_SIZE = 12
 COLUMNS = 4
@@ -27,21 +30,21 @@ key = embedding_key()
 
 def set_label(product_ids, label, seen):
     changed, conflicts = review.relabel(catalog(), product_ids, label, author(), seen=seen)
-    st.session_state["notice"] = f"Labelled {changed} product(s) as {label}."
-    st.session_state["conflicts"] = [conflict.message() for conflict in conflicts]
+    remember(f"Labelled {changed} product(s) as {label}.", conflicts)
 
 
 with st.expander("Filters and order", expanded=False):
     filter_columns = st.columns(4)
     order = filter_columns[0].selectbox(
-        "Order", review.ORDERS, key="review_order",
+        "Order", review.ORDERS, key=state.REVIEW_ORDER,
         help="Most informative: unlabelled products the model is torn between (smallest gap between its two "
              "best guesses), near-identical shots spread over pages. Highest entropy and random are the "
              "alternative strategies.")
     predicted = filter_columns[1].multiselect("Predicted category", sorted(table["predicted_label"].dropna().unique()))
-    status = filter_columns[2].radio("Show", ["all", "unlabelled", "labelled"], horizontal=True, key="review_status")
-    disagreements = filter_columns[3].toggle("Label disagrees with prediction", key="review_disagree")
-    confidence = st.slider("Confidence", 0.0, 1.0, (0.0, 1.0), 0.05, key="review_confidence")
+    status = filter_columns[2].radio("Show", ["all", "unlabelled", "labelled"], horizontal=True,
+                                     key=state.REVIEW_STATUS)
+    disagreements = filter_columns[3].toggle("Label disagrees with prediction", key=state.REVIEW_DISAGREE)
+    confidence = st.slider("Confidence", 0.0, 1.0, (0.0, 1.0), 0.05, key=state.REVIEW_CONFIDENCE)
 
 selected = review.select(table, order=order, predicted=predicted, confidence_range=confidence,
                          labelled={"all": None, "unlabelled": False, "labelled": True}[status],
@@ -49,11 +52,11 @@ selected = review.select(table, order=order, predicted=predicted, confidence_ran
                          page_size=PAGE_SIZE)
 pages = max(1, -(-len(selected) // PAGE_SIZE))
 top = st.columns([2, 2, 2, 1])
-page = top[0].number_input(f"Page (of {pages})", 1, pages, 1, key="review_page")
+page = top[0].number_input(f"Page (of {pages})", 1, pages, 1, key=state.REVIEW_PAGE)
 top[1].metric("Matching products", len(selected))
 if top[3].button("Undo last action", icon=":material/undo:"):
-    undone = review.undo_last_action(catalog(), author())
-    st.session_state["notice"] = f"Undid {undone} change(s)." if undone else "Nothing to undo."
+    undone, conflicts = review.undo_last_action(catalog(), author())
+    remember(f"Undid {undone} change(s)." if undone or conflicts else "Nothing to undo.", conflicts)
     st.rerun()
 show_notices()
 
@@ -78,7 +81,7 @@ for index, row in enumerate(visible.itertuples()):
         if choice and choice != current:
             st.button(f"Set “{choice}”", key=f"set-{row.product_id}", on_click=set_label,
                       args=([row.product_id], choice, {row.product_id: current}))
-        st.checkbox("Select", key=f"select-{row.product_id}")
+        st.checkbox("Select", key=state.selected_card(row.product_id))
 
 st.divider()
 st.subheader("Bulk actions")
@@ -87,21 +90,20 @@ with bulk[0].form("accept"):
     threshold = st.slider("Accept predictions at or above", 0.5, 1.0, 0.9, 0.01)
     if st.form_submit_button("Accept for unlabelled products"):
         accepted = review.accept_predictions(catalog(), threshold, author())
-        st.session_state["notice"] = f"Accepted {accepted} predictions."
+        remember(f"Accepted {accepted} predictions.")
         st.rerun()
 with bulk[1].form("relabel"):
-    ticked = [pid for pid in visible["product_id"] if st.session_state.get(f"select-{pid}")]
+    ticked = [pid for pid in visible["product_id"] if st.session_state.get(state.selected_card(pid))]
     target = st.selectbox("Relabel selected cards as", categories, accept_new_options=True)
     if st.form_submit_button(f"Relabel {len(ticked)} selected"):
         if ticked and target:
-            shown = visible.set_index("product_id")["label"]
-            set_label(ticked, target, {pid: shown[pid] if isinstance(shown[pid], str) else None for pid in ticked})
+            set_label(ticked, target, review.seen_labels(visible, ticked))
             st.rerun()
 with bulk[2]:
     st.write("Unlabelled cards on this page take their predicted category.")
     if st.button("Confirm this page"):
         confirmed = review.confirm(catalog(), visible["product_id"].tolist(), author())
-        st.session_state["notice"] = f"Confirmed {confirmed} predictions."
+        remember(f"Confirmed {confirmed} predictions.")
         st.rerun()
 
 with st.expander("Manage categories"):
@@ -112,7 +114,7 @@ with st.expander("Manage categories"):
         if st.form_submit_button("Rename / merge") and old:
             try:
                 changed = review.rename_category(catalog(), old, new, author())
-                st.session_state["notice"] = f"Moved {changed} products from {old} to {new}."
+                remember(f"Moved {changed} products from {old} to {new}.")
                 st.rerun()
-            except ValueError as error:
+            except ProductLensError as error:
                 st.error(str(error))

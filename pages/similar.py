@@ -2,8 +2,10 @@
 
 import streamlit as st
 
-from core.similarity import catalog_index
-from pages.common import catalog, embedder, embedding_key, show_thumbnail
+from core.curation import catalog_index
+from pages.shared import catalog, embedder, embedding_key, require_router, show_thumbnail, state
+
+require_router()
 
 COLUMNS = 5
 
@@ -22,20 +24,20 @@ if embedded < 2:
     st.stop()
 
 source = st.segmented_control("Find products similar to", ["a catalogue product", "a photo"],
-                              default="a catalogue product", key="similar_source") or "a catalogue product"
+                              default="a catalogue product", key=state.SIMILAR_SOURCE) or "a catalogue product"
 k = st.slider("How many", 1, 50, 10)
 query = None
 if source == "a catalogue product":
     products = {p.id: p.filename for p in catalog().products()}
     chosen = st.selectbox("Product", list(products), format_func=lambda pid: f"#{pid} {products[pid]}",
                           index=None, placeholder="type a file name or id…",
-                          key="similar_product")
+                          key=state.SIMILAR_PRODUCT)
     if chosen is not None:
         ids, vectors = catalog().embeddings(key, [chosen])
         query = vectors[0] if len(ids) else None
         show_thumbnail(chosen, width=160)
 else:
-    upload = st.file_uploader("Query photo", type=None, key="similar_upload")
+    upload = st.file_uploader("Query photo", type=None, key=state.SIMILAR_UPLOAD)
     if upload is not None:
         vectors, failures = embedder().embed_sources([upload.getvalue()])
         if failures:

@@ -2,8 +2,11 @@
 
 import streamlit as st
 
-from core import suspicious
-from pages.common import author, catalog, embedding_key, show_notices, show_thumbnail
+from core.curation import suspicious
+from core.errors import ProductLensError
+from pages.shared import author, catalog, embedding_key, remember, require_router, show_notices, show_thumbnail, state
+
+require_router()
 
 COLUMNS = 4
 SHOWN = 24
@@ -17,19 +20,15 @@ key = embedding_key()
 if st.button("Find suspicious labels", type="primary", disabled=len(catalog().current_labels()) < 10):
     with st.spinner("Cross-validating the head on every label…"):
         try:
-            st.session_state["suspicious"] = suspicious.suspicious_labels(catalog(), key)
-        except ValueError as error:
+            st.session_state[state.SUSPICIOUS] = suspicious.suspicious_labels(catalog(), key)
+        except ProductLensError as error:
             st.error(str(error))
-if "suspicious" not in st.session_state:
+if state.SUSPICIOUS not in st.session_state:
     st.info("Press the button to check every current label (a few seconds per thousand products).")
     st.stop()
 
-issues, statistics = st.session_state["suspicious"]
-current = catalog().current_labels()
-verdicts = catalog().label_verdicts()
-# Hide what was handled since the check: relabelled, or confirmed as right.
-issues = issues[[current.get(int(row.product_id)) == row.label and verdicts.get(int(row.product_id)) != row.label
-                 for row in issues.itertuples()]]
+issues, statistics = st.session_state[state.SUSPICIOUS]
+issues = suspicious.still_open(catalog(), issues)
 st.metric("Flagged labels", len(issues), help=f"of {statistics['labelled']} labelled products; check took "
           f"{statistics['seconds']:.1f} s")
 if issues.empty:
@@ -39,13 +38,12 @@ if issues.empty:
 
 def use_suggestions(rows):
     changed, conflicts = suspicious.use_suggestions(catalog(), rows, author())
-    st.session_state["notice"] = f"Relabelled {changed} product(s)."
-    st.session_state["conflicts"] = [conflict.message() for conflict in conflicts]
+    remember(f"Relabelled {changed} product(s).", conflicts)
 
 
 def keep_label(product_ids):
     marked = suspicious.mark_label_right(catalog(), product_ids, author())
-    st.session_state["notice"] = f"Kept {marked} label(s); they will not be flagged again."
+    remember(f"Kept {marked} label(s); they will not be flagged again.")
 
 
 show_notices()

@@ -7,10 +7,12 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-from core.metrics import compare_versions
-from core.pipeline import cold_start_and_predict, retrain_and_predict
-from core.training import TrainingError, activate
-from pages.common import catalog, embedder, progress_bar
+from core.errors import ProductLensError
+from core.jobs import cold_start_and_predict, retrain_and_predict
+from core.model import activate, compare_versions
+from pages.shared import catalog, embedder, progress_bar, require_router, state
+
+require_router()
 
 st.title("Train the classifier")
 status = catalog().status()
@@ -20,9 +22,9 @@ st.caption(f"{status['labelled']} labelled products in {status['categories']} ca
 if st.button("Retrain now", type="primary", disabled=status["labelled"] == 0):
     try:
         version = retrain_and_predict(catalog(), embedder(), progress=progress_bar("Retraining"))
-        st.session_state["trained_version"] = version["id"]
-        st.success(f"Model v{version['id']} trained in {version['metrics']['train_seconds']:.1f} s and activated.")
-    except TrainingError as error:
+        st.session_state[state.TRAINED_VERSION] = version.id
+        st.success(f"Model v{version.id} trained in {version.metrics['train_seconds']:.1f} s and activated.")
+    except ProductLensError as error:
         st.error(str(error))
 
 with st.expander("No labels yet? Start from reference photos", expanded=status["labelled"] == 0):
@@ -38,11 +40,11 @@ with st.expander("No labels yet? Start from reference photos", expanded=status["
                 try:
                     version, rejected = cold_start_and_predict(catalog(), embedder(), archive,
                                                                progress_bar("Cold start"))
-                    st.success(f"Model v{version['id']} predicts {len(version['classes'])} categories from "
+                    st.success(f"Model v{version.id} predicts {len(version.classes)} categories from "
                                "reference photos. Review its predictions on the Review page.")
                     for item in rejected:
                         st.warning(f"{item.name}: {item.reason}")
-                except TrainingError as error:
+                except ProductLensError as error:
                     st.error(str(error))
 
 versions = catalog().model_versions()
@@ -51,20 +53,20 @@ if not versions:
     st.stop()
 
 current = catalog().active_model_version() or versions[-1]
-earlier = [v for v in versions if v["id"] < current["id"]]
+earlier = [v for v in versions if v.id < current.id]
 previous = earlier[-1] if earlier else None
-metrics, before = current["metrics"], previous["metrics"] if previous else None
+metrics, before = current.metrics, previous.metrics if previous else None
 columns = st.columns(3)
 accuracy = metrics.get("accuracy")
 previous_accuracy = before.get("accuracy") if before else None
-columns[0].metric(f"Validation accuracy (v{current['id']})", "n/a" if accuracy is None else f"{accuracy:.1%}",
+columns[0].metric(f"Validation accuracy (v{current.id})", "n/a" if accuracy is None else f"{accuracy:.1%}",
                   None if accuracy is None or previous_accuracy is None else f"{accuracy - previous_accuracy:+.1%}")
-columns[1].metric("Categories", len(current["classes"]))
+columns[1].metric("Categories", len(current.classes))
 columns[2].metric("Training products", metrics.get("n_train", 0))
 
 changes = pd.DataFrame(compare_versions(before, metrics))
 if not changes.empty:
-    st.subheader("Per-category recall" + (f" vs v{previous['id']}" if previous else ""))
+    st.subheader("Per-category recall" + (f" vs v{previous.id}" if previous else ""))
     st.dataframe(changes, hide_index=True, column_config={
         "before": st.column_config.ProgressColumn("before", format="percent", min_value=0, max_value=1),
         "after": st.column_config.ProgressColumn("after", format="percent", min_value=0, max_value=1),
@@ -82,10 +84,10 @@ if metrics.get("confusion_matrix"):
 st.subheader("Versions")
 for version in reversed(versions):
     row = st.columns([1, 3, 2, 2])
-    row[0].markdown(f"**v{version['id']}**" + (" · active" if version["is_active"] else ""))
-    row[1].caption(version["created_at"][:19].replace("T", " "))
-    accuracy = version["metrics"].get("accuracy")
-    row[2].caption(f"{len(version['classes'])} categories · " + ("n/a" if accuracy is None else f"{accuracy:.1%}"))
-    if not version["is_active"] and row[3].button("Activate", key=f"activate-{version['id']}"):
-        activate(catalog(), version["id"])
+    row[0].markdown(f"**v{version.id}**" + (" · active" if version.is_active else ""))
+    row[1].caption(version.created_at[:19].replace("T", " "))
+    accuracy = version.metrics.get("accuracy")
+    row[2].caption(f"{len(version.classes)} categories · " + ("n/a" if accuracy is None else f"{accuracy:.1%}"))
+    if not version.is_active and row[3].button("Activate", key=f"activate-{version.id}"):
+        activate(catalog(), version.id)
         st.rerun()

@@ -2,14 +2,17 @@
 
 import streamlit as st
 
-from core.config import max_file_bytes, max_pixels, max_zip_bytes
-from core.pipeline import import_and_predict
-from pages.common import catalog, embedder, progress_bar, show_thumbnail
+from core import settings
+from core.jobs import import_and_predict
+from pages.shared import catalog, embedder, progress_bar, require_router, show_thumbnail, state
+
+require_router()
+limits = settings.current()
 
 st.title("Upload products")
 st.caption(f"JPEG, PNG, WebP, BMP, GIF, TIFF or zip archives (folders inside name the category). "
-           f"Limits: {max_file_bytes() // 2**20} MB and {max_pixels() // 1_000_000} megapixels per photo, "
-           f"{max_zip_bytes() // 2**20} MB unpacked per archive; a file over a limit is listed with the reason.")
+           f"Limits: {limits.max_file_bytes // 2**20} MB and {limits.max_pixels // 1_000_000} megapixels per photo, "
+           f"{limits.max_zip_bytes // 2**20} MB unpacked per archive; a file over a limit is listed with the reason.")
 
 # Load the image model while the user picks files (once per server), not after they press the button.
 embedder()
@@ -25,11 +28,11 @@ with st.form("upload", clear_on_submit=True):
 if submitted and files:
     result = import_and_predict(catalog(), [(f.name, f.getvalue()) for f in files], embedder(),
                                 label=label or None, progress=progress_bar("Processing"))
-    st.session_state["last_upload"] = result
+    st.session_state[state.LAST_UPLOAD] = result
 elif submitted:
     st.warning("Choose at least one file first.")
 
-result = st.session_state.get("last_upload")
+result = st.session_state.get(state.LAST_UPLOAD)
 if result:
     report = result.report
     st.success(f"{len(report.added)} new products, {len(report.duplicates)} already in the catalogue, "
@@ -41,7 +44,7 @@ if result:
         with st.expander(f"{len(report.duplicates)} duplicates (already in the catalogue)"):
             st.dataframe([{"file": name, "product": pid} for name, pid in report.duplicates], hide_index=True)
     active = catalog().active_model_version()
-    predictions = catalog().predictions(active["id"]) if active else {}
+    predictions = catalog().predictions(active.id) if active else {}
     if not predictions:
         st.info("No model yet: label some products and train one on the Train page to get predictions.")
     columns = st.columns(6)

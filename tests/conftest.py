@@ -63,6 +63,6 @@ def demo_split(tmp_path_factory) -> tuple[Path, Path]:
 @pytest.fixture(scope="session")
 def embedder():
     """The real default backbone with ImageNet weights, loaded once for the whole run."""
-    from core.embeddings import Embedder
+    from core.features.embeddings import Embedder
 
     return Embedder()

@@ -24,6 +24,7 @@ ARTIFACTS = REPO / "test-artifacts"
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 
 import playwright.sync_api  # noqa: E402  (requirements-test.txt)
+
 if not Path(CHROMIUM).exists():  # .ci/run installs it; a developer may not have it yet
     pytest.fail(f"Chromium not found at {CHROMIUM}: install it with `apt-get install chromium`", pytrace=False)
 
@@ -132,7 +133,14 @@ def test_whole_flow_in_the_browser(server, page, tmp_path):
     page.get_by_text("4 new products").wait_for(timeout=300_000)
     wait_idle(page)
     print(f"upload of 4 photos to predictions shown: {time.perf_counter() - started:.1f} s")
-    assert page.get_by_text("%").count() >= 4, "each new product shows a confidence"
+    from core.storage.catalog import Catalog
+    catalog = Catalog(workspace)
+    predictions = catalog.predictions(catalog.active_model_version().id)
+    new = [product for product in catalog.products() if product.filename.startswith("new-")]
+    assert len(new) == 4
+    for product in new:  # each new product shows its predicted category and confidence
+        shown = f"{predictions[product.id]['label']} · {predictions[product.id]['confidence']:.0%}"
+        assert page.get_by_text(shown).count() >= 1, shown
     shot(page, "04-upload-results")
 
     open_page(page, url, "review")
@@ -143,7 +151,6 @@ def test_whole_flow_in_the_browser(server, page, tmp_path):
     first_pick.locator("button").click()
     wait_idle(page)
     shot(page, "05-review")
-    from core.catalog import Catalog
     event = Catalog(workspace).label_history(int(product_id))[0]
     assert event.label == label and event.source == "human"
 

@@ -7,7 +7,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+
+from core.storage import Catalog
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -46,7 +49,9 @@ def test_full_batch_workflow(tmp_path, demo_dir):
     assert embedded["computed"] == 80 and embedded["images_per_second"] > 0
     assert last_json(run("embed", workspace=workspace))["cached"] == 80
 
-    trained = last_json(run("train", "--epochs", "40", workspace=workspace))
+    refused = run("train", "--epochs", "40", workspace=workspace, check=False)
+    assert refused.returncode == 2 and "--hidden-units" in refused.stderr, "epochs do nothing for the linear head"
+    trained = last_json(run("train", workspace=workspace))
     assert trained["model_version"] == 1 and trained["classes"] == 10 and trained["predicted"] == 80
 
     status = last_json(run("status", "--json", workspace=workspace))
@@ -59,7 +64,9 @@ def test_full_batch_workflow(tmp_path, demo_dir):
     assert names == ["embeddings.parquet", "labels.csv", "labels.parquet", "productlens_classifier.keras"]
     with open(tmp_path / "out" / "labels.csv") as handle:
         rows = list(csv.DictReader(handle))
-    assert len(rows) == 80 and sum(r["label"] == r["predicted_label"] for r in rows) >= 72
+    labels = Catalog(workspace).current_labels()
+    assert sorted(int(r["product_id"]) for r in rows) == sorted(labels)
+    assert all(r["label"] == labels[int(r["product_id"])] and r["predicted_label"] for r in rows)
 
     versions = last_json(run("versions", workspace=workspace))
     assert [v["version"] for v in versions] == [1] and versions[0]["active"]
@@ -77,6 +84,60 @@ def test_user_errors_are_one_line_without_traceback(tmp_path, args, message):
     assert "Traceback" not in result.stderr
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and message in errors[0], result.stderr
+
+
+def test_a_bug_is_not_dressed_up_as_a_user_error(tmp_path, monkeypatch):
+    """Only ProductLensError becomes `error: …`; anything else keeps its traceback."""
+    from core import cli
+
+    def broken(_args):
+        raise KeyError("a bug")
+
+    monkeypatch.setattr(cli, "command_status", broken)
+    with pytest.raises(KeyError, match="a bug"):
+        cli.main(["--workspace", str(tmp_path / "ws"), "status"])
+
+
+def test_default_configuration_end_to_end(tmp_path, demo_dir):
+    """The shipped defaults (Lite0 + Lite2, multi pooling, 4 views), not the suite's fast backbone:
+    import -> embed -> train -> predict -> export, and the export reproduces the stored predictions."""
+    import keras
+
+    from core import settings
+    from core.features import Embedder
+    from core.features.pooling import GeneralizedMeanPooling
+    from core.jobs.export import classifier_inputs
+
+    workspace = tmp_path / "ws"
+    env = {name: value for name, value in os.environ.items() if not name.startswith("PRODUCTLENS_")}
+
+    def cli(*args):
+        result = subprocess.run([sys.executable, "-m", "core", "--workspace", str(workspace), *args],
+                                capture_output=True, text=True, cwd=REPO, timeout=900,
+                                env=dict(env, TF_CPP_MIN_LOG_LEVEL="3"))
+        assert result.returncode == 0, result.stderr[-3000:]
+        return json.loads(result.stdout.strip().splitlines()[-1])
+
+    cli("import", str(demo_dir), "--json")
+    embedded = cli("embed")
+    assert embedded["embedding"] == "efficientnet_lite0_lite2+multi" and embedded["computed"] == 80
+    trained = cli("train")
+    assert trained["predicted"] == 80 and trained["classes"] == 10
+    cli("predict")
+    written = cli("export", "model", "--output", str(tmp_path / "out"))["written"]
+    catalog = Catalog(workspace)
+    version = catalog.active_model_version()
+    assert (version.embedding_key, version.prediction_key) == ("efficientnet_lite0_lite2+multi",
+                                                             "efficientnet_lite0_lite2+multi#tta4")
+    assert version.params["embedder"]["views"] == settings.DEFAULT_VIEWS == 4
+    model = keras.models.load_model(written[0], custom_objects={"GeneralizedMeanPooling": GeneralizedMeanPooling})
+    products = catalog.products()[::20]
+    inputs = classifier_inputs(Embedder(backbone="efficientnet_lite0_lite2", views=4),
+                               [(catalog.image_path(p), p.sha256) for p in products])
+    stored = catalog.predictions(version.id)
+    for product, probabilities in zip(products, model.predict(inputs, verbose=0)):
+        assert version.classes[int(np.argmax(probabilities))] == stored[product.id]["label"]
+        assert abs(float(probabilities.max()) - stored[product.id]["confidence"]) < 2e-3
 
 
 def test_empty_catalogue_errors(tmp_path):
@@ -98,7 +159,7 @@ def test_workspace_from_environment(tmp_path, demo_dir):
 def test_evaluate_on_held_out_photos(tmp_path, demo_split):
     train_dir, test_dir = demo_split
     predictions = tmp_path / "predictions.csv"
-    result = last_json(run("evaluate", "--train", str(train_dir), "--test", str(test_dir), "--epochs", "60",
+    result = last_json(run("evaluate", "--train", str(train_dir), "--test", str(test_dir),
                            "--predictions-csv", str(predictions)))
     assert (result["n_train"], result["n_test"], result["n_classes"]) == (60, 20, 10)
     assert result["backbone"] == "efficientnet_lite0"

@@ -4,8 +4,8 @@ import multiprocessing
 import random
 
 from conftest import demo_photos
-from core import ingest
-from core.catalog import Catalog
+from core.storage import ingest
+from core.storage.catalog import Catalog
 
 LABELS = ["Lemon", "Lime", "Orange", "Banana"]
 

@@ -15,10 +15,10 @@ import numpy as np
 from PIL import Image
 
 from conftest import REPO, demo_photos
-from core import ingest
-from core.catalog import Catalog
-from core.embeddings import embed_catalog
-from core.training import load_version
+from core.features.embeddings import embed_catalog
+from core.model.training import load_version
+from core.storage import ingest
+from core.storage.catalog import Catalog
 
 
 def start(script: str, workspace) -> subprocess.Popen:
@@ -58,8 +58,8 @@ def test_kill_during_import(workspace, tmp_path):
         Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(folder / f"{index:04d}.png")
     process = start("""
         import sys
-        from core import ingest
-        from core.catalog import Catalog
+        from core.storage import ingest
+        from core.storage.catalog import Catalog
         catalog = Catalog(sys.argv[1])
         ingest.import_paths(catalog, [sys.argv[2]], progress=lambda d, t, n: print("progress", d, flush=True))
     """.replace("sys.argv[2]", repr(str(tmp_path / "many"))), workspace)
@@ -80,8 +80,8 @@ def test_kill_during_embedding_resumes(workspace, embedder):
     catalog, labels = labelled_workspace(workspace)
     process = start("""
         import sys
-        from core.catalog import Catalog
-        from core.embeddings import Embedder, embed_catalog
+        from core.storage.catalog import Catalog
+        from core.features.embeddings import Embedder, embed_catalog
         catalog = Catalog(sys.argv[1])
         embed_catalog(catalog, Embedder(), chunk_size=8, progress=lambda d, t, m: print("embedded", d, flush=True))
     """, workspace)
@@ -100,15 +100,15 @@ def test_kill_during_embedding_resumes(workspace, embedder):
 def test_kill_during_training_and_model_save_keeps_a_working_model(workspace, embedder):
     catalog, labels = labelled_workspace(workspace)
     embed_catalog(catalog, embedder)
-    from core.head import HeadClassifier
-    from core.training import train_version
-    first = train_version(catalog, embedder, HeadClassifier(max_epochs=5), augmented_views=0)
+    from core.model.head import HeadClassifier
+    from core.model.training import train_version
+    first = train_version(catalog, embedder, HeadClassifier(), augmented_views=0)
     process = start("""
         import sys
-        from core.catalog import Catalog
-        from core.embeddings import Embedder
-        from core.head import HeadClassifier
-        from core.training import train_version
+        from core.storage.catalog import Catalog
+        from core.features.embeddings import Embedder
+        from core.model.head import HeadClassifier
+        from core.model.training import train_version
         catalog = Catalog(sys.argv[1])
         for round in range(1000):
             train_version(catalog, Embedder(), HeadClassifier(max_epochs=3), augmented_views=0)
@@ -120,12 +120,12 @@ def test_kill_during_training_and_model_save_keeps_a_working_model(workspace, em
     catalog.discard_partial_files(max_age_seconds=0)
     assert catalog.integrity_ok() and catalog.current_labels() == labels
     active = catalog.active_model_version()
-    assert active["id"] >= first["id"] + 3
-    assert [v["is_active"] for v in catalog.model_versions()].count(True) == 1
+    assert active.id >= first.id + 3
+    assert [v.is_active for v in catalog.model_versions()].count(True) == 1
     version, head = load_version(catalog)
     _, features = catalog.embeddings(embedder.key)
-    assert head.predict_proba(features[:4]).shape == (4, len(version["classes"]))
+    assert head.predict_proba(features[:4]).shape == (4, len(version.classes))
     models = catalog.workspace / "models"
     assert not [p for p in models.iterdir() if ".tmp" in p.name], "partial files are discarded"
     for version in catalog.model_versions():
-        assert (catalog.workspace / version["path"]).is_file(), "every recorded version has its file"
+        assert (catalog.workspace / version.path).is_file(), "every recorded version has its file"

@@ -1,0 +1,16 @@
+"""Curation: what helps people label well and fast.
+
+The review queue (:mod:`core.curation.review`: filters, orders, relabel, undo)
+in active-learning order (:mod:`core.curation.active_learning`), labels that
+look wrong (:mod:`core.curation.suspicious`), near-duplicates
+(:mod:`core.curation.duplicates`), similar products
+(:mod:`core.curation.similarity`) and UMAP maps of the features
+(:mod:`core.curation.projection`). Pages use these modules through the names
+below.
+"""
+
+from core.curation import duplicates, review, suspicious
+from core.curation.projection import catalogue_map
+from core.curation.similarity import ExactIndex, catalog_index
+
+__all__ = ["ExactIndex", "catalog_index", "catalogue_map", "duplicates", "review", "suspicious"]

@@ -1,0 +1,204 @@
+"""The correction workbench: which products to show, and the edits people make.
+
+:func:`review_table` joins products, current labels and the active model's
+predictions into one table (one row per product; ``disagrees`` is True where a
+label exists and the prediction differs). :func:`select` filters and orders it.
+The default order, "most informative", is the active-learning queue (see
+:mod:`core.curation.active_learning`, strategy ``hybrid``): unlabelled products first,
+those the model is unsure about, that resemble many others and that no label
+covers yet; "smallest margin" and "highest entropy" (uncertainty only, with a
+diversity guard so near-identical shots do not fill one page) and "random" are
+the alternative strategies; "least confident", "newest" and "category" are plain sorts. The edit
+functions (:func:`relabel`, :func:`accept_predictions`, :func:`rename_category`,
+:func:`undo_last_action`) all append to the label history, so nothing is ever
+overwritten and every change can be traced and undone.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+from core.curation import active_learning
+from core.errors import InvalidInputError
+from core.storage.catalog import ANY, Catalog, LabelConflict
+
+ORDERS = ("most informative", "smallest margin", "highest entropy", "random", "least confident", "newest",
+          "category")
+DEFAULT_ORDER = "most informative"
+_STRATEGY_OF_ORDER = {"most informative": "hybrid", "smallest margin": "margin", "highest entropy": "entropy",
+                      "random": "random"}
+# Pages diversified by the guard; beyond them the plain ranking is good enough and cheap.
+_DIVERSIFIED_PAGES = 10
+UNLABELLED = "(unlabelled)"  # how maps show a product without a label
+COLUMNS = ["product_id", "filename", "added_at", "label", "label_source", "predicted_label", "confidence",
+           "top_labels", "top_probabilities", "disagrees"]
+
+
+def review_table(catalog: Catalog) -> pd.DataFrame:
+    labels = catalog.current_labels_with_source()
+    active = catalog.active_model_version()
+    predictions = catalog.predictions(active.id) if active else {}
+    records = []
+    for product in catalog.products():
+        product_id, filename, added_at = product.id, product.filename, product.added_at
+        label, source = labels.get(product_id, (None, None))
+        prediction = predictions.get(product_id)
+        predicted = prediction["label"] if prediction else None
+        records.append({
+            "product_id": product_id, "filename": filename, "added_at": added_at, "label": label,
+            "label_source": source if label is not None else None, "predicted_label": predicted,
+            "confidence": prediction["confidence"] if prediction else None,
+            "top_labels": prediction["labels"] if prediction else [],
+            "top_probabilities": prediction["probabilities"] if prediction else [],
+            "disagrees": bool(label is not None and predicted is not None and label != predicted),
+        })
+    return pd.DataFrame(records, columns=COLUMNS)
+
+
+def seen_labels(table: pd.DataFrame, product_ids: Sequence[int]) -> dict[int, str | None]:
+    """``{product_id: label the person was shown}`` from a review or map table, for the optimistic check.
+
+    Missing labels (NaN, or the map's "(unlabelled)") count as "no label".
+    """
+    shown = table.set_index("product_id")["label"]
+    return {int(pid): shown[pid] if isinstance(shown[pid], str) and shown[pid] != UNLABELLED else None
+            for pid in product_ids}
+
+
+def _informative(table: pd.DataFrame, strategy: str, features: tuple[np.ndarray, np.ndarray] | None,
+                 page_size: int, seed: int, labelled_ids: set[int]) -> pd.DataFrame:
+    if table.empty:
+        return table
+    if strategy == "random":
+        return table.iloc[np.random.default_rng(seed).permutation(len(table))]
+    width = max([len(p) for p in table["top_probabilities"]] + [1])
+    probabilities = np.zeros((len(table), width))
+    for row, values in enumerate(table["top_probabilities"]):
+        probabilities[row, :len(values)] = values
+    scores = active_learning.uncertainty(probabilities, strategy)
+    has_prediction = table["predicted_label"].notna().to_numpy()
+    unlabelled = table["label"].isna().to_numpy()
+    # Unlabelled and predicted first (that is where a label teaches the model most),
+    # then labelled ones (checking them still catches mistakes), then unpredicted.
+    ranking = np.lexsort((table["product_id"].to_numpy(), -scores, ~unlabelled, ~has_prediction))
+    if features is None or not len(features[0]):
+        return table.iloc[ranking]
+    ids, vectors = features
+    row_of = {int(pid): i for i, pid in enumerate(ids)}
+    rows = np.array([row_of.get(int(pid), -1) for pid in table["product_id"]], dtype=np.int64)
+    if (rows < 0).any():
+        return table.iloc[ranking]
+    limit = page_size * _DIVERSIFIED_PAGES
+    if strategy != "hybrid":
+        return table.iloc[active_learning.diverse_order(ranking, vectors[rows], page_size, limit=limit)]
+    # Hybrid: greedy over the unlabelled, predicted candidates, away from what labels already cover.
+    candidates = np.flatnonzero(unlabelled & has_prediction)
+    labelled_rows = [row_of[pid] for pid in labelled_ids if pid in row_of]
+    labelled_vectors = vectors[labelled_rows] if labelled_rows else None
+    head = candidates[active_learning.hybrid_order(vectors[rows[candidates]], probabilities[candidates],
+                                                   min(limit, len(candidates)), labelled_vectors, seed)]
+    taken = set(head.tolist())
+    rest = [index for index in ranking if index not in taken]
+    return table.iloc[np.concatenate([head, np.array(rest, dtype=np.int64)])]
+
+
+def select(table: pd.DataFrame, order: str = DEFAULT_ORDER, predicted: Sequence[str] | None = None,
+           confidence_range: tuple[float, float] = (0.0, 1.0), labelled: bool | None = None,
+           disagreements_only: bool = False, features: tuple[np.ndarray, np.ndarray] | None = None,
+           page_size: int = 12, seed: int = 0) -> pd.DataFrame:
+    """Filter and order the review table (see the module docstring).
+
+    ``features`` = ``(product_ids, vectors)`` enables the diversity guard of the
+    active-learning orders, per page of ``page_size``.
+    """
+    if order not in ORDERS:
+        raise ValueError(f"order must be one of {ORDERS}, got {order!r}")
+    selected = table
+    labelled_ids = {int(pid) for pid in table.loc[table["label"].notna(), "product_id"]}
+    if predicted:
+        selected = selected[selected["predicted_label"].isin(list(predicted))]
+    low, high = confidence_range
+    if (low, high) != (0.0, 1.0):
+        selected = selected[selected["confidence"].between(low, high)]
+    if labelled is not None:
+        selected = selected[selected["label"].notna() == labelled]
+    if disagreements_only:
+        selected = selected[selected["disagrees"]]
+    if order in _STRATEGY_OF_ORDER:
+        selected = _informative(selected, _STRATEGY_OF_ORDER[order], features, page_size, seed, labelled_ids)
+    elif order == "least confident":
+        # Products without a prediction yet come last: there is nothing to check.
+        selected = selected.sort_values(["confidence", "product_id"], na_position="last")
+    elif order == "newest":
+        selected = selected.sort_values(["added_at", "product_id"], ascending=False)
+    else:
+        key = selected["label"].fillna(selected["predicted_label"]).fillna("")
+        selected = selected.assign(_key=key).sort_values(["_key", "product_id"]).drop(columns="_key")
+    return selected.reset_index(drop=True)
+
+
+def relabel(catalog: Catalog, product_ids: Sequence[int], label: str | None, author: str | None = None,
+            seen: Mapping[int, str | None] | None = None) -> tuple[int, list[LabelConflict]]:
+    """Give ``product_ids`` the category ``label`` (a person's decision).
+
+    ``seen`` maps product ids to the label the person saw; a product whose label
+    changed since is not touched and comes back as a conflict. Returns
+    ``(changed, conflicts)``.
+    """
+    seen = seen or {}
+    return catalog.change_labels([(int(pid), label, seen.get(int(pid), ANY)) for pid in product_ids],
+                                 source="human", author=author)
+
+
+def accept_predictions(catalog: Catalog, threshold: float, author: str | None = None,
+                       product_ids: Sequence[int] | None = None) -> int:
+    """Label every *unlabelled* product whose prediction's confidence is >= ``threshold``."""
+    table = review_table(catalog)
+    candidates = table[table["label"].isna() & table["predicted_label"].notna() & (table["confidence"] >= threshold)]
+    if product_ids is not None:
+        candidates = candidates[candidates["product_id"].isin([int(pid) for pid in product_ids])]
+    return catalog.set_labels(zip(candidates["product_id"].tolist(), candidates["predicted_label"].tolist()),
+                              source="model-accepted", author=author)
+
+
+def confirm(catalog: Catalog, product_ids: Sequence[int], author: str | None = None) -> int:
+    """Confirm a page: unlabelled products take their predicted category."""
+    return accept_predictions(catalog, 0.0, author, product_ids)
+
+
+def rename_category(catalog: Catalog, old: str, new: str, author: str | None = None) -> int:
+    """Rename ``old`` to ``new``; if ``new`` exists this merges the two. History is kept."""
+    new = (new or "").strip()
+    if not new:
+        raise InvalidInputError("the new category name is empty")
+    members = [pid for pid, label in catalog.current_labels().items() if label == old]
+    if not members:
+        raise InvalidInputError(f"no product is labelled {old!r}")
+    return catalog.set_labels([(pid, new) for pid in members], source="human", author=author)
+
+
+def undo_last_action(catalog: Catalog, author: str | None = None) -> tuple[int, list[LabelConflict]]:
+    """Revert the most recent labelling action (of ``author``, if given) by appending its inverse.
+
+    Each product goes back only if its label is still what the action set: a later
+    change by someone else is never overwritten, it comes back as a conflict.
+    Repeated calls step further back; an action that was undone is not undone
+    twice. Returns ``(changed, conflicts)``.
+    """
+    query = ("SELECT action FROM labels l WHERE action IS NOT NULL AND source != 'import' "
+             "AND action NOT LIKE 'undo:%' "
+             "AND NOT EXISTS (SELECT 1 FROM labels u WHERE u.action = 'undo:' || l.action)")
+    parameters: list = []
+    if author is not None:
+        query += " AND author IS ?"
+        parameters.append(author)
+    row = catalog.connection.execute(query + " ORDER BY id DESC LIMIT 1", parameters).fetchone()
+    if row is None:
+        return 0, []
+    events = catalog.connection.execute(
+        "SELECT product_id, label, previous_label FROM labels WHERE action = ? ORDER BY id", (row[0],)).fetchall()
+    return catalog.change_labels([(pid, previous, label) for pid, label, previous in events], source="human",
+                                 author=author, action=f"undo:{row[0]}")

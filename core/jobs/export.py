@@ -1,0 +1,144 @@
+"""Export what ProductLens knows, in formats other tools read.
+
+* :func:`export_labels`: one row per product with its current label and the
+  active model's prediction (CSV or Parquet, by file extension);
+* :func:`export_embeddings`: the cached vectors of one embedding key, as Parquet
+  (``product_id``, ``filename``, ``label``, ``embedding``) or as ``.npy`` with a
+  ``.ids.csv`` beside it;
+* :func:`export_classifier`: backbone + head as one ``.keras`` file that maps raw
+  RGB pixels (any size, values 0-255) to category probabilities, built from
+  standard Keras layers plus, with ``multi`` pooling, one registered pooling layer:
+  ``import core.features.pooling`` (or pass ``custom_objects``) before
+  ``keras.models.load_model``. It averages the photo with its mirror but not with
+  random crops, so its probabilities differ slightly from the app's.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from core.errors import InvalidInputError, NotFoundError
+from core.model.training import embedder_for, load_version
+from core.storage.atomic import atomic_path, atomic_write_bytes
+from core.storage.catalog import Catalog, ModelVersion
+
+
+def labels_table(catalog: Catalog):
+    import pandas as pd
+
+    labels = catalog.current_labels()
+    active = catalog.active_model_version()
+    predictions = catalog.predictions(active.id) if active else {}
+    rows = []
+    for product in catalog.products():
+        prediction = predictions.get(product.id)
+        rows.append({
+            "product_id": product.id, "filename": product.filename, "sha256": product.sha256,
+            "label": labels.get(product.id),
+            "predicted_label": prediction["label"] if prediction else None,
+            "confidence": prediction["confidence"] if prediction else None,
+            "top_labels": json.dumps(prediction["labels"]) if prediction else None,
+            "top_probabilities": json.dumps(prediction["probabilities"]) if prediction else None,
+            "model_version": active.id if prediction else None,
+        })
+    return pd.DataFrame(rows, columns=["product_id", "filename", "sha256", "label", "predicted_label",
+                                       "confidence", "top_labels", "top_probabilities", "model_version"])
+
+
+def export_labels(catalog: Catalog, path: str | os.PathLike) -> Path:
+    path = Path(path)
+    table = labels_table(catalog)
+    if path.suffix.lower() not in (".csv", ".parquet"):
+        raise InvalidInputError(f"labels export must end in .csv or .parquet, got {path.name}")
+    with atomic_path(path) as temporary:
+        if path.suffix.lower() == ".parquet":
+            table.to_parquet(temporary, index=False)
+        else:
+            table.to_csv(temporary, index=False)
+    return path
+
+
+def export_embeddings(catalog: Catalog, path: str | os.PathLike, embedding_key: str) -> Path:
+    import pandas as pd
+
+    path = Path(path)
+    ids, vectors = catalog.embeddings(embedding_key)
+    if len(ids) == 0:
+        raise NotFoundError(f"no embeddings under '{embedding_key}': run `embed` first")
+    products = {product.id: product for product in catalog.products(ids.tolist())}
+    labels = catalog.current_labels()
+    if path.suffix.lower() not in (".npy", ".parquet"):
+        raise InvalidInputError(f"embeddings export must end in .parquet or .npy, got {path.name}")
+    table = pd.DataFrame({"product_id": ids, "filename": [products[int(i)].filename for i in ids],
+                          "label": [labels.get(int(i)) for i in ids]})
+    if path.suffix.lower() == ".npy":
+        with atomic_path(path) as temporary:
+            with open(temporary, "wb") as handle:
+                np.save(handle, vectors.astype(np.float32))
+        with atomic_path(path.with_suffix(".ids.csv")) as temporary:
+            table.to_csv(temporary, index=False)
+    else:
+        table["embedding"] = list(vectors.astype(np.float32))
+        with atomic_path(path) as temporary:
+            table.to_parquet(temporary, index=False)
+    return path
+
+
+def classifier_inputs(embedder, sources) -> np.ndarray:
+    """What the exported classifier takes: each photo and its crop views as ProductLens prepares them.
+
+    ``sources``: ``(path or bytes, the photo's SHA-256 hex)`` pairs (the crops are seeded by
+    the photo's content). Returns uint8 ``(n, 1 + views, size, size, 3)``.
+    """
+    return np.stack([embedder.load_photo_and_views(source) for source in sources])
+
+
+def build_classifier(catalog: Catalog, version: ModelVersion | int | None = None):
+    """Backbone + head as one Keras model that computes exactly what the app predicts.
+
+    Input: :func:`classifier_inputs` — the photo and its crop views at the
+    backbone's resolution. The model embeds the photo averaged with its mirror
+    and each view, averages them as the app's prediction vector does, and applies
+    the head: the app's stored predictions, from pixels.
+    """
+    import keras
+    from keras import layers, ops
+
+    version, head = load_version(catalog, version)
+    embedder = embedder_for(version)
+    views = embedder.views if version.prediction_key != version.embedding_key else 0
+    size = embedder.image_size
+    feature_model = embedder.model
+    inputs = keras.Input(shape=(1 + views, size, size, 3), name="photo_and_views")
+    pixels = ops.cast(inputs, "float32")
+    photo = pixels[:, 0]
+    features = feature_model(photo, training=False)
+    if embedder.flip_tta:
+        mirrored = feature_model(ops.flip(photo, axis=2), training=False)
+        features = layers.Average(name="flip_average")([features, mirrored])
+    if views:
+        # Views are already mirrored at random: the app embeds them without a second mirror.
+        crops = ops.reshape(pixels[:, 1:], (-1, size, size, 3))
+        crop_features = ops.reshape(feature_model(crops, training=False), (-1, views, embedder.feature_dim))
+        features = (features + ops.sum(crop_features, axis=1)) / (1 + views)
+    probabilities = head.model_(features)
+    return keras.Model(inputs, probabilities, name="productlens_classifier"), version
+
+
+def export_classifier(catalog: Catalog, path: str | os.PathLike, version: ModelVersion | int | None = None) -> Path:
+    path = Path(path)
+    if path.suffix != ".keras":
+        raise InvalidInputError(f"classifier export must end in .keras, got {path.name}")
+    model, version = build_classifier(catalog, version)
+    with atomic_path(path) as temporary:
+        model.save(temporary)
+    atomic_write_bytes(path.with_suffix(".classes.json"), json.dumps(
+        {"classes": version.classes, "model_version": version.id,
+         "input": "uint8 (n, 1 + views, size, size, 3): each photo and its crop views, as "
+                  "core.jobs.export.classifier_inputs prepares them", "input_shape": list(model.input_shape[1:])},
+        indent=2).encode())
+    return path

@@ -1,0 +1,140 @@
+"""Train the classification head on the catalogue's labels and keep every version.
+
+:func:`train_version` takes the current labels of embedded products, fits a
+:class:`~core.model.head.HeadClassifier`, saves it atomically under
+``workspace/models/`` and only then records it as a model version (with its
+validation metrics and settings) and makes it active. A crash at any point
+leaves the previous active version in place. :func:`load_version` rebuilds the
+head of any stored version; :func:`activate` rolls back or forward.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import asdict, dataclass
+from typing import Callable, Sequence
+
+import numpy as np
+
+from core.errors import TrainingError
+from core.features.embeddings import Embedder
+from core.model.head import HeadClassifier
+from core.storage.catalog import Catalog, ModelVersion
+
+ProgressCallback = Callable[[int, int, str], None]
+
+
+@dataclass(frozen=True)
+class EmbedderSettings:
+    backbone: str
+    image_size: int
+    crop: str
+    flip_tta: bool
+    weights: str | None = "imagenet"
+    # Versions saved before these settings existed used average pooling and no prediction views.
+    pooling: str = "avg"
+    views: int = 0
+
+    @classmethod
+    def of(cls, embedder: Embedder) -> "EmbedderSettings":
+        return cls(embedder.backbone, embedder.image_size, embedder.crop, embedder.flip_tta, embedder.weights,
+                   embedder.pooling, embedder.views)
+
+    def embedder(self, **overrides) -> Embedder:
+        return Embedder(**{**asdict(self), **overrides})
+
+
+def labelled_embeddings(catalog: Catalog, embedding_key: str, product_ids: Sequence[int] | None = None
+                        ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(product_ids, features, labels)`` of products that have both a label and an embedding."""
+    labels = catalog.current_labels()
+    if product_ids is not None:
+        wanted = {int(pid) for pid in product_ids}
+        labels = {pid: label for pid, label in labels.items() if pid in wanted}
+    ids, features = catalog.embeddings(embedding_key, list(labels))
+    return ids, features, np.array([labels[int(pid)] for pid in ids], dtype=object)
+
+
+def train_version(catalog: Catalog, embedder: Embedder, head: HeadClassifier | None = None,
+                  product_ids: Sequence[int] | None = None, progress: ProgressCallback | None = None,
+                  activate: bool = True, augmented_views: int | None = None) -> ModelVersion:
+    """Fit a head on the current labels and store it as the new (active) model version.
+
+    ``augmented_views`` (default: the embedder's ``views``) random-crop views per
+    labelled product are embedded (once, then cached) and used for training. With
+    the embedder's own views and the closed-form head they enter summarised (each
+    product's photo-and-views mean plus the catalogue's cached view scatter, see
+    :mod:`core.model.view_scatter`: one row per product); otherwise as extra rows.
+    """
+    from core.features.embeddings import embed_catalog
+    from core.model.view_scatter import ViewScatter
+
+    head = head or HeadClassifier()
+    augmented_views = embedder.views if augmented_views is None else augmented_views
+    summarised = augmented_views > 0 and augmented_views == embedder.views and \
+        head.resolved_solver == "closed_form"
+    ids, features, labels = labelled_embeddings(catalog, embedder.key, product_ids)
+    if len(ids) == 0:
+        raise TrainingError("no labelled products with embeddings: import labelled photos (a folder of "
+                            "category folders) and run `embed` first")
+    categories = sorted(set(labels))
+    if len(categories) < 2:
+        raise TrainingError(f"training needs labelled products in at least 2 categories; found "
+                            f"{len(categories)} ({', '.join(categories) or 'none'})")
+    views, scatter, means = [], None, None
+    if summarised:
+        # Products embedded before views existed get them now (the photo is decoded once for all).
+        embed_catalog(catalog, embedder, progress=progress, product_ids=ids.tolist())
+        scatter = ViewScatter(catalog, embedder, ids, labels)
+        means = _with_fallback(catalog, embedder.prediction_key, ids, features)
+    for view in range(0 if summarised else augmented_views):
+        embed_catalog(catalog, embedder, progress=progress, product_ids=ids.tolist(), view=view)
+        views.append(_with_fallback(catalog, embedder.view_key(view), ids, features))
+    started = time.perf_counter()
+    head.fit(features, labels, augmented_views=views, progress=progress, view_scatter=scatter, view_means=means)
+    train_seconds = time.perf_counter() - started
+    relative = f"models/head-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}.keras"
+    head.save(catalog.workspace / relative)
+    metrics = dict(head.metrics_)
+    metrics.update(n_train=int(len(ids)), train_seconds=round(train_seconds, 3), best_epoch=head.best_epoch_)
+    if scatter is not None:  # how much of the cached view scatter this retrain had to redo
+        metrics["view_scatter_products_read"] = scatter.recomputed_products_
+    params = {"embedder": asdict(EmbedderSettings.of(embedder)), "head": head.get_params(),
+              "augmented_views": augmented_views, "prediction_key": embedder.prediction_key,
+              "views_summarised": summarised}
+    version_id = catalog.add_model_version(embedder.key, list(head.classes_), metrics, params, relative,
+                                           activate=activate)
+    return catalog.model_version(version_id)
+
+
+def _with_fallback(catalog: Catalog, key: str, ids: np.ndarray, features: np.ndarray) -> np.ndarray:
+    """The vectors of ``ids`` under ``key``; a product without one (its photo unreadable now) keeps ``features``."""
+    found_ids, found = catalog.embeddings(key, ids.tolist())
+    if len(found_ids) == len(ids):
+        return found
+    by_id = dict(zip(found_ids.tolist(), found))
+    return np.stack([by_id.get(int(pid), row) for pid, row in zip(ids, features)])
+
+
+def load_version(catalog: Catalog, version: ModelVersion | int | None = None) -> tuple[ModelVersion, HeadClassifier]:
+    """The stored version (default: the active one) and its head."""
+    if version is None:
+        version = catalog.active_model_version()
+        if version is None:
+            raise TrainingError("no trained model yet: label some products and run `train`")
+    elif isinstance(version, int):
+        version = catalog.model_version(version)
+    return version, HeadClassifier.load(catalog.workspace / version.path, version.classes)
+
+
+def embedder_for(version: ModelVersion) -> Embedder:
+    return EmbedderSettings(**version.params["embedder"]).embedder()
+
+
+def activate(catalog: Catalog, version_id: int) -> ModelVersion:
+    version = catalog.model_version(version_id)
+    if not (catalog.workspace / version.path).exists():
+        raise TrainingError(f"model version {version_id}'s file {version.path} is missing")
+    catalog.activate_model_version(version_id)
+    return catalog.model_version(version_id)

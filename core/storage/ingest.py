@@ -1,0 +1,289 @@
+"""Bring photos into the catalogue from files, folders, zip archives and CSV manifests.
+
+Sources, and where a product's label comes from:
+
+* an image file: no label (unless ``label=`` is given);
+* a folder: walked recursively for image files (other files, such as a README,
+  are listed as skipped); an image's label is the name of its immediate
+  parent folder (the ``keras.utils.image_dataset_from_directory`` convention), except
+  for images directly in the folder given, which stay unlabelled;
+* a zip archive: the same rule applied to paths inside the archive. Members are
+  read into memory with size caps and never extracted, so a hostile path
+  (``../../etc``) cannot write anywhere; such members are rejected all the same;
+* a CSV manifest with columns ``path,label`` (header optional), paths relative to
+  the CSV file.
+
+Every item is validated by :mod:`core.storage.images`; a bad one is *rejected* with a
+reason and the batch goes on. Re-importing a known photo is a *duplicate*: nothing
+is stored twice, and an import label never overrides an existing label.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Callable, Iterable, Iterator
+
+from core import settings
+from core.storage import images
+from core.storage.catalog import Catalog
+
+ProgressCallback = Callable[[int, int, str], None]
+
+_IGNORED_NAMES = {".DS_Store", "Thumbs.db", "desktop.ini"}
+_NOT_AN_IMAGE_TYPE = "skipped: not an image file type (folders and archives import image files only)"
+
+
+@dataclass(frozen=True)
+class Rejected:
+    name: str
+    reason: str
+
+
+@dataclass
+class ImportReport:
+    added: list[int] = field(default_factory=list)
+    duplicates: list[tuple[str, int]] = field(default_factory=list)
+    rejected: list[Rejected] = field(default_factory=list)
+    skipped: list[Rejected] = field(default_factory=list)
+    labelled: int = 0
+    product_ids: list[int] = field(default_factory=list)
+    names: dict[int, str] = field(default_factory=dict)
+    found_labels: dict[int, str] = field(default_factory=dict)
+
+    def summary(self) -> str:
+        parts = [f"{len(self.added)} added", f"{len(self.duplicates)} duplicates",
+                 f"{len(self.rejected)} rejected", f"{len(self.skipped)} non-image files skipped",
+                 f"{self.labelled} labels set"]
+        return "imported: " + ", ".join(parts)
+
+    def to_dict(self) -> dict:
+        return {
+            "added": len(self.added), "duplicates": len(self.duplicates), "rejected": len(self.rejected),
+            "skipped": len(self.skipped), "labelled": self.labelled,
+            "rejected_files": [{"name": item.name, "reason": item.reason} for item in self.rejected],
+        }
+
+
+@dataclass(frozen=True)
+class _Item:
+    name: str
+    label: str | None
+    read: Callable[[], bytes]
+    skip_reason: str | None = None
+
+
+class _ItemError(Exception):
+    """Raised by an item's reader: the item is rejected with this reason."""
+
+
+def display_name(name: str | os.PathLike) -> str:
+    """A printable, storable file name even when the file system gave undecodable bytes."""
+    text = os.fsdecode(name) if not isinstance(name, str) else name
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
+def _read_file(path: Path) -> Callable[[], bytes]:
+    def read() -> bytes:
+        try:
+            size = path.stat().st_size
+        except OSError as error:
+            raise _ItemError(f"cannot read file ({error.strerror or error})") from None
+        limit = settings.current().max_file_bytes
+        if size > limit:
+            raise _ItemError(f"file is {size / 2**20:.1f} MB, over the {limit / 2**20:.0f} MB limit "
+                             "(PRODUCTLENS_MAX_FILE_MB)")
+        try:
+            return path.read_bytes()
+        except OSError as error:
+            raise _ItemError(f"cannot read file ({error.strerror or error})") from None
+    return read
+
+
+def _is_ignored(name: str) -> bool:
+    base = name.rsplit("/", 1)[-1]
+    return base in _IGNORED_NAMES or base.startswith("._") or "__MACOSX" in name.split("/")
+
+
+def _folder_items(root: Path, label: str | None) -> Iterator[_Item]:
+    for directory, subdirectories, files in os.walk(root):
+        subdirectories.sort()
+        subdirectories[:] = [d for d in subdirectories if not d.startswith(".")]
+        for file_name in sorted(files):
+            if file_name.startswith(".") or _is_ignored(file_name):
+                continue
+            path = Path(directory) / file_name
+            folder_label = None if Path(directory) == root else display_name(Path(directory).name)
+            if path.suffix.lower() not in images.IMAGE_SUFFIXES:
+                yield _Item(display_name(path), None, _fail(""), _NOT_AN_IMAGE_TYPE)
+                continue
+            yield _Item(display_name(path), label or folder_label, _read_file(path))
+
+
+def _zip_items(source: Path | io.BytesIO, label: str | None, name: str | None = None) -> Iterator[_Item]:
+    archive_name = name or display_name(source)
+    try:
+        archive = zipfile.ZipFile(source)
+        members = archive.infolist()
+    except (zipfile.BadZipFile, OSError, ValueError) as error:
+        yield _Item(archive_name, None, _fail(f"not a readable zip archive ({error})"))
+        return
+    if len(members) > settings.current().max_zip_entries:
+        yield _Item(archive_name, None, _fail(
+            f"archive has {len(members)} entries, over the {settings.current().max_zip_entries} limit "
+            "(PRODUCTLENS_MAX_ZIP_ENTRIES)"))
+        return
+    declared = sum(member.file_size for member in members)
+    if declared > settings.current().max_zip_bytes:
+        yield _Item(archive_name, None, _fail(
+            f"archive unpacks to {declared / 2**20:.0f} MB, over the {settings.current().max_zip_bytes / 2**20:.0f} MB "
+            "limit (PRODUCTLENS_MAX_ZIP_MB); possibly a zip bomb"))
+        return
+    for member in members:
+        if member.is_dir() or _is_ignored(member.filename):
+            continue
+        name = f"{archive_name}:{member.filename}"
+        posix = PurePosixPath(member.filename.replace("\\", "/"))
+        if posix.is_absolute() or ".." in posix.parts or (posix.parts and ":" in posix.parts[0]):
+            yield _Item(name, None, _fail("unsafe path inside archive (absolute or '..'); not imported"))
+            continue
+        if posix.suffix.lower() not in images.IMAGE_SUFFIXES:
+            yield _Item(name, None, _fail(""), _NOT_AN_IMAGE_TYPE)
+            continue
+        member_label = label or (posix.parent.name if len(posix.parts) > 1 else None)
+        yield _Item(name, member_label, _read_member(archive, member))
+
+
+def _read_member(archive: zipfile.ZipFile, member: zipfile.ZipInfo) -> Callable[[], bytes]:
+    def read() -> bytes:
+        limit = settings.current().max_file_bytes
+        if member.file_size > limit:
+            raise _ItemError(f"file is {member.file_size / 2**20:.1f} MB, over the {limit / 2**20:.0f} MB limit "
+                             "(PRODUCTLENS_MAX_FILE_MB)")
+        try:
+            with archive.open(member) as stream:
+                # The header's size can lie; never read more than the limit.
+                data = stream.read(limit + 1)
+        except (zipfile.BadZipFile, OSError, ValueError, EOFError, NotImplementedError, RuntimeError) as error:
+            raise _ItemError(f"cannot read from archive ({error})") from None
+        except Exception as error:  # zlib.error and friends
+            raise _ItemError(f"cannot read from archive ({error})") from None
+        if len(data) > limit:
+            raise _ItemError(f"file unpacks past the {limit / 2**20:.0f} MB limit; possibly a zip bomb")
+        return data
+    return read
+
+
+def _manifest_items(path: Path, label: str | None) -> Iterator[_Item]:
+    manifest_name = display_name(path)
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as error:
+        yield _Item(manifest_name, None, _fail(f"cannot read CSV manifest ({error})"))
+        return
+    rows = list(csv.reader(io.StringIO(text)))
+    if rows and [cell.strip().lower() for cell in rows[0][:2]] in (["path", "label"], ["path"]):
+        rows = rows[1:]
+    for line_number, row in enumerate(rows, start=2):
+        if not row or not row[0].strip():
+            continue
+        item_path = Path(row[0].strip())
+        if not item_path.is_absolute():
+            item_path = path.parent / item_path
+        row_label = label or (row[1].strip() if len(row) > 1 and row[1].strip() else None)
+        name = display_name(item_path)
+        if not item_path.is_file():
+            yield _Item(name, None, _fail(f"listed in {path.name} line {line_number} but not found"))
+            continue
+        yield _Item(name, row_label, _read_file(item_path))
+
+
+def _fail(reason: str) -> Callable[[], bytes]:
+    def read() -> bytes:
+        raise _ItemError(reason)
+    return read
+
+
+def _path_items(path: Path, label: str | None, name: str | None = None) -> Iterator[_Item]:
+    name = name or display_name(path)
+    suffix = path.suffix.lower()
+    if suffix == ".zip":
+        yield from _zip_items(path, label)
+    elif suffix == ".csv":
+        yield from _manifest_items(path, label)
+    else:
+        yield _Item(name, label, _read_file(path))
+
+
+def collect_items(paths: Iterable[str | os.PathLike], label: str | None = None) -> list[_Item]:
+    """Expand the user's paths into the list of files to import (cheap: nothing is decoded)."""
+    items: list[_Item] = []
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            items.extend(_folder_items(path, label))
+        elif path.is_file():
+            items.extend(_path_items(path, label))
+        else:
+            items.append(_Item(display_name(path), None, _fail("no such file or folder")))
+    return items
+
+
+def import_bytes(catalog: Catalog, name: str, data: bytes, label: str | None = None,
+                 report: ImportReport | None = None, source: str | None = None) -> ImportReport:
+    """Import one in-memory file (an upload); zip archives are expanded."""
+    report = report if report is not None else ImportReport()
+    if name.lower().endswith(".zip"):
+        return _run(catalog, list(_zip_items(io.BytesIO(data), label, name=name)), report, None)
+    return _run(catalog, [_Item(name, label, lambda: data)], report, None, source=source)
+
+
+def import_paths(catalog: Catalog, paths: Iterable[str | os.PathLike], label: str | None = None,
+                 progress: ProgressCallback | None = None, apply_labels: bool = True) -> ImportReport:
+    """Import everything under ``paths``; see the module docstring for the rules.
+
+    With ``apply_labels=False`` the labels found (folder names, manifest) are
+    only reported in ``report.found_labels``, not stored (held-out test sets).
+    """
+    return _run(catalog, collect_items(paths, label), ImportReport(), progress, apply_labels=apply_labels)
+
+
+def _run(catalog: Catalog, items: list[_Item], report: ImportReport, progress: ProgressCallback | None,
+         source: str | None = None, apply_labels: bool = True) -> ImportReport:
+    pending_labels: list[tuple[int, str]] = []
+    total = len(items)
+    for index, item in enumerate(items, start=1):
+        name = item.name
+        if item.skip_reason:
+            report.skipped.append(Rejected(name, item.skip_reason))
+            if progress:
+                progress(index, total, name)
+            continue
+        try:
+            data = item.read()
+            if not data:
+                raise _ItemError("empty file (0 bytes)")
+            info = images.validate(data)
+            product_id, created = catalog.add_image(
+                data, filename=name.rsplit("/", 1)[-1].rsplit(":", 1)[-1], image_format=info.format,
+                extension=info.extension, width=info.width, height=info.height, source=source or name)
+        except (_ItemError, images.ImageError) as error:
+            report.rejected.append(Rejected(name, str(error)))
+        except Exception as error:  # one strange file must never end the batch
+            report.rejected.append(Rejected(name, f"could not import ({type(error).__name__}: {error})"))
+        else:
+            (report.added.append(product_id) if created else report.duplicates.append((name, product_id)))
+            report.product_ids.append(product_id)
+            report.names[product_id] = name
+            if item.label:
+                report.found_labels[product_id] = item.label
+                pending_labels.append((product_id, item.label))
+        if progress:
+            progress(index, total, name)
+    if pending_labels and apply_labels:
+        report.labelled += catalog.set_labels(pending_labels, source="import", only_if_unlabelled=True)
+    return report

@@ -1,0 +1,139 @@
+import numpy as np
+import pytest
+
+from core.curation import review
+from core.storage import ingest
+from core.storage.catalog import Catalog
+
+
+@pytest.fixture
+def catalog(workspace, demo_dir):
+    catalog = Catalog(workspace)
+    ingest.import_paths(catalog, [demo_dir / "Lemon"], label="Lemon")
+    ingest.import_paths(catalog, [demo_dir / "Banana"])  # unlabelled
+    ids = catalog.product_ids()
+    # Hand-made predictions so the ordering is known exactly.
+    version = catalog.add_model_version("test", ["Banana", "Lemon"], {}, {}, "models/none.keras")
+    confidences = [0.9 - 0.05 * i for i in range(len(ids))]
+    labels = [["Lemon", "Banana"] if i < 8 else ["Banana", "Lemon"] for i in range(len(ids))]
+    labels[3] = ["Banana", "Lemon"]  # a labelled lemon predicted as banana
+    catalog.store_predictions(version, ids, labels, [[c, 1 - c] for c in confidences])
+    return catalog
+
+
+def test_table_joins_labels_and_predictions(catalog):
+    table = review.review_table(catalog)
+    assert len(table) == 16
+    assert table["label"].notna().sum() == 8
+    assert table["disagrees"].sum() == 1
+    assert table.loc[table["disagrees"], "product_id"].item() == catalog.product_ids()[3]
+
+
+def test_margin_order_is_the_uncertainty_queue(catalog):
+    table = review.review_table(catalog)
+    ordered = review.select(table, order="smallest margin")
+    unlabelled = ordered["label"].isna().to_numpy()
+    assert unlabelled[:8].all() and not unlabelled[8:].any(), "unlabelled products come first"
+    margins = [abs(p[0] - p[1]) for p in ordered["top_probabilities"][:8]]
+    assert margins == sorted(margins), "smallest margin (most uncertain) first"
+
+
+def test_diversity_guard_spreads_near_identical_products_over_pages(catalog):
+    table = review.review_table(catalog)
+    ids = table["product_id"].to_numpy()
+    rng = np.random.default_rng(0)
+    vectors = rng.normal(size=(len(ids), 16)).astype(np.float32)
+    uncertain = review.select(table, order="smallest margin")["product_id"].tolist()[:4]
+    clump = rng.normal(size=16)
+    for pid in uncertain[:3]:  # the three most uncertain products are the same shot
+        vectors[list(ids).index(pid)] = clump + 0.01 * rng.normal(size=16)
+    ordered = review.select(table, order="smallest margin", features=(ids, vectors),
+                            page_size=4)["product_id"].tolist()
+    first_page = ordered[:4]
+    assert uncertain[0] in first_page
+    assert len(set(uncertain[:3]) & set(first_page)) == 1, "one shot of the clump per page"
+    assert sorted(ordered) == sorted(ids.tolist()), "deferred products are not dropped"
+
+
+def test_default_queue_skips_products_that_labels_already_cover(catalog):
+    table = review.review_table(catalog)
+    ids = table["product_id"].to_numpy()
+    rng = np.random.default_rng(3)
+    vectors = rng.normal(size=(len(ids), 16)).astype(np.float32)
+    labelled = table.loc[table["label"].notna(), "product_id"].tolist()
+    unlabelled = table.loc[table["label"].isna(), "product_id"].tolist()
+    covered = unlabelled[0]  # a shot nearly identical to a labelled product
+    vectors[list(ids).index(covered)] = vectors[list(ids).index(labelled[0])] + 0.01 * rng.normal(size=16)
+    ordered = review.select(table, features=(ids, vectors), page_size=4)
+    assert ordered["label"].isna().to_numpy()[:len(unlabelled)].all(), "unlabelled products first"
+    assert ordered["product_id"].tolist()[len(unlabelled) - 1] == covered, "the covered shot comes last"
+    assert sorted(ordered["product_id"]) == sorted(ids)
+
+
+def test_least_confident_first_and_filters(catalog):
+    table = review.review_table(catalog)
+    ordered = review.select(table, order="least confident")
+    assert list(ordered["confidence"]) == sorted(table["confidence"])
+    assert len(review.select(table, labelled=False)) == 8
+    assert len(review.select(table, disagreements_only=True)) == 1
+    assert set(review.select(table, predicted=["Banana"])["predicted_label"]) == {"Banana"}
+    assert review.select(table, confidence_range=(0.5, 0.7))["confidence"].between(0.5, 0.7).all()
+    newest = review.select(table, order="newest")
+    assert newest["product_id"].iloc[0] == max(catalog.product_ids())
+    shuffled = review.select(table, order="random")
+    assert sorted(shuffled["product_id"]) == sorted(table["product_id"])
+    assert list(shuffled["product_id"]) == list(review.select(table, order="random")["product_id"]), "seeded"
+    with pytest.raises(ValueError):
+        review.select(table, order="alphabetical")
+
+
+def test_accept_only_touches_unlabelled_products_above_threshold(catalog):
+    before = review.review_table(catalog).set_index("product_id")
+    due = before[before["label"].isna() & (before["confidence"] >= 0.5)]
+    assert 0 < len(due) < before["label"].isna().sum(), "the threshold must split the unlabelled products"
+    accepted = review.accept_predictions(catalog, 0.5, author="bo")
+    after = review.review_table(catalog).set_index("product_id")
+    assert accepted == len(due)
+    assert after.loc[due.index, "label"].tolist() == due["predicted_label"].tolist()
+    assert (after.loc[due.index, "label_source"] == "model-accepted").all()
+    untouched = before.index.difference(due.index)
+    assert after.loc[untouched, "label"].equals(before.loc[untouched, "label"])
+
+
+def test_relabel_rename_merge_and_undo(catalog):
+    ids = catalog.product_ids()
+    assert review.relabel(catalog, ids[:2], "Lime", author="ana") == (2, [])
+    assert review.rename_category(catalog, "Lemon", "Citrus") == 6
+    assert review.rename_category(catalog, "Lime", "Citrus") == 2  # merge
+    assert set(catalog.current_labels().values()) == {"Citrus"}
+    assert review.undo_last_action(catalog) == (2, [])
+    assert catalog.current_label(ids[0]) == "Lime"
+    assert review.undo_last_action(catalog) == (6, [])  # steps further back
+    assert catalog.current_label(ids[5]) == "Lemon"
+    assert review.undo_last_action(catalog, author="ana") == (2, [])
+    assert catalog.current_label(ids[0]) == "Lemon"
+    assert len(catalog.label_history(ids[0])) == 5, "history keeps every step"
+    with pytest.raises(ValueError):
+        review.rename_category(catalog, "Nope", "X")
+
+
+def test_a_correction_against_a_stale_view_is_reported_not_applied(catalog):
+    product = catalog.product_ids()[0]
+    seen = catalog.current_label(product)  # both people loaded the page showing "Lemon"
+    assert review.relabel(catalog, [product], "Lime", "ana", seen={product: seen}) == (1, [])
+    changed, conflicts = review.relabel(catalog, [product], "Orange", "bo", seen={product: seen})
+    assert changed == 0 and len(conflicts) == 1
+    assert (conflicts[0].current_label, conflicts[0].changed_by, conflicts[0].wanted_label) == ("Lime", "ana", "Orange")
+    assert "ana changed it to Lime" in conflicts[0].message()
+    assert catalog.current_label(product) == "Lime"
+
+
+def test_undo_never_overwrites_a_later_change_by_someone_else(catalog):
+    carrots, other = catalog.product_ids()[:2]
+    catalog.set_labels([(carrots, "Carrots")], author="import")
+    review.relabel(catalog, [carrots, other], "Leek", author="alice")
+    review.relabel(catalog, [carrots], "Asparagus", author="bob", seen={carrots: "Leek"})
+    changed, conflicts = review.undo_last_action(catalog, author="alice")
+    assert catalog.current_label(carrots) == "Asparagus", "Bob's later change stays"
+    assert changed == 1 and catalog.current_label(other) != "Leek", "the rest of Alice's action is undone"
+    assert [(c.product_id, c.current_label, c.changed_by) for c in conflicts] == [(carrots, "Asparagus", "bob")]

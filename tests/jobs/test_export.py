@@ -1,0 +1,75 @@
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from core.errors import InvalidInputError, NotFoundError
+from core.features.embeddings import embed_catalog
+from core.jobs import export
+from core.model.head import HeadClassifier
+from core.model.prediction import predict_catalog
+from core.model.training import train_version
+from core.storage import ingest
+from core.storage.catalog import Catalog
+
+
+@pytest.fixture(scope="module")
+def catalog(tmp_path_factory, demo_dir, embedder):
+    catalog = Catalog(tmp_path_factory.mktemp("export"))
+    for category in ("Lemon", "Banana", "Oatly-Oat-Milk"):
+        ingest.import_paths(catalog, [demo_dir / category], label=category)
+    embed_catalog(catalog, embedder)
+    version = train_version(catalog, embedder, HeadClassifier())
+    predict_catalog(catalog, version)
+    return catalog
+
+
+@pytest.mark.parametrize("suffix", ["csv", "parquet"])
+def test_labels_and_predictions_export(catalog, tmp_path, suffix):
+    path = export.export_labels(catalog, tmp_path / f"labels.{suffix}")
+    table = pd.read_csv(path) if suffix == "csv" else pd.read_parquet(path)
+    stored = catalog.predictions(catalog.active_model_version().id)
+    assert sorted(table["product_id"]) == catalog.product_ids()
+    for row in table.itertuples():
+        assert row.label == catalog.current_label(row.product_id)
+        assert row.predicted_label == stored[row.product_id]["label"]
+        assert json.loads(row.top_labels) == stored[row.product_id]["labels"]
+    with pytest.raises(InvalidInputError, match="csv or .parquet"):
+        export.export_labels(catalog, tmp_path / "labels.xlsx")
+
+
+def test_embeddings_export(catalog, tmp_path, embedder):
+    table = pd.read_parquet(export.export_embeddings(catalog, tmp_path / "emb.parquet", embedder.key))
+    ids, stored = catalog.embeddings(embedder.key)
+    assert table["product_id"].tolist() == ids.tolist()
+    np.testing.assert_array_equal(np.stack(table["embedding"].to_numpy()), stored)
+    vectors = np.load(export.export_embeddings(catalog, tmp_path / "emb.npy", embedder.key))
+    assert pd.read_csv(tmp_path / "emb.ids.csv")["product_id"].tolist() == ids.tolist()
+    np.testing.assert_array_equal(vectors, stored)
+    with pytest.raises(NotFoundError, match="embed"):
+        export.export_embeddings(catalog, tmp_path / "x.npy", "no-such-key")
+
+
+def test_exported_classifier_reproduces_the_stored_predictions(catalog, tmp_path, embedder):
+    import keras
+
+    from core.features.pooling import GeneralizedMeanPooling
+
+    path = export.export_classifier(catalog, tmp_path / "classifier.keras")
+    # Standard layers plus the one pooling layer ProductLens registers (named explicitly here).
+    model = keras.models.load_model(path, custom_objects={"GeneralizedMeanPooling": GeneralizedMeanPooling})
+    sidecar = json.loads(path.with_suffix(".classes.json").read_text())
+    version = catalog.active_model_version()
+    assert sidecar["classes"] == version.classes and version.prediction_key != version.embedding_key
+    products = catalog.products()[::3]
+    inputs = export.classifier_inputs(embedder, [(catalog.image_path(p), p.sha256) for p in products])
+    assert inputs.shape[1] == 1 + embedder.views
+    exported = model.predict(inputs, verbose=0)
+    stored = catalog.predictions(version.id)
+    for product, probabilities in zip(products, exported):
+        app = stored[product.id]
+        assert version.classes[int(np.argmax(probabilities))] == app["label"]
+        # The app predicts from float16-stored vectors; the export computes in float32.
+        np.testing.assert_allclose([probabilities[version.classes.index(name)] for name in app["labels"]],
+                                   app["probabilities"], atol=2e-3)

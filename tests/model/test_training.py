@@ -1,0 +1,134 @@
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from core.errors import TrainingError
+from core.features.embeddings import embed_catalog
+from core.model.head import HeadClassifier
+from core.model.prediction import predict_catalog
+from core.model.training import activate, load_version, train_version
+from core.storage import ingest
+from core.storage.catalog import Catalog
+
+
+@pytest.fixture(scope="module")
+def trained_workspace(tmp_path_factory, demo_split, embedder):
+    """The demo catalogue: 6 labelled photos per category, 2 more per category unlabelled (held out)."""
+    train, test = demo_split
+    workspace = tmp_path_factory.mktemp("trained")
+    catalog = Catalog(workspace)
+    ingest.import_paths(catalog, [train])
+    ingest.import_paths(catalog, sorted(test.rglob("*.jpg")))
+    embed_catalog(catalog, embedder)
+    return workspace
+
+
+def test_train_stores_an_active_version_with_metrics(trained_workspace, embedder):
+    catalog = Catalog(trained_workspace)
+    version = train_version(catalog, embedder, HeadClassifier())
+    assert version.is_active and len(version.classes) == 10
+    metrics = version.metrics
+    assert metrics["n_train"] == 60
+    matrix = np.array(metrics["confusion_matrix"])
+    assert metrics["n"] == matrix.sum() > 0 and metrics["accuracy"] == pytest.approx(np.trace(matrix) / matrix.sum())
+    assert set(metrics["per_class"]) == set(version.classes)
+    assert (catalog.workspace / version.path).is_file()
+    result = predict_catalog(catalog)
+    assert result["predicted"] == 80
+    predictions = catalog.predictions(version.id)
+    # The 20 held-out photos: never labelled, so never seen in training.
+    held_out = {product.id: Path(product.source).parent.name for product in catalog.products()
+                if product.id not in catalog.current_labels()}
+    assert len(held_out) == 20
+    right = sum(predictions[pid]["label"] == truth for pid, truth in held_out.items())
+    assert right >= 17, f"{right} of 20 held-out photos predicted right"
+    first = next(iter(predictions.values()))
+    assert len(first["labels"]) == 5 and first["probabilities"] == sorted(first["probabilities"], reverse=True)
+
+
+def test_previous_version_can_be_reactivated(trained_workspace, embedder):
+    catalog = Catalog(trained_workspace)
+    first = train_version(catalog, embedder, HeadClassifier())
+    second = train_version(catalog, embedder, HeadClassifier())
+    assert catalog.active_model_version().id == second.id
+    activate(catalog, first.id)
+    assert catalog.active_model_version().id == first.id
+    assert [v.is_active for v in catalog.model_versions()].count(True) == 1
+    version, head = load_version(catalog)
+    assert version.id == first.id and list(head.classes_) == first.classes
+
+
+def test_a_crash_while_saving_keeps_the_previous_model(trained_workspace, embedder, monkeypatch):
+    catalog = Catalog(trained_workspace)
+    good = train_version(catalog, embedder, HeadClassifier())
+    models_before = set(os.listdir(catalog.workspace / "models"))
+
+    def crash(*args, **kwargs):
+        raise OSError("disk full (simulated crash during rename)")
+
+    monkeypatch.setattr("core.model.head.os.replace", crash)
+    with pytest.raises(OSError, match="disk full"):
+        train_version(catalog, embedder, HeadClassifier())
+    monkeypatch.undo()
+    assert catalog.active_model_version().id == good.id
+    assert set(os.listdir(catalog.workspace / "models")) == models_before, "no partial model file left"
+    assert load_version(catalog)[1].predict_proba(catalog.embeddings(embedder.key)[1][:2]).shape == (2, 10)
+
+
+def test_training_needs_two_categories(tmp_path, embedder, demo_dir):
+    catalog = Catalog(tmp_path / "ws")
+    ingest.import_paths(catalog, [demo_dir / "Lemon"], label="Lemon")
+    embed_catalog(catalog, embedder)
+    with pytest.raises(TrainingError, match="at least 2 categories"):
+        train_version(catalog, embedder)
+
+
+def test_training_an_empty_catalogue_says_what_to_do(tmp_path, embedder):
+    with pytest.raises(TrainingError, match="import"):
+        train_version(Catalog(tmp_path / "ws"), embedder)
+
+
+def test_predictions_come_from_the_photo_averaged_with_its_views(trained_workspace, embedder):
+    """Test-time augmentation: the stored prediction vector, not the plain photo vector, decides."""
+    catalog = Catalog(trained_workspace)
+    version = train_version(catalog, embedder, HeadClassifier())
+    assert version.params["prediction_key"] == embedder.prediction_key != embedder.key
+    assert version.params["augmented_views"] == embedder.views
+    labels = catalog.current_labels()
+    lemon = next(pid for pid, label in labels.items() if label == "Lemon")
+    milk = next(pid for pid, label in labels.items() if label == "Arla-Standard-Milk")
+    _, milk_vector = catalog.embeddings(embedder.prediction_key, [milk])
+    _, lemon_vector = catalog.embeddings(embedder.prediction_key, [lemon])
+    try:
+        # The lemon's prediction vector swapped for the milk's: its prediction must follow.
+        catalog.store_embeddings(embedder.prediction_key, [lemon], milk_vector)
+        predict_catalog(catalog, version, product_ids=[lemon])
+        assert catalog.predictions(version.id)[lemon]["label"] == "Arla-Standard-Milk"
+    finally:
+        catalog.store_embeddings(embedder.prediction_key, [lemon], lemon_vector)
+    predict_catalog(catalog, version, product_ids=[lemon])
+    assert catalog.predictions(version.id)[lemon]["label"] == "Lemon"
+
+
+def test_retraining_summarises_the_views_without_changing_the_model(trained_workspace, embedder):
+    """Views enter as each product's mean plus their cached scatter: the same model as training on
+    every view row, and a retrain with unchanged labels reads no view vectors."""
+    catalog = Catalog(trained_workspace)
+    first = train_version(catalog, embedder, HeadClassifier(), activate=False)
+    assert first.params["views_summarised"] and embedder.views > 0
+    second = train_version(catalog, embedder, HeadClassifier(), activate=False)
+    assert second.metrics["view_scatter_products_read"] == 0
+    labels = catalog.current_labels()
+    ids, photos = catalog.embeddings(embedder.key, list(labels))
+    views = [catalog.embeddings(embedder.view_key(number), ids.tolist())[1] for number in range(embedder.views)]
+    _, means = catalog.embeddings(embedder.prediction_key, ids.tolist())
+    on_rows = HeadClassifier().fit(photos, [labels[int(pid)] for pid in ids], augmented_views=views)
+    _, summarised = load_version(catalog, second.id)
+    # Stored weights are the ridge solution times each fit's softmax temperature (fitted on
+    # different validation vectors): compare directions.
+    weights = [head.model_.get_layer("predictions").get_weights()[0] for head in (summarised, on_rows)]
+    weights = [matrix / np.linalg.norm(matrix) for matrix in weights]
+    np.testing.assert_allclose(weights[0], weights[1], atol=3e-4)  # zero scatter: 3e-2 off
+    assert (summarised.predict(means) == on_rows.predict(means)).all()

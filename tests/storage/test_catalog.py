@@ -1,0 +1,129 @@
+import sqlite3
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import demo_photos
+from core.errors import CatalogError
+from core.storage import images
+from core.storage.catalog import SCHEMA_VERSION, Catalog
+
+
+def add(catalog, path):
+    data = path.read_bytes()
+    info = images.validate(data)
+    return catalog.add_image(data, path.name, info.format, info.extension, info.width, info.height)
+
+
+def test_same_photo_is_one_product(workspace):
+    catalog = Catalog(workspace)
+    photo = demo_photos("Lemon")[0]
+    first, created = add(catalog, photo)
+    second, created_again = add(catalog, photo)
+    assert created and not created_again
+    assert first == second
+    assert catalog.count_products() == 1
+    stored = catalog.image_path(first)
+    assert stored.read_bytes() == photo.read_bytes()
+    assert stored.parent.parent == workspace.resolve() / "images"
+
+
+def test_label_history_is_append_only_and_latest_wins(workspace):
+    catalog = Catalog(workspace)
+    product, _ = add(catalog, demo_photos("Lemon")[0])
+    catalog.set_labels([(product, "Lemon")], source="import")
+    catalog.set_labels([(product, "Lime")], source="human", author="ana")
+    catalog.set_labels([(product, "Lime")], source="human", author="ana")  # no-op: unchanged
+    catalog.set_labels([(product, "Lemon")], source="human", author="bo")
+    history = catalog.label_history(product)
+    assert [(e.label, e.previous_label, e.source, e.author) for e in reversed(history)] == [
+        ("Lemon", None, "import", None), ("Lime", "Lemon", "human", "ana"), ("Lemon", "Lime", "human", "bo")]
+    assert catalog.current_label(product) == "Lemon"
+    assert catalog.current_labels() == {product: "Lemon"}
+
+
+def test_import_labels_never_override_existing_labels(workspace):
+    catalog = Catalog(workspace)
+    product, _ = add(catalog, demo_photos("Lemon")[0])
+    catalog.set_labels([(product, "Lime")], source="human")
+    changed = catalog.set_labels([(product, "Lemon")], source="import", only_if_unlabelled=True)
+    assert changed == 0 and catalog.current_label(product) == "Lime"
+
+
+def test_clearing_a_label_makes_the_product_unlabelled(workspace):
+    catalog = Catalog(workspace)
+    product, _ = add(catalog, demo_photos("Lemon")[0])
+    catalog.set_labels([(product, "Lemon")])
+    catalog.set_labels([(product, None)])
+    assert catalog.current_labels() == {}
+    assert len(catalog.label_history(product)) == 2
+
+
+def test_rejects_unknown_label_source(workspace):
+    with pytest.raises(ValueError, match="source"):
+        Catalog(workspace).set_labels([(1, "x")], source="robot")
+
+
+def test_embeddings_round_trip_as_float16(workspace):
+    catalog = Catalog(workspace)
+    ids = [add(catalog, p)[0] for p in demo_photos("Lemon")[:3]]
+    vectors = np.random.default_rng(0).normal(size=(3, 8)).astype(np.float32)
+    catalog.store_embeddings("test", ids, vectors)
+    got_ids, got = catalog.embeddings("test")
+    assert got_ids.tolist() == ids
+    np.testing.assert_allclose(got, vectors, atol=2e-3)
+    assert catalog.missing_embeddings("test") == []
+    assert catalog.missing_embeddings("other") == ids
+
+
+def test_database_is_in_wal_mode_and_persists(workspace):
+    catalog = Catalog(workspace)
+    product, _ = add(catalog, demo_photos("Lemon")[0])
+    catalog.set_labels([(product, "Lemon")])
+    catalog.close()
+    reopened = Catalog(workspace)
+    assert reopened.current_labels() == {product: "Lemon"}
+    mode = sqlite3.connect(reopened.database_path).execute("PRAGMA journal_mode").fetchone()[0]
+    assert mode == "wal"
+
+
+def test_newer_schema_is_refused(workspace):
+    Catalog(workspace).close()
+    with sqlite3.connect(workspace / "catalog.sqlite") as connection:
+        connection.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION + 1),))
+    with pytest.raises(CatalogError, match="newer ProductLens"):
+        Catalog(workspace)
+
+
+def test_missing_catalogue_is_a_clear_error(tmp_path):
+    with pytest.raises(CatalogError, match="import"):
+        Catalog(tmp_path / "nothing-here", create=False)
+
+
+def test_status_counts(workspace):
+    catalog = Catalog(workspace)
+    ids = [add(catalog, p)[0] for p in demo_photos("Lemon")[:3]]
+    catalog.set_labels([(ids[0], "Lemon"), (ids[1], "Lime")])
+    status = catalog.status()
+    assert (status["products"], status["labelled"], status["unlabelled"], status["categories"]) == (3, 2, 1, 2)
+    assert status["active_model"] is None
+
+
+def test_a_schema_1_workspace_is_migrated_without_losing_labels(workspace):
+    workspace.mkdir(parents=True)
+    fixture = (Path(__file__).parents[1] / "fixtures" / "schema_v1.sql").read_text()
+    with sqlite3.connect(workspace / "catalog.sqlite") as connection:
+        connection.executescript(fixture)
+    catalog = Catalog(workspace)
+    assert catalog.schema_version() == SCHEMA_VERSION == 2
+    assert catalog.current_labels() == {1: "Lime", 2: "Milk"}
+    assert [e.label for e in catalog.label_history(1)] == ["Lime", "Lemon"]
+    catalog.set_labels([(2, "Oat-Milk")], author="cy")  # the new column is usable
+    assert catalog.label_history(2)[0].action is not None
+    backup = workspace / "catalog.sqlite.schema1.bak"
+    with sqlite3.connect(backup) as connection:
+        assert connection.execute("SELECT value FROM meta").fetchone()[0] == "1"
+        assert connection.execute("SELECT COUNT(*) FROM labels").fetchone()[0] == 3
+    catalog.close()
+    assert Catalog(workspace).schema_version() == 2  # reopening is a no-op
