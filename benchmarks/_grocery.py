@@ -54,14 +54,14 @@ def _progress(stage):
 
 def grocery_features(dataset: Path = DEFAULT_DATASET, workspace: Path = DEFAULT_WORKSPACE,
                      augmented_views: int | None = None, embedder=None) -> Grocery:
-    from core import ingest
-    from core.catalog import Catalog
-    from core.embeddings import Embedder, embed_catalog
-    from core.training import DEFAULT_AUGMENTED_VIEWS
+    from core import settings
+    from core.features.embeddings import Embedder, embed_catalog
+    from core.storage import ingest
+    from core.storage.catalog import Catalog
 
     if not (dataset / "train").is_dir():
         sys.exit(f"dataset not found at {dataset} (expected train/ and val/ folders)")
-    augmented_views = DEFAULT_AUGMENTED_VIEWS if augmented_views is None else augmented_views
+    augmented_views = settings.current().views if augmented_views is None else augmented_views
     embedder = embedder or Embedder()
     catalog = Catalog(workspace)
     roots = {"train": (dataset / "train").resolve(), "val": (dataset / "val").resolve()}

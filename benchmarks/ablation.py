@@ -7,14 +7,14 @@ four pooled features per view: average and generalised-mean pooling of the last
 feature map and the averages of the last two blocks' outputs
 (``benchmarks/results/ablation-<backbone>.npz``; ~5 and ~8 minutes the first time on
 2 cores, seconds afterwards). Then fits the default closed-form linear head (ridge,
-l2 0.1, class-balanced; the solver :class:`core.head.HeadClassifier` uses, one fit on
+l2 0.1, class-balanced; the solver :class:`core.model.head.HeadClassifier` uses, one fit on
 all train rows: the head's hold-out fit for its metrics is not counted) once per lever
 and scores val; test-time averaging scores the photo's vector averaged with
-its crops' vectors, as ``Embedder.prediction_key`` does in the app.
-Prints a Markdown table (``--update-readme`` also puts it between the
-``<!-- ablation -->`` markers in README.md) and one JSON object on the last line.
+the same crops' vectors it trained on, as ``Embedder.prediction_key`` does in the
+app. Writes ``benchmarks/results/ablation.json`` (accuracies with 95% Wilson
+intervals; ``val/`` is the split the defaults were tuned on).
 
-    python benchmarks/ablation.py [--update-readme]
+    python benchmarks/ablation.py
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 from _grocery import DEFAULT_DATASET, coarse_map  # noqa: E402
+from _results import accuracy, write_result  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results"
 CROPS = 4
@@ -45,8 +46,8 @@ def pooled_features(backbone: str, image_size: int, dataset: Path = DEFAULT_DATA
     import keras
     import tensorflow as tf
 
-    from core import backbones
-    from core.embeddings import Embedder
+    from core.features import backbones
+    from core.features.embeddings import Embedder
 
     paths = sorted((dataset / "train").rglob("*.jpg")) + sorted((dataset / "val").rglob("*.jpg"))
     # The multi-pooling model's own pooled parts (before their normalisation), plus the
@@ -94,7 +95,7 @@ def unit(values):
 
 
 def multi(features):
-    """``multi`` pooling as :mod:`core.pooling` builds it."""
+    """``multi`` pooling as :mod:`core.features.pooling` builds it."""
     return np.concatenate([unit(features["gem"]), unit(features["last_block"]),
                            unit(features["previous_block"])], axis=-1) / np.sqrt(3)
 
@@ -102,11 +103,10 @@ def multi(features):
 def main() -> None:
     import argparse
 
-    from core._internal.ridge import fit_standardised_ridge_many
+    from core.model._ridge import fit_standardised_ridge_many
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--update-readme", action="store_true")
-    args = parser.parse_args()
+    parser.parse_args()
 
     coarse = coarse_map()
     lite0, lite2 = pooled_features("efficientnet_lite0", 288), pooled_features("efficientnet_lite2", 320)
@@ -122,13 +122,17 @@ def main() -> None:
             photo[train], targets, len(classes), l2, [np.zeros(0, np.int64)],
             [views[train, 2 + i] for i in range(crops)], balanced)
         seconds = time.perf_counter() - started
-        query = (photo + views[:, 2:2 + CROPS].sum(axis=1)) / (1 + CROPS) if test_time else photo
+        # Test-time averaging uses the views the head trained on: "2 crop views" averages 2.
+        query = (photo + views[:, 2:2 + crops].sum(axis=1)) / (1 + crops) if test_time else photo
         predicted = classes[(((query[val] - mean) / np.sqrt(variance)) @ weights + bias).argmax(axis=1)]
-        fine = float(np.mean(predicted == val_labels))
-        coarse_accuracy = float(np.mean([coarse[p] == coarse[t] for p, t in zip(predicted, val_labels)]))
-        rows.append({"lever": name, "fine": round(fine, 4), "coarse": round(coarse_accuracy, 4),
+        fine = accuracy(int(np.sum(predicted == val_labels)), len(val_labels))
+        coarse_accuracy = accuracy(sum(coarse[p] == coarse[t] for p, t in zip(predicted, val_labels)),
+                                   len(val_labels))
+        rows.append({"lever": name.strip().replace("**", ""), "default": name.startswith("**"),
+                     "indent": name.startswith("  "), "fine": fine, "coarse": coarse_accuracy,
                      "train_seconds": round(seconds, 2)})
-        print(f"{name:<78} fine {fine:6.1%}  coarse {coarse_accuracy:6.1%}  {seconds:5.2f} s", flush=True)
+        print(f"{name:<78} fine {fine['value']:6.1%}  coarse {coarse_accuracy['value']:6.1%}  {seconds:5.2f} s",
+              flush=True)
 
     both = np.concatenate([multi(lite0), multi(lite2)], axis=-1) / np.sqrt(2)
     # Warm-up at full size (scipy import, BLAS threads, first-touch memory), so the first row
@@ -140,7 +144,7 @@ def main() -> None:
     record("  default with l2 0.3 instead of 0.1", both, l2=0.3)
     record("  default without class weighting", both, balanced=False)
     record("  default without crop test-time averaging", both, test_time=False)
-    record("  default with 2 crop views instead of 4", both, crops=2)
+    record("  default with 2 crop views instead of 4 (trained on and averaged at test time)", both, crops=2)
     record("  default without crop views or crop test-time averaging", both, crops=0, test_time=False)
     record("  default with average pooling instead of multi", np.concatenate([lite0["avg"], lite2["avg"]], axis=-1))
     record("Lite0 alone, multi pooling, 4 crop views, test-time averaging", multi(lite0))
@@ -150,19 +154,9 @@ def main() -> None:
            lite0["avg"],
            crops=2, test_time=False)
     record("Lite2 alone, multi pooling, 4 crop views, test-time averaging", multi(lite2))
-    table = ["| lever | fine | coarse | head fit s |", "|---|---|---|---|"] + [
-        f"| {row['lever'].strip()} | {row['fine']:.1%} | {row['coarse']:.1%} | {row['train_seconds']:.2f} |"
-        for row in rows]
-    print("\n" + "\n".join(table))
-    if args.update_readme:
-        readme = REPO / "README.md"
-        text = readme.read_text()
-        start, end = "<!-- ablation -->", "<!-- /ablation -->"
-        if start not in text:
-            sys.exit("README.md has no <!-- ablation --> markers")
-        readme.write_text(text[:text.index(start) + len(start)] + "\n" + "\n".join(table) + "\n"
-                          + text[text.index(end):])
-    print(json.dumps({"rows": rows, "train": int(train.sum()), "val": int(val.sum())}))
+    result = {"rows": rows, "train": int(train.sum()), "val": int(val.sum())}
+    write_result("ablation", result)
+    print(json.dumps(result))
 
 
 if __name__ == "__main__":

@@ -28,15 +28,18 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
+from _results import write_result  # noqa: E402
+
 DEFAULT_DATASET = REPO.parent / "shared" / "datasets" / "grocery"
 
 
 def prepare(workspace: Path, dataset: Path) -> None:
-    from core import ingest
-    from core.catalog import Catalog
-    from core.embeddings import Embedder, embed_catalog
-    from core.prediction import predict_catalog
-    from core.training import train_version
+    from core.features.embeddings import Embedder, embed_catalog
+    from core.model.prediction import predict_catalog
+    from core.model.training import train_version
+    from core.storage import ingest
+    from core.storage.catalog import Catalog
 
     catalog = Catalog(workspace)
     if catalog.active_model_version() is None:
@@ -65,7 +68,7 @@ def main() -> None:
     setup_seconds = time.perf_counter() - started
     import hashlib
 
-    from core.catalog import Catalog
+    from core.storage.catalog import Catalog
 
     catalog = Catalog(workspace)
     # Photos the (possibly reused) workspace does not hold yet: the upload must create 50 new products.
@@ -122,6 +125,7 @@ def main() -> None:
               "explore_products": products, "explore_first_render_cold_seconds": round(explore["cold"], 1),
               "explore_first_render_warm_seconds": round(explore["warm"], 1),
               "setup_seconds": round(setup_seconds, 1)}
+    write_result("app_latency", result)
     print(json.dumps(result))
 
 

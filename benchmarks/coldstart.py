@@ -1,11 +1,13 @@
 """Cold start on the grocery dataset: one iconic catalogue image per class -> val accuracy.
 
-Compares plain nearest-prototype on pooled features (224 px, no flips, no
-augmented prototypes) with ProductLens's cold start (288 px, flip TTA,
-prototypes averaged over 2 random crops), before and after adapting the
-prototypes to the catalogue (centring + soft k-means, :mod:`core.coldstart`).
-The catalogue for the adaptation is the grocery train + val photos, *unlabelled*:
-no label of any train or val photo is used.
+Compares plain nearest-prototype (the default backbone at 224 px, no flip, no
+augmented prototypes) with ProductLens's cold start (the default embedder: its
+resolution, flip test-time augmentation, prototypes averaged over 2 random
+crops), before and after adapting the prototypes to the catalogue (centring +
+soft k-means, :mod:`core.model.coldstart`). The adaptation is *transductive*: it
+uses the unlabelled grocery train + val photos, val included (no label of any
+train or val photo is used). Writes ``benchmarks/results/coldstart.json``; each
+row's name says what it ran.
 
     python benchmarks/coldstart.py [--dataset DIR]
 """
@@ -23,6 +25,9 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
+from _results import accuracy, write_result  # noqa: E402
+
 DEFAULT_DATASET = REPO.parent / "shared" / "datasets" / "grocery"
 
 
@@ -30,8 +35,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--dataset", type=Path, default=DEFAULT_DATASET)
     args = parser.parse_args()
-    from core.coldstart import adapt_to_catalogue, prototype_head, reference_prototypes
-    from core.embeddings import Embedder
+    from core.features.embeddings import Embedder
+    from core.model.coldstart import adapt_to_catalogue, prototype_head, reference_prototypes
 
     with open(args.dataset / "classes.csv") as handle:
         classes = list(csv.DictReader(handle))
@@ -43,13 +48,16 @@ def main() -> None:
             (folder / "iconic.jpg").symlink_to(args.dataset / row["Iconic Image Path (str)"].lstrip("/"))
         val = sorted((args.dataset / "val").rglob("*.jpg"))
         truth = np.array([path.parent.name for path in val], dtype=object)
-        results = {}
+        results = []
         plain = Embedder(image_size=224, flip_tta=False)
+
+        def scored(name, predicted, truth):
+            results.append({"name": name, **accuracy(int(np.sum(predicted == truth)), len(truth))})
+
         categories, prototypes, _ = reference_prototypes(plain, references, augmented_views=0)
         features, _ = plain.embed_sources(val)
-        results["plain prototypes (224 px, no flip, no crops)"] = float(np.mean(
-            prototype_head(categories, prototypes).predict(features) == truth))
-        sys.path.insert(0, str(REPO / "benchmarks"))
+        scored(f"plain prototypes: {plain.backbone}, {plain.pooling} pooling, 224 px, no flip, no crops",
+               prototype_head(categories, prototypes).predict(features), truth)
         from _grocery import grocery_features
 
         data = grocery_features(args.dataset)
@@ -57,18 +65,21 @@ def main() -> None:
         categories, prototypes, _ = reference_prototypes(embedder, references)
         features = data.val.features
         truth = data.val.labels
-        results["288 px, flip, 2 crop views"] = float(np.mean(
-            prototype_head(categories, prototypes).predict(features) == truth))
+        scored(f"default embedder ({embedder.backbone}, {embedder.pooling} pooling, {embedder.image_size} px, "
+               "flip), prototypes averaged over 2 crop views", prototype_head(categories, prototypes).predict(features),
+               truth)
         catalogue = np.concatenate([data.train.features, data.val.features])
         centre, adapted = adapt_to_catalogue(prototypes, catalogue, iterations=0)
-        results["+ centred on the catalogue mean"] = float(np.mean(
-            prototype_head(categories, adapted, centre=centre).predict(features) == truth))
+        scored("+ centred on the (unlabelled) catalogue's mean feature",
+               prototype_head(categories, adapted, centre=centre).predict(features), truth)
         centre, adapted = adapt_to_catalogue(prototypes, catalogue)
-        results["+ soft k-means on the catalogue (ProductLens default)"] = float(np.mean(
-            prototype_head(categories, adapted, centre=centre).predict(features) == truth))
-    for name, accuracy in results.items():
-        print(f"{name}: {accuracy:.1%}")
-    print(json.dumps({"val_images": len(val), "reference_images": len(classes), "accuracy": results}))
+        scored("+ soft k-means on the (unlabelled) catalogue, train + val photos: the default",
+               prototype_head(categories, adapted, centre=centre).predict(features), truth)
+    for row in results:
+        print(f"{row['name']}: {row['value']:.1%}")
+    result = {"val_images": len(val), "reference_images": len(classes), "rows": results}
+    write_result("coldstart", result)
+    print(json.dumps(result))
 
 
 if __name__ == "__main__":

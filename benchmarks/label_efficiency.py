@@ -5,9 +5,10 @@ the queue from the unlabelled grocery train photos, retrains the head (default
 settings, augmented views included) after every batch, until 1,000 labels.
 Val accuracy is recorded after each retrain. ``random`` is repeated over several
 seeds (median reported); the active-learning strategies are deterministic.
-Writes a plotly figure (``--figure``, HTML) and prints one JSON object last.
+Writes ``benchmarks/results/label_efficiency.json``; ``benchmarks/report.py``
+draws the figure and the README table from it.
 
-    python benchmarks/label_efficiency.py [--batch 81] [--budget 1000] [--figure PATH]
+    python benchmarks/label_efficiency.py [--batch 81] [--budget 1000]
 """
 
 from __future__ import annotations
@@ -15,18 +16,16 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from pathlib import Path
 
 import numpy as np
 
-from _grocery import REPO, grocery_features
-
-DEFAULT_FIGURE = REPO / "benchmarks" / "figures" / "label_efficiency.html"
+from _grocery import grocery_features
+from _results import write_result
 
 
 def simulate(train, val, strategy: str, batch: int, budget: int, seed: int) -> list[tuple[int, float]]:
-    from core import active_learning
-    from core.head import HeadClassifier
+    from core.curation import active_learning
+    from core.model.head import HeadClassifier
 
     labelled = np.zeros(len(train.ids), dtype=bool)
     curve, probabilities = [], None
@@ -62,7 +61,6 @@ def main() -> None:
     parser.add_argument("--budget", type=int, default=1000)
     parser.add_argument("--strategies", nargs="+", default=["hybrid", "margin", "entropy"])
     parser.add_argument("--random-seeds", type=int, default=3)
-    parser.add_argument("--figure", type=Path, default=DEFAULT_FIGURE)
     args = parser.parse_args()
 
     data = grocery_features()
@@ -74,30 +72,20 @@ def main() -> None:
     curves = {"random (median of %d seeds)" % args.random_seeds: random_median}
     for strategy in args.strategies:
         name = "hybrid (default)" if strategy == "hybrid" else f"{strategy} + diversity guard"
-        curves[name] = simulate(data.train, data.val, strategy, args.batch,
-                                                           args.budget, 0)
+        curves[name] = simulate(data.train, data.val, strategy, args.batch, args.budget, 0)
     target = random_median[-1][1]
     reach = {name: labels_to_reach(curve, target) for name, curve in curves.items()}
 
-    import plotly.graph_objects as go
-
-    figure = go.Figure()
-    for name, curve in curves.items():
-        figure.add_trace(go.Scatter(x=[c for c, _ in curve], y=[a for _, a in curve], mode="lines+markers",
-                                    name=name))
-    figure.add_hline(y=target, line_dash="dot", annotation_text=f"random at {counts[-1]} labels: {target:.1%}")
-    figure.update_layout(title="Grocery val accuracy vs number of labels (batches of %d)" % args.batch,
-                         xaxis_title="labelled products", yaxis_title="val accuracy (fine, 81 classes)",
-                         yaxis_tickformat=".0%", template="plotly_white")
-    args.figure.parent.mkdir(parents=True, exist_ok=True)
-    figure.write_html(args.figure, include_plotlyjs="cdn")
     for name, count in reach.items():
         print(f"{name}: reaches {target:.1%} (random's accuracy at {counts[-1]} labels) with "
               f"{count if count is not None else 'more than ' + str(counts[-1])} labels; "
               f"at {counts[-1]}: {curves[name][-1][1]:.1%}")
-    print(json.dumps({"target_accuracy": round(target, 4), "labels_to_reach": reach,
-                      "curves": {name: [[c, round(a, 4)] for c, a in curve] for name, curve in curves.items()},
-                      "figure": str(args.figure), "seconds": round(time.perf_counter() - started, 1)}))
+    result = {"batch": args.batch, "budget": args.budget, "val_photos": int(len(data.val.labels)),
+              "target_accuracy": round(target, 4), "labels_to_reach": reach,
+              "curves": {name: [[c, round(a, 4)] for c, a in curve] for name, curve in curves.items()},
+              "seconds": round(time.perf_counter() - started, 1)}
+    write_result("label_efficiency", result)
+    print(json.dumps(result))
 
 
 if __name__ == "__main__":

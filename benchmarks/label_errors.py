@@ -2,7 +2,7 @@
 
 A fixed-seed 5% of the train photos get a random wrong fine label; ProductLens's
 suspicious-label detection (k-fold out-of-sample probabilities of the head +
-cleanlab confident learning, :mod:`core.suspicious`) runs at its default
+cleanlab confident learning, :mod:`core.curation.suspicious`) runs at its default
 settings on the cached embeddings, and the flagged set is compared with the
 corrupted set. Prints one JSON object on the last line.
 
@@ -18,6 +18,7 @@ import time
 import numpy as np
 
 from _grocery import grocery_features
+from _results import write_result
 
 
 def main() -> None:
@@ -26,7 +27,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 
-    from core import suspicious
+    from core.curation import suspicious
 
     train = grocery_features().train
     rng = np.random.default_rng(args.seed)
@@ -53,6 +54,7 @@ def main() -> None:
           f"precision {result['precision']:.3f}, recall {result['recall']:.3f} "
           f"(suggested label right for {result['suggestion_correct_on_found']:.0%} of the found), "
           f"{result['seconds']} s")
+    write_result("label_errors", result)
     print(json.dumps(result))
 
 

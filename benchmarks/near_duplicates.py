@@ -7,7 +7,7 @@ negative pairs are any two items made from *different* photos. The grocery val
 split is sequences of shots of the same product, so negatives are reported in
 two groups: different categories (truly distinct products), and the same
 category (another shot of the same product: arguably a duplicate too).
-Prints one JSON object on the last line.
+Writes ``benchmarks/results/near_duplicates.json``.
 
     python benchmarks/near_duplicates.py [--threshold T]
 """
@@ -23,6 +23,7 @@ import numpy as np
 from PIL import Image
 
 from _grocery import grocery_features
+from _results import write_result
 
 
 def edited_copies(path: str, seed: int) -> list[bytes]:
@@ -48,7 +49,7 @@ def edited_copies(path: str, seed: int) -> list[bytes]:
 
 
 def main() -> None:
-    from core.duplicates import DEFAULT_THRESHOLD
+    from core.curation.duplicates import DEFAULT_THRESHOLD
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD)
@@ -107,10 +108,12 @@ def main() -> None:
               f"{row['precision_vs_all_other_photos']:.3f}")
     print(f"default threshold {args.threshold}: photo-vs-copy recall by edit: "
           + ", ".join(f"{name} {value:.3f}" for name, value in by_edit.items()))
-    print(json.dumps({"photos": len(val.paths), "copies_per_photo": per_photo,
-                      "positive_pairs": int(positive.sum()), "distinct_product_pairs": int(different_category.sum()),
-                      "same_product_other_shot_pairs": int(same_category.sum()), "default": chosen,
-                      "sweep": sweep, "seconds": round(time.perf_counter() - started, 1)}))
+    result = {"photos": len(val.paths), "copies_per_photo": per_photo, "threshold": args.threshold,
+              "positive_pairs": int(positive.sum()), "distinct_product_pairs": int(different_category.sum()),
+              "same_product_other_shot_pairs": int(same_category.sum()), "default": chosen,
+              "sweep": sweep, "seconds": round(time.perf_counter() - started, 1)}
+    write_result("near_duplicates", result)
+    print(json.dumps(result))
 
 
 if __name__ == "__main__":

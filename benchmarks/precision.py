@@ -5,7 +5,7 @@ in bfloat16 (the default backbone, same crops), trains the default head on the
 cached float32 train features (``_grocery.py``), and reports: the minimum and
 median cosine between the two precisions' photo vectors and prediction vectors,
 how many val photos get a different top-1 category, both accuracies, and both
-embedding rates. It is the check behind :func:`core.config.embedding_precision`
+embedding rates. It is the check behind :func:`core.settings.embedding_precision`
 keeping float32 as the default (bfloat16 must not change predictions to be default).
 Prints one JSON object on the last line.
 
@@ -20,19 +20,20 @@ import time
 import numpy as np
 
 from _grocery import grocery_features
+from _results import write_result
 
 
 def main() -> None:
-    from core import config
-    from core.embeddings import Embedder, prediction_vectors
-    from core.head import HeadClassifier
+    from core import settings
+    from core.features.embeddings import Embedder, prediction_vectors
+    from core.model.head import HeadClassifier
 
     data = grocery_features()
     train, val, catalog = data.train, data.val, data.catalog
     head = HeadClassifier().fit(train.features, train.labels, augmented_views=train.views)
     products = {product.id: product for product in catalog.products(val.ids.tolist())}
     sources = [(catalog.image_path(products[int(pid)]), products[int(pid)].sha256) for pid in val.ids]
-    results = {"photos": len(sources), "cpu_has_native_bfloat16": config.has_native_bfloat16()}
+    results = {"photos": len(sources), "cpu_has_native_bfloat16": settings.has_native_bfloat16()}
     vectors = {}
     for precision in ("float32", "bfloat16"):
         embedder = Embedder(precision=precision)
@@ -62,6 +63,7 @@ def main() -> None:
     print(f"top-1 changed for {results['top1_changed']} of {len(sources)} val photos; "
           f"prediction-vector cosine min {results['prediction_vector_cosine']['min']}; "
           f"bfloat16 {results['speedup']}x float32")
+    write_result("precision", results)
     print(json.dumps(results))
 
 

@@ -14,11 +14,12 @@ import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO), str(REPO / "tests")]
+sys.path[:0] = [str(REPO), str(REPO / "tests"), str(REPO / "benchmarks")]
 
-from core import ingest  # noqa: E402
+from _results import write_result  # noqa: E402
 from core._internal.memory import peak_rss_mb  # noqa: E402
-from core.catalog import Catalog  # noqa: E402
+from core.storage import ingest  # noqa: E402
+from core.storage.catalog import Catalog  # noqa: E402
 from hostile_files import make_corpus  # noqa: E402
 
 
@@ -42,7 +43,9 @@ def main() -> None:
     peak = peak_rss_mb()
     ok = all(row["outcome"] == row["expected"] for row in rows) and not outside
     print(f"\npeak memory {peak:.0f} MB; files written outside the workspace: {len(outside)}")
-    print(json.dumps({"cases": len(rows), "as_expected": ok, "peak_memory_mb": round(peak)}))
+    result = {"cases": rows, "as_expected": ok, "files_outside_workspace": len(outside), "peak_memory_mb": round(peak)}
+    write_result("robustness", result)
+    print(json.dumps({key: value for key, value in result.items() if key != "cases"}))
 
 
 if __name__ == "__main__":

@@ -11,11 +11,11 @@ On the grocery features (``_grocery.py`` cache), in one run:
 - **predict 10,000**: ``predict_catalog`` on a catalogue of 10,000 embedded
   products (grocery vectors repeated with a little noise; tiny distinct photos),
   top-5 stored in SQLite, median of 3;
-- **UMAP of 5,000 products**: :func:`core.projection.project`, warm (second call
+- **UMAP of 5,000 products**: :func:`core.curation.projection.project`, warm (second call
   in this process, median of 3) and in a fresh process (numba's compiled
   kernels come from the persisted cache, not recompiled).
 
-Prints one JSON object on the last line.
+Writes ``benchmarks/results/speed.json``.
 
     python benchmarks/speed.py
 """
@@ -30,9 +30,10 @@ import tempfile
 
 import numpy as np
 from PIL import Image
+from throughput import timed
 
 from _grocery import REPO, grocery_features
-from throughput import timed
+from _results import write_result
 
 
 def median_seconds(function, repeats: int = 3) -> float:
@@ -40,12 +41,12 @@ def median_seconds(function, repeats: int = 3) -> float:
 
 
 def main() -> None:
-    from core.catalog import Catalog
-    from core.embeddings import Embedder
-    from core.head import HeadClassifier
-    from core.prediction import predict_catalog
-    from core.projection import project
-    from core.training import train_version
+    from core.curation.projection import project
+    from core.features.embeddings import Embedder
+    from core.model.head import HeadClassifier
+    from core.model.prediction import predict_catalog
+    from core.model.training import train_version
+    from core.storage.catalog import Catalog
 
     data = grocery_features()
     results = {}
@@ -73,12 +74,12 @@ def main() -> None:
             catalog.set_labels([(int(pid), categories[(categories.index(labels[int(pid)]) + 1 + int(rng.integers(
                 len(categories) - 1))) % len(categories)]) for pid in chosen])
             corrected_seconds.append(median_seconds(retrain, repeats=1))
-            products_read.append(versions[-1]["metrics"]["view_scatter_products_read"])
+            products_read.append(versions[-1].metrics["view_scatter_products_read"])
     finally:
         catalog.set_labels([(pid, labels[pid]) for pid in train_ids if catalog.current_label(pid) != labels[pid]])
     results["retrain_2640_after_10_corrections_seconds"] = float(np.median(corrected_seconds))
     results["retrain_after_corrections_products_read"] = products_read
-    results["retrain_head_fit_seconds"] = versions[-1]["metrics"]["train_seconds"]
+    results["retrain_head_fit_seconds"] = versions[-1].metrics["train_seconds"]
     print(f"retrain on {len(train_ids)} products (4 views each): first after import "
           f"{results['retrain_2640_first_seconds']} s, labels unchanged {results['retrain_2640_unchanged_seconds']} s, "
           f"after correcting 10 labels {results['retrain_2640_after_10_corrections_seconds']} s "
@@ -109,13 +110,14 @@ def main() -> None:
     print(f"UMAP of 5,000 products, warm process: {results['umap_5000_warm_seconds']} s", flush=True)
     with tempfile.NamedTemporaryFile(suffix=".npy") as handle:
         np.save(handle.name, features)
-        code = ("import time, numpy as np; from core.projection import project; "
+        code = ("import time, numpy as np; from core.curation.projection import project; "
                 f"x = np.load({handle.name!r}); t = time.perf_counter(); project(x); "
                 "print(time.perf_counter() - t)")
         fresh = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
         results["umap_5000_fresh_process_seconds"] = round(float(fresh.stdout.strip().splitlines()[-1]), 3)
     print(f"UMAP of 5,000 products, fresh process (numba cache on disk): "
           f"{results['umap_5000_fresh_process_seconds']} s", flush=True)
+    write_result("speed", results)
     print(json.dumps(results))
 
 

@@ -15,7 +15,7 @@ per photo unless said):
 
 Then the levers on the ceiling (batch size, XLA ``jit_compile``, bfloat16 where
 the CPU has native support) and, with ``--stream N``, the resident memory while
-N photos are embedded chunk by chunk the way :func:`core.embeddings.embed_catalog`
+N photos are embedded chunk by chunk the way :func:`core.features.embeddings.embed_catalog`
 does (it must stay flat). Prints one JSON object on the last line.
 
     python benchmarks/throughput.py [--backbone NAME] [--images 1000] [--stream 10000] [--skip-loop]
@@ -37,6 +37,9 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
+from _results import write_result  # noqa: E402
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 DEFAULT_DATASET = REPO.parent / "shared" / "datasets" / "grocery"
 
@@ -69,15 +72,15 @@ def main() -> None:
     import keras
     import tensorflow as tf
 
-    from core import images
     from core._internal.memory import current_rss_mb, peak_rss_mb
-    from core.embeddings import Embedder
+    from core.features.embeddings import Embedder
+    from core.storage import images
 
     photos = sample_photos(args.dataset, args.images)
     count = len(photos)
-    from core import config
+    from core import settings
 
-    backbone = args.backbone or config.DEFAULT_BACKBONE
+    backbone = args.backbone or settings.current().backbone
     embedder = Embedder(backbone=backbone)
     size = embedder.image_size
     model = embedder.model
@@ -152,7 +155,7 @@ def main() -> None:
             lambda: probe.embed_pixels(lever_pixels, flip_tta=False))
     # The graph as converted (BatchNormalization not folded) at the old default batch of 32:
     # what the ceiling was before this machine's levers were pulled.
-    from core.efficientnet_lite import VARIANTS, load_efficientnet_lite
+    from core.features.efficientnet_lite import VARIANTS, load_efficientnet_lite
 
     if backbone in VARIANTS:
         unfolded_classifier = load_efficientnet_lite(backbone, size)
@@ -172,7 +175,7 @@ def main() -> None:
         levers["XLA jit_compile, batch 32 (64 photos)"] = 64 / timed(run_xla)
     except Exception as error:  # XLA is optional; report why it could not run
         levers["XLA jit_compile, batch 32 (64 photos)"] = f"failed: {type(error).__name__}"
-    if config.has_native_bfloat16():
+    if settings.has_native_bfloat16():
         reference = embedder.embed_pixels(pixels, flip_tta=False)
         bf16 = Embedder(backbone=backbone, precision="bfloat16")
         bf16.embed_pixels(pixels[:32], flip_tta=False)
@@ -229,6 +232,7 @@ def main() -> None:
                              "rss_mb_by_images": samples[:: max(1, len(samples) // 10)]}
         print(f"stream: {args.stream} photos, RSS {samples[0][1]:.0f} MB after the first chunk, "
               f"{samples[-1][1]:.0f} MB at the end, peak {results['stream']['peak_rss_mb']:.0f} MB")
+    write_result("throughput", results)
     print(json.dumps(results))
 
 

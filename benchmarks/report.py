@@ -1,0 +1,266 @@
+"""Build every benchmark table of the README (and the label-efficiency figure) from the JSON results.
+
+Each benchmark script writes ``benchmarks/results/<name>.json``; this script
+turns them into Markdown between ``<!-- name -->`` … ``<!-- /name -->`` markers in
+README.md, so no number in those tables is ever copied by hand. A result that
+has not been measured yet says so, with the command that measures it.
+
+    python benchmarks/report.py --update-readme      # rewrite README.md
+    python benchmarks/report.py                      # print the tables
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "benchmarks" / "results"
+FIGURE = REPO / "benchmarks" / "figures" / "label_efficiency.html"
+
+
+def load(name: str) -> dict | None:
+    path = RESULTS / f"{name}.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def percent(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.1%}"
+
+
+def with_interval(measured: dict) -> str:
+    """``88.2% (84.0–91.4)``: an accuracy and its 95% Wilson interval."""
+    return f"{measured['value']:.1%} ({measured['low']:.1%}–{measured['high']:.1%})"
+
+
+def measured_on(result: dict) -> str:
+    machine = result["machine"]
+    return (f"_Measured {result['measured_at']} on commit `{result['commit']}`, {machine['cpu']}, "
+            f"{machine['cores']} cores, TensorFlow {machine['tensorflow']}._")
+
+
+def missing(script: str) -> str:
+    return f"_Not measured yet with this version: run `python benchmarks/{script}`._"
+
+
+def table(header: list[str], rows: list[list]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+# -- one function per README section -------------------------------------------------------
+
+def grocery() -> str:
+    result = load("grocery")
+    if result is None:
+        return missing("grocery.py")
+    return "\n".join([table(
+        ["settings", "fine accuracy (95% interval)", "coarse accuracy (95% interval)", "train / val photos",
+         "classes", "embed photos/s", "embed s", "head training s", "peak memory"],
+        [[result["settings"], with_interval(result["fine"]), with_interval(result["coarse"]),
+          f"{result['n_train']} / {result['n_test']}", result["n_classes"], f"{result['images_per_second']:.1f}",
+          f"{result['embed_seconds']:.0f}", f"{result['train_seconds']:.1f}", f"{result['peak_memory_mb']:.0f} MB"]]),
+        "", measured_on(result)])
+
+
+def ablation() -> str:
+    result = load("ablation")
+    if result is None:
+        return missing("ablation.py")
+    rows = []
+    for row in result["rows"]:
+        lever = f"**{row['lever']}**" if row["default"] else row["lever"]
+        rows.append([lever, with_interval(row["fine"]), with_interval(row["coarse"]), f"{row['train_seconds']:.2f}"])
+    return "\n".join([table(["lever", "fine (95% interval)", "coarse (95% interval)", "head fit s"], rows), "",
+                      f"{result['train']} train photos, {result['val']} val photos. " + measured_on(result)])
+
+
+def label_efficiency() -> str:
+    result = load("label_efficiency")
+    if result is None:
+        return missing("label_efficiency.py")
+    curves = result["curves"]
+    counts = [count for count, _ in next(iter(curves.values()))]
+    shown = [i for i, count in enumerate(counts) if count in (81, 162, 243, 324, 405, 486, 648, 810) or
+             i == len(counts) - 1]
+    rows = [[f"**{name}**" if "default" in name else name] + [percent(curve[i][1]) for i in shown]
+            for name, curve in curves.items()]
+    reach = result["labels_to_reach"]
+    sentences = [f"Random labelling reaches {percent(result['target_accuracy'])} with {counts[-1]} labels "
+                 f"({result['val_photos']} val photos: one photo is {1 / result['val_photos']:.2%})."]
+    for name, count in reach.items():
+        if not name.startswith("random"):
+            sentences.append(f"{name.split(' ')[0]} reaches it with "
+                             f"{count if count is not None else 'more than ' + str(counts[-1])} labels.")
+    _write_figure(result)
+    return "\n".join([table(["labels"] + [str(counts[i]) for i in shown], rows), "", " ".join(sentences), "",
+                      measured_on(result)])
+
+
+def _write_figure(result: dict) -> None:
+    import plotly.graph_objects as go
+
+    figure = go.Figure()
+    for name, curve in result["curves"].items():
+        figure.add_trace(go.Scatter(x=[c for c, _ in curve], y=[a for _, a in curve], mode="lines+markers",
+                                    name=name))
+    figure.add_hline(y=result["target_accuracy"], line_dash="dot",
+                     annotation_text=f"random at {result['budget']} labels: {percent(result['target_accuracy'])}")
+    figure.update_layout(title=f"Grocery val accuracy vs number of labels (batches of {result['batch']})",
+                         xaxis_title="labelled products", yaxis_title="val accuracy (fine, 81 classes)",
+                         yaxis_tickformat=".0%", template="plotly_white")
+    FIGURE.parent.mkdir(parents=True, exist_ok=True)
+    figure.write_html(FIGURE, include_plotlyjs="cdn")
+
+
+def label_errors() -> str:
+    result = load("label_errors")
+    if result is None:
+        return missing("label_errors.py")
+    return "\n".join([table(
+        ["train labels", "corrupted", "flagged", "precision", "recall", "suggestion right (of found)", "seconds"],
+        [[result["train_photos"], result["corrupted"], result["flagged"], f"{result['precision']:.3f}",
+          f"{result['recall']:.3f}", percent(result["suggestion_correct_on_found"]), result["seconds"]]]),
+        "", measured_on(result)])
+
+
+def coldstart() -> str:
+    result = load("coldstart")
+    if result is None:
+        return missing("coldstart.py")
+    rows = [[f"**{row['name']}**" if "default" in row["name"] else row["name"], with_interval(row)]
+            for row in result["rows"]]
+    return "\n".join([table(["prototypes", "val accuracy (95% interval)"], rows), "",
+                      f"{result['reference_images']} reference photos, {result['val_images']} val photos. "
+                      + measured_on(result)])
+
+
+def near_duplicates() -> str:
+    result = load("near_duplicates")
+    if result is None:
+        return missing("near_duplicates.py")
+    rows = []
+    for row in result["sweep"]:
+        threshold = f"**{row['threshold']:.2f} (default)**" if abs(row["threshold"] - result["threshold"]) < 1e-9 \
+            else f"{row['threshold']:.2f}"
+        rows.append([threshold, f"{row['recall']:.3f}", f"{row['precision_vs_distinct_products']:.3f}",
+                     f"{row['precision_vs_all_other_photos']:.3f}"])
+    by_edit = result["default"]["recall_photo_vs_copy_by_edit"]
+    return "\n".join([table(["threshold", "recall", "precision vs distinct products",
+                             "precision vs every other photo"], rows), "",
+                      f"{result['photos']} photos × {result['copies_per_photo']} copies: {result['positive_pairs']} "
+                      f"positive pairs, {result['distinct_product_pairs']} pairs of distinct products, "
+                      f"{result['same_product_other_shot_pairs']} pairs of other shots of the same product. "
+                      f"Recall at the default threshold by edit: "
+                      + ", ".join(f"{name} {value:.3f}" for name, value in by_edit.items()) + ".", "",
+                      measured_on(result)])
+
+
+def speed() -> str:
+    result = load("speed")
+    if result is None:
+        return missing("speed.py")
+    rows = [
+        ["**retrain the head on 2,640 products after correcting 10 labels** (median of 5)",
+         f"**{result['retrain_2640_after_10_corrections_seconds']:.2f}**", "≤ 2"],
+        ["retrain with unchanged labels (median of 5)", f"{result['retrain_2640_unchanged_seconds']:.2f}", ""],
+        ["first training after an import (builds the view-scatter cache)",
+         f"{result['retrain_2640_first_seconds']:.2f}", ""],
+        ["predict 10,000 cached embeddings (load head, read, predict, store top-5)",
+         f"{result['predict_10000_seconds']:.2f}", "≤ 1"],
+        ["UMAP of 5,000 products, warm process", f"{result['umap_5000_warm_seconds']:.2f}", "≤ 5"],
+        ["UMAP of 5,000 products, fresh process (numba kernels from the disk cache)",
+         f"{result['umap_5000_fresh_process_seconds']:.2f}", ""],
+    ]
+    return "\n".join([table(["step", "seconds", "target"], rows), "",
+                      f"Views re-read per corrected retrain: {result['retrain_after_corrections_products_read']}. "
+                      + measured_on(result)])
+
+
+def throughput() -> str:
+    result = load("throughput")
+    if result is None:
+        return missing("throughput.py")
+    rate = result["images_per_second"]
+    ceiling = rate.get("ceiling: model only on decoded tensors")
+    rows = [[name, f"{value:.1f}", percent(value / ceiling) if ceiling and not name.startswith("decode") else ""]
+            for name, value in rate.items()]
+    levers = result.get("levers", {})
+    lever_text = ", ".join(f"{name} {value}" for name, value in levers.items())
+    return "\n".join([table(["pipeline", "photos/s", "of the 1-pass ceiling"], rows), "",
+                      f"{result['images']} grocery train photos, backbone `{result['backbone']}` at "
+                      f"{result['image_size']} px, batch {result['batch_size']}. Levers on the ceiling (images/s): "
+                      f"{lever_text}. " + measured_on(result)])
+
+
+def precision() -> str:
+    result = load("precision")
+    if result is None:
+        return missing("precision.py")
+    return "\n".join([table(
+        ["precision", "photos/s (with views)", "val accuracy"],
+        [[name, result[name]["photos_per_second"], percent(result[name]["accuracy"])]
+         for name in ("float32", "bfloat16")]), "",
+        f"bfloat16 changes the top-1 category of {result['top1_changed']} of {result['photos']} val photos "
+        f"(prediction-vector cosine min {result['prediction_vector_cosine']['min']}); speed-up "
+        f"{result['speedup']}×; native bfloat16 on this CPU: {result['cpu_has_native_bfloat16']}. "
+        + measured_on(result)])
+
+
+def app_latency() -> str:
+    result = load("app_latency")
+    if result is None:
+        return missing("app_latency.py")
+    return "\n".join([table(["what", "seconds"], [
+        [f"upload {result['upload_photos']} photos → predictions shown (backbone already loaded)",
+         result["upload_to_predictions_seconds"]],
+        [f"Explore, first render of {result['explore_products']} products (UMAP computed)",
+         result["explore_first_render_cold_seconds"]],
+        ["Explore, reopened (projection cached)", result["explore_first_render_warm_seconds"]]]), "",
+        measured_on(result)])
+
+
+def robustness() -> str:
+    result = load("robustness")
+    if result is None:
+        return missing("robustness.py")
+    rows = [[case["input"], case["outcome"], case["details"].replace("|", "/")] for case in result["cases"]]
+    return "\n".join([table(["input", "outcome", "details"], rows), "",
+                      f"Every outcome as expected: {result['as_expected']}; files written outside the workspace: "
+                      f"{result['files_outside_workspace']}; peak memory {result['peak_memory_mb']} MB. "
+                      + measured_on(result)])
+
+
+SECTIONS = {"grocery-benchmark": grocery, "ablation": ablation, "label-efficiency": label_efficiency,
+            "label-errors": label_errors, "coldstart": coldstart, "near-duplicates": near_duplicates,
+            "speed": speed, "throughput": throughput, "precision": precision, "app-latency": app_latency,
+            "robustness": robustness}
+
+
+def update_readme(readme: Path, sections: dict[str, str]) -> None:
+    text = readme.read_text()
+    for name, body in sections.items():
+        start, end = f"<!-- {name} -->", f"<!-- /{name} -->"
+        if start not in text or end not in text:
+            sys.exit(f"{readme.name} has no {start} … {end} markers")
+        text = text[:text.index(start) + len(start)] + "\n" + body + "\n" + text[text.index(end):]
+    readme.write_text(text)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--update-readme", action="store_true", help="write the tables into README.md")
+    args = parser.parse_args()
+    sections = {name: build() for name, build in SECTIONS.items()}
+    if args.update_readme:
+        update_readme(REPO / "README.md", sections)
+    else:
+        for name, body in sections.items():
+            print(f"## {name}\n\n{body}\n")
+
+
+if __name__ == "__main__":
+    main()
