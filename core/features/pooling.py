@@ -1,16 +1,14 @@
 """Multi-level pooled features: what the backbone sees at three depths, in one vector.
 
 A backbone's usual feature is the average of its last feature map (``avg``
-pooling). For telling similar products apart, two more things help (grocery val,
-default head, 4 crop views: EfficientNet-Lite0 83.8% -> 85.5% fine, 92.6% -> 95.3%
-coarse; Lite0 + Lite2 87.2% -> 88.2%, 94.3% -> 95.6%; ``benchmarks/ablation.py``):
-the *generalised mean* of the last map, ``(mean_{h,w} max(x, eps)^p)^(1/p)`` with
-``p = 3``, which sits between average and max pooling and lets a small, distinctive
-region (a logo, a label) count; and the averages of the two last blocks' outputs
-(192-352 channels), closer to colour and texture than the 1,280-channel map built
-for ImageNet's classes. ``multi`` pooling concatenates the three, each L2-normalised and
-the whole scaled to unit length, so cosine similarity is the mean of the three
-parts' cosines.
+pooling). For telling similar products apart, two more things help (README,
+accuracy ablation, ``benchmarks/ablation.py``): the *generalised mean* of the
+last map, ``(mean_{h,w} max(x, eps)^p)^(1/p)`` with ``p = 3``, which sits
+between average and max pooling and lets a small, distinctive region (a logo, a
+label) count; and the averages of the two last blocks' outputs, closer to colour
+and texture than the last map, which was built for ImageNet's classes. ``multi``
+pooling concatenates the three, each L2-normalised and the whole scaled to unit
+length, so cosine similarity is the mean of the three parts' cosines.
 """
 
 from __future__ import annotations

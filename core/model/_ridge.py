@@ -91,11 +91,48 @@ def fit_standardised_ridge_many(features: np.ndarray, targets: np.ndarray, num_c
     (``None`` for an empty set). ``features`` then only standardise. Scores of new
     rows are ``((x - mean) / sqrt(variance)) @ weights + bias``.
     """
-    import scipy.linalg
-
     features = np.asarray(features, dtype=np.float32)
     count, dim = features.shape
     parts = [np.asarray(products, dtype=np.int64) for products in held_out]
+    order, bounds = _layout(count, parts)
+    mean, variance = features.mean(axis=0), features.var(axis=0) + 1e-6
+    scale = (1.0 / np.sqrt(variance)).astype(np.float32)
+    blocks, rows_per_product = _row_blocks(features, augmented_views, view_means, view_scatter, len(parts))
+    rows, one_hot, root, shift = _weighted_rows(blocks, rows_per_product, order, targets, num_classes, balanced,
+                                                mean, scale)
+    per_product = len(blocks)
+
+    def moments(first, last):
+        chosen, targets_root, chosen_root = (array[first * per_product:last * per_product]
+                                             for array in (rows, one_hot, root))
+        return [chosen.T @ chosen, chosen_root @ chosen, float(chosen_root @ chosen_root),
+                chosen.T @ targets_root, chosen_root @ targets_root]
+
+    # parts: 0 = products in every fit, 1 + p = held_out[p]; None for an empty one.
+    part_moments = [moments(bounds[i], bounds[i + 1]) if bounds[i + 1] > bounds[i] else None
+                    for i in range(len(bounds) - 1)]
+    if view_scatter is not None:
+        _add_view_scatter(part_moments, view_scatter[0], scale)
+    present = [values for values in part_moments if values is not None]
+    everything = [functools.reduce(np.add, values) for values in zip(*present)]
+    solutions = []
+    for number, products in enumerate(parts):
+        others = [values for index, values in enumerate(part_moments) if index != number + 1 and values is not None]
+        if not len(products):
+            fit_moments = everything if number + 1 == len(parts) else [everything[0].copy(), *everything[1:]]
+        elif len(others) == 1:
+            # The fit's rows are exactly one part (the usual hold-out fit): its moments as they are
+            # (used up here: with two parts no other fit needs this one on its own).
+            fit_moments = others[0]
+        else:
+            fit_moments = [a - b for a, b in zip(everything, part_moments[number + 1])]
+        # Every row's weighted mean is the shift already, so the fit on everything needs no centring.
+        solutions.append(_solve(fit_moments, l2, shift, centre=bool(len(products))))
+    return mean, variance, solutions
+
+
+def _layout(count: int, parts: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Row order (products in every fit first, then each held-out set contiguously) and the part bounds."""
     covered = np.zeros(count, dtype=bool)
     for products in parts:
         if covered[products].any():
@@ -103,30 +140,40 @@ def fit_standardised_ridge_many(features: np.ndarray, targets: np.ndarray, num_c
         covered[products] = True
     order = np.concatenate([np.flatnonzero(~covered)] + parts)
     bounds = np.cumsum([0, int((~covered).sum())] + [len(products) for products in parts])
-    mean, variance = features.mean(axis=0), features.var(axis=0) + 1e-6
-    scale = (1.0 / np.sqrt(variance)).astype(np.float32)
+    return order, bounds
+
+
+def _row_blocks(features, augmented_views, view_means, view_scatter, held_out_sets: int):
+    """The per-product row blocks and how many rows each product stands for."""
+    dim = features.shape[1]
     if (view_scatter is None) != (view_means is None):
         raise ValueError("view_scatter and view_means come together")
     if view_scatter is None:
         blocks = [features] + [np.asarray(view, dtype=np.float32) for view in augmented_views]
-        rows_per_product = len(blocks)
-    else:
-        scatters, views = view_scatter
-        view_means = np.asarray(view_means, dtype=np.float32)
-        if len(augmented_views):
-            raise ValueError("give augmented views either as rows (augmented_views) or summarised (view_scatter)")
-        if view_means.shape != features.shape or len(scatters) != 1 + len(parts) or \
-                any(part is not None and part.shape != (dim, dim) for part in scatters) or scatters[0] is None:
-            raise ValueError(f"view_means must be shaped like features and view_scatter hold one ({dim}, {dim}) "
-                             f"matrix for all products and one per held-out set")
-        # A product's mean stands for its 1 + views rows.
-        blocks, rows_per_product = [view_means], 1 + int(views)
+        return blocks, len(blocks)
+    scatters, views = view_scatter
+    view_means = np.asarray(view_means, dtype=np.float32)
+    if len(augmented_views):
+        raise ValueError("give augmented views either as rows (augmented_views) or summarised (view_scatter)")
+    if view_means.shape != features.shape or len(scatters) != 1 + held_out_sets or \
+            any(part is not None and part.shape != (dim, dim) for part in scatters) or scatters[0] is None:
+        raise ValueError(f"view_means must be shaped like features and view_scatter hold one ({dim}, {dim}) "
+                         f"matrix for all products and one per held-out set")
+    # A product's mean stands for its 1 + views rows.
+    return [view_means], 1 + int(views)
+
+
+def _weighted_rows(blocks, rows_per_product, order, targets, num_classes, balanced, mean, scale):
+    """Standardised rows times sqrt(weight), centred on their weighted mean, and the matching targets.
+
+    With rows scaled by sqrt(weight) the weighted Gram matrix is rows^T rows, which numpy
+    computes as a symmetric rank-k update (half a general matrix product's work).
+    """
+    count, dim = len(order), blocks[0].shape[1]
     per_product = len(blocks)
     row_targets = np.repeat(targets[order], per_product)
     row_weights = np.repeat(product_weights(targets[order], num_classes, balanced), per_product)
     row_weights *= np.float32(rows_per_product / per_product)
-    # Rows scaled by sqrt(weight): the weighted Gram matrix is then rows^T rows, which numpy
-    # computes as a symmetric rank-k update (half a general matrix product's work).
     root = np.sqrt(row_weights)
     rows = np.empty((count, per_product, dim), dtype=np.float32)
     for index, block in enumerate(blocks):
@@ -139,50 +186,34 @@ def fit_standardised_ridge_many(features: np.ndarray, targets: np.ndarray, num_c
     rows *= root[:, None]
     one_hot = np.zeros((len(row_targets), num_classes), dtype=np.float32)
     one_hot[np.arange(len(row_targets)), row_targets] = root
+    return rows, one_hot, root, shift
 
-    def moments(first, last):
-        chosen, targets_root, chosen_root = (array[first * per_product:last * per_product]
-                                             for array in (rows, one_hot, root))
-        return [chosen.T @ chosen, chosen_root @ chosen, float(chosen_root @ chosen_root),
-                chosen.T @ targets_root, chosen_root @ targets_root]
 
-    # parts: 0 = products in every fit, 1 + p = held_out[p]; None for an empty one.
-    part_moments = [moments(bounds[i], bounds[i + 1]) if bounds[i + 1] > bounds[i] else None
-                    for i in range(len(bounds) - 1)]
-    if view_scatter is not None:
-        # The views' scatter, standardised, joins the Gram matrix of the part it belongs to.
-        standardise = np.outer(scale, scale)
-        part_scatters = [scatters[0] - sum(part for part in scatters[1:] if part is not None)] + scatters[1:]
-        for moments_of_part, scatter in zip(part_moments, part_scatters):
-            if moments_of_part is not None and scatter is not None:
-                moments_of_part[0] += scatter * standardise
-        del standardise, part_scatters
-    present = [values for values in part_moments if values is not None]
-    everything = [functools.reduce(np.add, values) for values in zip(*present)]
-    solutions = []
-    for number, products in enumerate(parts):
-        others = [values for index, values in enumerate(part_moments) if index != number + 1 and values is not None]
-        if not len(products):
-            gram, row_sum, total, cross, target_sum = everything
-            gram = gram.copy() if number + 1 < len(parts) else gram
-        elif len(others) == 1:
-            # The fit's rows are exactly one part (the usual hold-out fit): its moments as they are
-            # (used up here: with two parts no other fit needs this one on its own).
-            gram, row_sum, total, cross, target_sum = others[0]
-        else:
-            gram, row_sum, total, cross, target_sum = (a - b for a, b in zip(everything, part_moments[number + 1]))
-        feature_mean, target_mean = row_sum / total, target_sum / total
-        # Centred by the weighted means: sum w (x - mu)(x - mu)^T = sum w x x^T - total mu mu^T.
-        # float32 throughout: the ridge term keeps the system well conditioned (standardised
-        # features, l2 * total on the diagonal), and float64 would double the solve's time.
-        centred = gram
-        if len(products):  # every row's weighted mean is the shift already: nothing to correct
-            centred -= np.float32(total) * np.outer(feature_mean, feature_mean)
-        centred[np.diag_indices_from(centred)] += np.float32(l2 * total)
-        right = cross - np.float32(total) * np.outer(feature_mean, target_mean)
-        # The transpose of a symmetric C-ordered matrix is itself in Fortran order: LAPACK factors it
-        # in place instead of copying it first.
-        factor = scipy.linalg.cho_factor(centred.T, overwrite_a=True, check_finite=False)
-        weights = scipy.linalg.cho_solve(factor, right, overwrite_b=True, check_finite=False).astype(np.float32)
-        solutions.append((weights, (target_mean - (feature_mean + shift) @ weights).astype(np.float32)))
-    return mean, variance, solutions
+def _add_view_scatter(part_moments, scatters, scale) -> None:
+    """The views' scatter, standardised, joins the Gram matrix of the part it belongs to."""
+    standardise = np.outer(scale, scale)
+    part_scatters = [scatters[0] - sum(part for part in scatters[1:] if part is not None)] + scatters[1:]
+    for moments_of_part, scatter in zip(part_moments, part_scatters):
+        if moments_of_part is not None and scatter is not None:
+            moments_of_part[0] += scatter * standardise
+
+
+def _solve(fit_moments, l2: float, shift: np.ndarray, centre: bool) -> tuple[np.ndarray, np.ndarray]:
+    """``(weights, bias)`` of the ridge fit with these moments (its Gram matrix is used up)."""
+    import scipy.linalg
+
+    gram, row_sum, total, cross, target_sum = fit_moments
+    feature_mean, target_mean = row_sum / total, target_sum / total
+    # Centred by the weighted means: sum w (x - mu)(x - mu)^T = sum w x x^T - total mu mu^T.
+    # float32 throughout: the ridge term keeps the system well conditioned (standardised
+    # features, l2 * total on the diagonal), and float64 would double the solve's time.
+    centred = gram
+    if centre:
+        centred -= np.float32(total) * np.outer(feature_mean, feature_mean)
+    centred[np.diag_indices_from(centred)] += np.float32(l2 * total)
+    right = cross - np.float32(total) * np.outer(feature_mean, target_mean)
+    # The transpose of a symmetric C-ordered matrix is itself in Fortran order: LAPACK factors it
+    # in place instead of copying it first.
+    factor = scipy.linalg.cho_factor(centred.T, overwrite_a=True, check_finite=False)
+    weights = scipy.linalg.cho_solve(factor, right, overwrite_b=True, check_finite=False).astype(np.float32)
+    return weights, (target_mean - (feature_mean + shift) @ weights).astype(np.float32)

@@ -10,9 +10,9 @@ prototypes are then adapted to the catalogue, without any label
 feature ``mu`` (removing what all photos share, e.g. shelf background), and a
 few rounds of soft k-means move each prototype halfway towards the catalogue
 products it attracts (``P <- norm(0.5 P0 + 0.5 mean_w(x))``, weights
-``softmax(100 s)``). On the grocery benchmark, centring takes 81 iconic images
-from 34.8% to 41.6% val accuracy and the refinement to 48.3%
-(``benchmarks/coldstart.py``). The result is an ordinary Keras head
+``softmax(100 s)``). Both steps raise cold-start accuracy on the grocery
+benchmark (README, ``benchmarks/coldstart.py``); the adaptation is transductive:
+it learns from the very products it then predicts. The result is an ordinary Keras head
 (``UnitNormalization``, centring, ``UnitNormalization``, then a bias-free
 ``Dense`` whose weights are the prototypes), stored as a model version, so
 everything that works with a trained head (Review, predictions, export) works

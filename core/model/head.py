@@ -290,14 +290,11 @@ class HeadClassifier:
 
 def _train(model, features, targets, train, validation, settings: HeadClassifier, progress,
            augmented_views=(), epochs=None) -> dict:
-    """Mini-batch AdamW with one compiled graph per *epoch*.
+    """Mini-batch AdamW through ``model.fit``, class-weighted, early stopping on the validation loss.
 
-    Running the whole epoch inside one ``tf.function`` removes ``model.fit``'s
-    per-step Python and callback overhead, so what remains is the matrix
-    arithmetic itself. Early stopping watches the validation loss.
+    With ``epochs`` given (the refit on everything) it trains exactly that long.
     """
     import keras
-    import tensorflow as tf
 
     from core.model._ridge import balanced_class_weights
 
@@ -308,61 +305,29 @@ def _train(model, features, targets, train, validation, settings: HeadClassifier
         class_weights = np.ones(num_classes, np.float32)
     rows = np.concatenate([features[train]] + [view[train] for view in augmented_views])
     row_targets = np.tile(targets[train], 1 + len(augmented_views))
-    x_train = tf.constant(rows)
-    y_train = tf.constant(row_targets, dtype=tf.int32)
-    w_train = tf.constant(class_weights[row_targets], dtype=tf.float32)
     # Small catalogues still get several updates per epoch.
     batch_size = int(min(settings.batch_size, max(16, int(np.ceil(len(rows) / 4)))))
-    steps = int(np.ceil(len(rows) / batch_size))
-    # Decoupled weight decay: as regularising as an L2 loss term, without its per-step cost.
-    optimizer = keras.optimizers.AdamW(settings.learning_rate, weight_decay=settings.weight_decay or 0.0)
-    optimizer.build(model.trainable_variables)
-    smoothing = float(settings.label_smoothing)
-    variables = model.trainable_variables
-
-    def loss_of(probabilities, labels, weights):
-        one_hot = tf.one_hot(labels, num_classes) * (1.0 - smoothing) + smoothing / num_classes
-        per_example = -tf.reduce_sum(one_hot * tf.math.log(tf.clip_by_value(probabilities, 1e-7, 1.0)), axis=1)
-        return tf.reduce_sum(per_example * weights) / tf.reduce_sum(weights)
-
-    @tf.function
-    def run_epoch(order):
-        total = tf.constant(0.0)
-        for step in tf.range(steps):
-            index = order[step * batch_size:(step + 1) * batch_size]
-            with tf.GradientTape() as tape:
-                probabilities = model(tf.gather(x_train, index), training=True)
-                loss = loss_of(probabilities, tf.gather(y_train, index), tf.gather(w_train, index))
-            optimizer.apply(tape.gradient(loss, variables), variables)
-            total += loss
-        return total / tf.cast(steps, tf.float32)
-
-    has_validation = len(validation) > 0
-    if has_validation:
-        x_validation = tf.constant(features[validation])
-        y_validation = tf.constant(targets[validation], dtype=tf.int32)
-        w_validation = tf.ones(len(validation))
-
-        @tf.function
-        def validation_loss():
-            return loss_of(model(x_validation, training=False), y_validation, w_validation)
-
     max_epochs = int(epochs or settings.max_epochs)
-    rng = np.random.default_rng(settings.random_state)
-    history = {"loss": [], "val_loss": []}
-    best_loss, best_epoch, best_weights = np.inf, max_epochs, None
-    for epoch in range(1, max_epochs + 1):
-        history["loss"].append(float(run_epoch(tf.constant(rng.permutation(len(rows)), dtype=tf.int32))))
-        if has_validation and epochs is None:
-            current = float(validation_loss())
-            history["val_loss"].append(current)
-            if current < best_loss - 1e-4:
-                best_loss, best_epoch, best_weights = current, epoch, model.get_weights()
-            elif epoch - best_epoch >= settings.patience:
-                break
-        if progress:
-            progress(epoch, max_epochs, f"epoch {epoch}")
-    if best_weights is not None:
-        model.set_weights(best_weights)
-    history["best_epoch"] = best_epoch if has_validation and epochs is None else max_epochs
+    model.compile(
+        # Decoupled weight decay: as regularising as an L2 loss term, without its per-step cost.
+        optimizer=keras.optimizers.AdamW(settings.learning_rate, weight_decay=settings.weight_decay or 0.0),
+        loss=keras.losses.CategoricalCrossentropy(label_smoothing=float(settings.label_smoothing)))
+    callbacks = []
+    early_stopping = None
+    validating = len(validation) > 0 and epochs is None
+    if validating:
+        early_stopping = keras.callbacks.EarlyStopping(monitor="val_loss", patience=settings.patience, min_delta=1e-4,
+                                                       restore_best_weights=True)
+        callbacks.append(early_stopping)
+    if progress:
+        callbacks.append(keras.callbacks.LambdaCallback(
+            on_epoch_end=lambda epoch, _logs: progress(epoch + 1, max_epochs, f"epoch {epoch + 1}")))
+    one_hot = np.eye(num_classes, dtype=np.float32)
+    fitted = model.fit(
+        rows, one_hot[row_targets], sample_weight=class_weights[row_targets], batch_size=batch_size,
+        epochs=max_epochs, shuffle=True, verbose=0, callbacks=callbacks,
+        validation_data=(features[validation], one_hot[targets[validation]]) if validating else None)
+    history = {"loss": fitted.history["loss"], "val_loss": fitted.history.get("val_loss", [])}
+    stopped_early = early_stopping is not None and early_stopping.best_epoch is not None
+    history["best_epoch"] = early_stopping.best_epoch + 1 if stopped_early else max_epochs
     return history
