@@ -65,7 +65,7 @@ def main() -> None:
         categories, prototypes, _ = reference_prototypes(embedder, references)
         features = data.val.features
         truth = data.val.labels
-        scored(f"default embedder ({embedder.backbone}, {embedder.pooling} pooling, {embedder.image_size} px, "
+        scored(f"ProductLens embedder ({embedder.backbone}, {embedder.pooling} pooling, {embedder.image_size} px, "
                "flip), prototypes averaged over 2 crop views", prototype_head(categories, prototypes).predict(features),
                truth)
         catalogue = np.concatenate([data.train.features, data.val.features])

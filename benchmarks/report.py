@@ -91,10 +91,9 @@ def label_efficiency() -> str:
     reach = result["labels_to_reach"]
     sentences = [f"Random labelling reaches {percent(result['target_accuracy'])} with {counts[-1]} labels "
                  f"({result['val_photos']} val photos: one photo is {1 / result['val_photos']:.2%})."]
-    for name, count in reach.items():
-        if not name.startswith("random"):
-            sentences.append(f"{name.split(' ')[0]} reaches it with "
-                             f"{count if count is not None else 'more than ' + str(counts[-1])} labels.")
+    needed = [f"{name} {count if count is not None else 'more than ' + str(counts[-1])}"
+              for name, count in reach.items() if not name.startswith("random")]
+    sentences.append("Labels each strategy needs to reach it: " + ", ".join(needed) + ".")
     _write_figure(result)
     return "\n".join([table(["labels"] + [str(counts[i]) for i in shown], rows), "", " ".join(sentences), "",
                       measured_on(result)])
@@ -131,7 +130,7 @@ def coldstart() -> str:
     result = load("coldstart")
     if result is None:
         return missing("coldstart.py")
-    rows = [[f"**{row['name']}**" if "default" in row["name"] else row["name"], with_interval(row)]
+    rows = [[f"**{row['name']}**" if row["name"].endswith("the default") else row["name"], with_interval(row)]
             for row in result["rows"]]
     return "\n".join([table(["prototypes", "val accuracy (95% interval)"], rows), "",
                       f"{result['reference_images']} reference photos, {result['val_images']} val photos. "
