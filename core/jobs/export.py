@@ -125,6 +125,8 @@ def build_classifier(catalog: Catalog, version: ModelVersion | int | None = None
         crops = ops.reshape(pixels[:, 1:], (-1, size, size, 3))
         crop_features = ops.reshape(feature_model(crops, training=False), (-1, views, embedder.feature_dim))
         features = (features + ops.sum(crop_features, axis=1)) / (1 + views)
+    # Named, so the vector the head sees can be read back and compared with the app's stored one.
+    features = layers.Identity(name="prediction_vector")(features)
     probabilities = head.model_(features)
     return keras.Model(inputs, probabilities, name="productlens_classifier"), version
 
