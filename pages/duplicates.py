@@ -4,6 +4,7 @@ import streamlit as st
 
 from core.curation import duplicates
 from pages.shared import author, catalog, embedding_key, remember, require_router, show_notices, show_thumbnail
+from pages.shared.text import plain
 
 require_router()
 
@@ -38,7 +39,7 @@ for number, group in enumerate(groups[:MAX_GROUPS]):
         for index, (product_id, filename, label) in enumerate(zip(ids, group["filenames"], group["labels"])):
             with cells[index % len(cells)]:
                 show_thumbnail(product_id)
-                st.caption(f"#{product_id} {filename}  \n{label or 'unlabelled'}")
+                st.caption(f"#{product_id} {plain(filename)}  \n{plain(label) if label else 'unlabelled'}")
         with st.form(f"group-{ids[0]}"):
             row = st.columns(3)
             keep = row[0].selectbox("Keep", ids, format_func=lambda pid: f"#{pid}")
@@ -52,7 +53,7 @@ for number, group in enumerate(groups[:MAX_GROUPS]):
                     remember(f"Kept #{keep}, archived {archived} (restorable below).")
                 elif label:
                     changed = duplicates.merge_labels(catalog(), ids, label, author())
-                    remember(f"{changed} label(s) set to {label}.")
+                    remember(f"{changed} label(s) set to {plain(label)}.")
                 st.rerun()
 if len(groups) > MAX_GROUPS:
     st.caption(f"Showing the {MAX_GROUPS} largest of {len(groups)} groups; resolve some or raise the threshold.")
@@ -63,7 +64,7 @@ if archived:
         for record in archived[-50:]:
             row = st.columns([3, 1])
             row[0].caption(f"#{record['product_id']} · {record['reason']} of #{record['kept_product_id']} · "
-                           f"{record['author'] or '-'} · {record['created_at'][:16].replace('T', ' ')}")
+                           f"{plain(record['author'] or '-')} · {record['created_at'][:16].replace('T', ' ')}")
             if row[1].button("Restore", key=f"restore-{record['product_id']}"):
                 catalog().restore_products([record["product_id"]])
                 st.rerun()

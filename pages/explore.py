@@ -5,6 +5,7 @@ import streamlit as st
 
 from core.curation import catalogue_map, review
 from pages.shared import author, catalog, embedding_key, require_router, show_thumbnail, state
+from pages.shared.text import plain
 
 require_router()
 
@@ -48,12 +49,12 @@ with st.form("bulk_relabel"):
     if st.form_submit_button("Relabel", type="primary") and target:
         changed, conflicts = review.relabel(catalog(), chosen, target, author(),
                                             seen=review.seen_labels(table, chosen))
-        st.success(f"Labelled {changed} products as {target}.")
+        st.success(f"Labelled {changed} products as {plain(target)}.")
         for conflict in conflicts:
-            st.warning(f"Not applied, someone was quicker: {conflict.message()}")
+            st.warning(f"Not applied, someone was quicker: {plain(conflict.message())}")
 gallery = st.columns(8)
 selected_rows = table.set_index("product_id").loc[chosen]
 for index, (product_id, row) in enumerate(selected_rows.head(64).iterrows()):
     with gallery[index % 8]:
         show_thumbnail(product_id)
-        st.caption(f"{row['label']} → {row['predicted_label']}")
+        st.caption(f"{plain(row['label'])} → {plain(row['predicted_label'])}")

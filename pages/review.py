@@ -5,6 +5,7 @@ import streamlit as st
 from core.curation import review
 from core.errors import ProductLensError
 from pages.shared import author, catalog, embedding_key, remember, require_router, show_notices, show_thumbnail, state
+from pages.shared.text import plain
 
 require_router()
 
@@ -30,7 +31,7 @@ key = embedding_key()
 
 def set_label(product_ids, label, seen):
     changed, conflicts = review.relabel(catalog(), product_ids, label, author(), seen=seen)
-    remember(f"Labelled {changed} product(s) as {label}.", conflicts)
+    remember(f"Labelled {changed} product(s) as {plain(label)}.", conflicts)
 
 
 with st.expander("Filters and order", expanded=False):
@@ -65,13 +66,13 @@ grid = st.columns(COLUMNS)
 for index, row in enumerate(visible.itertuples()):
     with grid[index % COLUMNS].container(border=True):
         show_thumbnail(row.product_id)
-        st.caption(row.filename)
+        st.text(row.filename)
         current = row.label if isinstance(row.label, str) else None
         if row.predicted_label:
-            st.markdown(f"Predicted **{row.predicted_label}** · {row.confidence:.0%}")
-        st.markdown(f"Label: **{current}**" if current else "Label: _none_")
+            st.markdown(f"Predicted **{plain(row.predicted_label)}** · {row.confidence:.0%}")
+        st.markdown(f"Label: **{plain(current)}**" if current else "Label: _none_")
         for label, probability in list(zip(row.top_labels, row.top_probabilities))[:3]:
-            st.button(f"{label} · {probability:.0%}", key=f"pick-{row.product_id}-{label}",
+            st.button(f"{plain(label)} · {probability:.0%}", key=f"pick-{row.product_id}-{label}",
                       on_click=set_label, args=([row.product_id], label, {row.product_id: current}),
                       width="stretch",
                       type="primary" if label == current else "secondary")
@@ -79,7 +80,7 @@ for index, row in enumerate(visible.itertuples()):
                               accept_new_options=True, label_visibility="collapsed",
                               placeholder="Other category…")
         if choice and choice != current:
-            st.button(f"Set “{choice}”", key=f"set-{row.product_id}", on_click=set_label,
+            st.button(f"Set “{plain(choice)}”", key=f"set-{row.product_id}", on_click=set_label,
                       args=([row.product_id], choice, {row.product_id: current}))
         st.checkbox("Select", key=state.selected_card(row.product_id))
 
@@ -114,7 +115,7 @@ with st.expander("Manage categories"):
         if st.form_submit_button("Rename / merge") and old:
             try:
                 changed = review.rename_category(catalog(), old, new, author())
-                remember(f"Moved {changed} products from {old} to {new}.")
+                remember(f"Moved {changed} products from {plain(old)} to {plain(new)}.")
                 st.rerun()
             except ProductLensError as error:
                 st.error(str(error))

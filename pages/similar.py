@@ -4,6 +4,7 @@ import streamlit as st
 
 from core.curation import catalog_index
 from pages.shared import catalog, embedder, embedding_key, require_router, show_thumbnail, state
+from pages.shared.text import plain
 
 require_router()
 
@@ -41,7 +42,7 @@ else:
     if upload is not None:
         vectors, failures = embedder().embed_sources([upload.getvalue()])
         if failures:
-            st.error(f"{upload.name}: {failures[0][1]}")
+            st.error(f"{plain(upload.name)}: {plain(failures[0][1])}")
         else:
             query = vectors[0]
             st.image(upload.getvalue(), width=160)
@@ -55,5 +56,5 @@ grid = st.columns(COLUMNS)
 for index, (product_id, score) in enumerate(zip(neighbour_ids[0], scores[0])):
     with grid[index % COLUMNS].container(border=True):
         show_thumbnail(int(product_id))
-        st.caption(f"**{score:.3f}** · #{product_id} {names[int(product_id)]}  \n"
+        st.caption(f"**{score:.3f}** · #{product_id} {plain(names[int(product_id)])}  \n"
                    f"{labels.get(int(product_id)) or 'unlabelled'}")

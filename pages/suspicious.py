@@ -5,6 +5,7 @@ import streamlit as st
 from core.curation import suspicious
 from core.errors import ProductLensError
 from pages.shared import author, catalog, embedding_key, remember, require_router, show_notices, show_thumbnail, state
+from pages.shared.text import plain
 
 require_router()
 
@@ -57,10 +58,10 @@ grid = st.columns(COLUMNS)
 for index, row in enumerate(visible.itertuples()):
     with grid[index % COLUMNS].container(border=True):
         show_thumbnail(row.product_id)
-        st.caption(f"{row.filename} · {row.label_source} label")
-        st.markdown(f"Label **{row.label}** ({row.label_quality:.0%})  \nSuggested **{row.suggested_label}** "
-                    f"({row.suggested_probability:.0%})")
-        st.button(f"Use {row.suggested_label}", key=f"fix-{row.product_id}", type="primary", width="stretch",
+        st.caption(f"{plain(row.filename)} · {row.label_source} label")
+        st.markdown(f"Label **{plain(row.label)}** ({row.label_quality:.0%})  \n"
+                    f"Suggested **{plain(row.suggested_label)}** ({row.suggested_probability:.0%})")
+        st.button(f"Use {plain(row.suggested_label)}", key=f"fix-{row.product_id}", type="primary", width="stretch",
                   on_click=use_suggestions, args=(visible.iloc[[index]],))
         st.button("Label is right", key=f"keep-{row.product_id}", width="stretch",
                   on_click=keep_label, args=([int(row.product_id)],))

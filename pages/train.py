@@ -11,6 +11,7 @@ from core.errors import ProductLensError
 from core.jobs import cold_start_and_predict, retrain_and_predict
 from core.model import activate, compare_versions
 from pages.shared import catalog, embedder, progress_bar, require_router, state
+from pages.shared.text import plain
 
 require_router()
 
@@ -43,7 +44,7 @@ with st.expander("No labels yet? Start from reference photos", expanded=status["
                     st.success(f"Model v{version.id} predicts {len(version.classes)} categories from "
                                "reference photos. Review its predictions on the Review page.")
                     for item in rejected:
-                        st.warning(f"{item.name}: {item.reason}")
+                        st.warning(f"{plain(item.name)}: {plain(item.reason)}")
                 except ProductLensError as error:
                     st.error(str(error))
 

@@ -5,6 +5,7 @@ import streamlit as st
 from core import settings
 from core.jobs import import_and_predict
 from pages.shared import catalog, embedder, progress_bar, require_router, show_thumbnail, state
+from pages.shared.text import plain
 
 require_router()
 limits = settings.current()
@@ -52,9 +53,9 @@ if result:
         prediction = predictions.get(product_id)
         with columns[index % 6]:
             show_thumbnail(product_id)
-            st.caption(report.names.get(product_id, ""))
+            st.text(report.names.get(product_id, ""))
             if prediction:
-                st.markdown(f"**{prediction['label']}** · {prediction['confidence']:.0%}")
+                st.markdown(f"**{plain(prediction['label'])}** · {prediction['confidence']:.0%}")
     if len(result.product_ids) > 60:
         st.caption(f"…and {len(result.product_ids) - 60} more: see the Review page.")
     st.page_link("pages/review.py", label="Review the predictions", icon=":material/fact_check:")

@@ -182,3 +182,22 @@ def test_similar_products_page_shows_the_product_itself_first(populated, monkeyp
     scores = [c.value for c in at.caption if "#" in c.value and "·" in c.value]
     assert scores[0].startswith("**1.000** · #5 "), scores[:2]
     assert len(scores) == 10
+
+
+def test_user_text_is_shown_as_plain_text_not_markdown(populated, monkeypatch):
+    from pages.shared.text import plain
+
+    assert plain("**Sale** [win](http://x.example) <b>") == r"\*\*Sale\*\* \[win\](http\://x.example) \<b\>"
+    assert plain("- 1. item") == r"\- 1. item" and plain("3. Milk") == r"3\. Milk"
+    catalog = Catalog(populated)
+    product = catalog.product_ids()[0]
+    original = catalog.current_label(product)
+    catalog.set_labels([(product, "**Sale** [win](http://x.example)")], author="mallory")
+    try:
+        at = app(populated, monkeypatch)
+        at.switch_page("pages/review.py").run()
+        assert not at.exception, at.exception
+        shown = [m.value for m in at.markdown if "Sale" in m.value]
+        assert shown and all(r"\*\*Sale\*\* \[win\]" in value for value in shown), shown
+    finally:
+        catalog.set_labels([(product, original)], author="test")

@@ -15,7 +15,7 @@ from core.features import Embedder
 from core.settings import workspace_dir
 from core.storage import Catalog, thumbnail
 from pages.shared import state
-
+from pages.shared.text import plain
 
 # Every page but Home (app.py's own): file, title, icon. app.py's router and require_router() share it.
 PAGES = [
@@ -112,7 +112,7 @@ def show_notices() -> None:
     if notice := st.session_state.pop(state.NOTICE, None):
         st.toast(notice)
     for conflict in st.session_state.pop(state.CONFLICTS, []):
-        st.warning(f"Not applied, someone was quicker: {conflict}. The page now shows the current label.")
+        st.warning(f"Not applied, someone was quicker: {plain(conflict)}. The page now shows the current label.")
 
 
 def _remember_author() -> None:

@@ -1,0 +1,21 @@
+"""User text (category, file and user names) inside Markdown, shown as the plain text it is.
+
+Streamlit renders captions, notices and labels as Markdown. A category called
+``**Sale** [click](http://…)`` must show those characters, not bold text and a
+link: :func:`plain` escapes every character Markdown gives a meaning to.
+"""
+
+import re
+
+# Characters that format text inline (emphasis, code, links, HTML, maths, tables, Streamlit's
+# :colour[...] and :icon: directives), and list or heading markers at the start.
+_INLINE = re.compile(r"([\\`*_\[\]<>~$|:#])")
+_LEADING = re.compile(r"^(\s*)([-+=]|\d+(?=[.)]))")
+
+
+def plain(text: object) -> str:
+    """``text`` with Markdown's special characters escaped, so it renders exactly as written."""
+    escaped = _INLINE.sub(r"\\\1", str(text).replace("\n", " "))
+    # "- x" becomes "\- x", "1. x" becomes "1\. x": either way no list.
+    return _LEADING.sub(lambda match: match.group(1) + (match.group(2) + "\\" if match.group(2)[0].isdigit()
+                                                       else "\\" + match.group(2)), escaped)
