@@ -41,24 +41,24 @@ def _progress_bar(description: str, enabled: bool = True):
 
 
 def _catalog(args, create=True):
-    from core.storage.catalog import Catalog
+    from core.storage import Catalog
 
     return Catalog(args.workspace, create=create)
 
 
 def _embedder(args):
-    from core.features.embeddings import Embedder
+    from core.features import Embedder
 
     return Embedder(backbone=args.backbone, weights=args.weights, image_size=args.image_size,
                     pooling=args.pooling, views=args.views)
 
 
 def command_import(args) -> int:
-    from core.storage import ingest
+    from core.storage import import_paths
 
     catalog = _catalog(args)
     update, close = _progress_bar("import", not args.quiet)
-    report = ingest.import_paths(catalog, args.paths, label=args.label, progress=update)
+    report = import_paths(catalog, args.paths, label=args.label, progress=update)
     close()
     for rejected in report.rejected:
         print(f"rejected: {rejected.name}: {rejected.reason}")
@@ -72,7 +72,7 @@ def command_import(args) -> int:
 
 
 def command_embed(args) -> int:
-    from core.features.embeddings import embed_catalog
+    from core.features import embed_catalog
 
     catalog = _catalog(args, create=False)
     if catalog.count_products() == 0:
@@ -90,7 +90,7 @@ def command_embed(args) -> int:
 
 
 def _head(args):
-    from core.model.head import HeadClassifier
+    from core.model import HeadClassifier
 
     if args.epochs is not None and not args.hidden_units:
         # The default linear head is solved in closed form: there are no epochs to set.
@@ -101,9 +101,8 @@ def _head(args):
 
 
 def command_train(args) -> int:
-    from core.features.embeddings import embed_catalog
-    from core.model.prediction import predict_catalog
-    from core.model.training import train_version
+    from core.features import embed_catalog
+    from core.model import predict_catalog, train_version
 
     catalog = _catalog(args, create=False)
     embedder = _embedder(args)
@@ -123,7 +122,7 @@ def command_train(args) -> int:
 
 
 def command_predict(args) -> int:
-    from core.model.prediction import predict_catalog
+    from core.model import predict_catalog
 
     catalog = _catalog(args, create=False)
     result = predict_catalog(catalog, args.version, top_k=args.top_k)
@@ -132,22 +131,22 @@ def command_predict(args) -> int:
 
 
 def command_export(args) -> int:
-    from core.jobs import export
-    from core.model.training import load_version
+    from core.jobs import export_classifier, export_embeddings, export_labels
+    from core.model import load_version
 
     catalog = _catalog(args, create=False)
     target = Path(args.output or catalog.workspace / "exports")
     written = []
     if args.what in ("labels", "all"):
         for suffix in ([args.format] if args.format else ["csv", "parquet"]):
-            written.append(export.export_labels(catalog, target / f"labels.{suffix}"))
+            written.append(export_labels(catalog, target / f"labels.{suffix}"))
     if args.what in ("embeddings", "all"):
         version = catalog.active_model_version()
         key = args.embedding or (version.embedding_key if version else _embedder(args).key)
-        written.append(export.export_embeddings(catalog, target / f"embeddings.{args.embeddings_format}", key))
+        written.append(export_embeddings(catalog, target / f"embeddings.{args.embeddings_format}", key))
     if args.what in ("model", "all"):
         load_version(catalog)  # fails early with a clear message when nothing is trained
-        written.append(export.export_classifier(catalog, target / "productlens_classifier.keras"))
+        written.append(export_classifier(catalog, target / "productlens_classifier.keras"))
     print(json.dumps({"written": [str(path) for path in written]}))
     return 0
 
@@ -172,7 +171,7 @@ def command_status(args) -> int:
 
 
 def command_versions(args) -> int:
-    from core.model.training import activate
+    from core.model import activate
 
     catalog = _catalog(args, create=False)
     if args.activate is not None:
@@ -185,7 +184,7 @@ def command_versions(args) -> int:
 
 
 def command_history(args) -> int:
-    from core.storage.history import history_rows
+    from core.storage import history_rows
 
     rows = history_rows(_catalog(args, create=False), args.product, args.limit)
     if args.json:
@@ -203,7 +202,7 @@ def _embedding_key(catalog, args) -> str:
 
 
 def command_similar(args) -> int:
-    from core.curation.similarity import catalog_index
+    from core.curation import catalog_index
 
     catalog = _catalog(args, create=False)
     key = _embedding_key(catalog, args)
@@ -233,10 +232,10 @@ def command_similar(args) -> int:
 
 
 def command_duplicates(args) -> int:
-    from core.curation.duplicates import duplicate_groups
+    from core.curation import duplicates
 
     catalog = _catalog(args, create=False)
-    groups = duplicate_groups(catalog, _embedding_key(catalog, args), threshold=args.threshold)
+    groups = duplicates.duplicate_groups(catalog, _embedding_key(catalog, args), threshold=args.threshold)
     rows = [{"min_similarity": round(group["min_similarity"], 4), "majority_label": group["majority_label"],
              "products": [{"product_id": pid, "filename": name, "label": label} for pid, name, label
                           in zip(group["product_ids"], group["filenames"], group["labels"])]}
@@ -250,10 +249,10 @@ def command_duplicates(args) -> int:
 
 
 def command_suspicious(args) -> int:
-    from core.curation.suspicious import suspicious_labels
+    from core.curation import suspicious
 
     catalog = _catalog(args, create=False)
-    issues, statistics = suspicious_labels(catalog, _embedding_key(catalog, args), folds=args.folds)
+    issues, statistics = suspicious.suspicious_labels(catalog, _embedding_key(catalog, args), folds=args.folds)
     rows = [{"product_id": int(row.product_id), "filename": row.filename, "label": row.label,
              "label_source": row.label_source, "suggested_label": row.suggested_label,
              "score": round(float(row.label_quality), 4)} for row in issues.itertuples()]
@@ -269,9 +268,8 @@ def command_suspicious(args) -> int:
 
 
 def command_coldstart(args) -> int:
-    from core.features.embeddings import embed_catalog
-    from core.model.coldstart import cold_start
-    from core.model.prediction import predict_catalog
+    from core.features import embed_catalog
+    from core.model import cold_start, predict_catalog
 
     catalog = _catalog(args, create=False)
     embedder = _embedder(args)
@@ -288,7 +286,7 @@ def command_coldstart(args) -> int:
 
 
 def command_backup(args) -> int:
-    from core.storage.backup import backup
+    from core.storage import backup
 
     path = backup(_catalog(args, create=False), args.archive)
     print(json.dumps({"archive": str(path), "bytes": path.stat().st_size}))
@@ -296,7 +294,7 @@ def command_backup(args) -> int:
 
 
 def command_restore(args) -> int:
-    from core.storage.backup import restore
+    from core.storage import restore
 
     catalog = restore(args.archive, settings.workspace_dir(args.workspace))
     print(json.dumps(catalog.status()))
@@ -304,7 +302,7 @@ def command_restore(args) -> int:
 
 
 def command_evaluate(args) -> int:
-    from core.jobs.evaluate import evaluate
+    from core.jobs import evaluate
 
     bars = {}
 
@@ -327,8 +325,8 @@ def command_evaluate(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from core.curation.duplicates import DEFAULT_THRESHOLD as DUPLICATE_THRESHOLD
-    from core.features.backbones import BACKBONES, POOLINGS
+    from core.curation import duplicates
+    from core.features import BACKBONES, POOLINGS
 
     parser = argparse.ArgumentParser(prog="python -m core", description="ProductLens: sort product photos "
                                      "into categories with a pretrained CNN and a trainable head.")
@@ -410,8 +408,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub = commands.add_parser("duplicates",
                               help="groups of near-identical products (cosine similarity of features)")
-    sub.add_argument("--threshold", type=float, default=DUPLICATE_THRESHOLD,
-                     help=f"similarity that counts as a duplicate (0-1, default {DUPLICATE_THRESHOLD})")
+    sub.add_argument("--threshold", type=float, default=duplicates.DEFAULT_THRESHOLD,
+                     help=f"similarity that counts as a duplicate (0-1, default {duplicates.DEFAULT_THRESHOLD})")
     sub.add_argument("--json", action="store_true", help="only the JSON list")
     add_backbone_options(sub)
     sub.set_defaults(handler=command_duplicates)
