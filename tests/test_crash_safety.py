@@ -111,7 +111,7 @@ def test_kill_during_training_and_model_save_keeps_a_working_model(workspace, em
         from core.model.training import train_version
         catalog = Catalog(sys.argv[1])
         for round in range(1000):
-            train_version(catalog, Embedder(), HeadClassifier(max_epochs=3), augmented_views=0)
+            train_version(catalog, Embedder(), HeadClassifier(), augmented_views=0)
             print("saved", round, flush=True)
     """, workspace)
     kill_when(process, "saved 2", 0.37)  # lands in training or in the middle of a save

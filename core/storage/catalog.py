@@ -450,12 +450,12 @@ class Catalog:
         now = utc_now()
         with self.transaction() as connection:
             for product_id, label, seen in changes:
-                label = _clean_label(label)
+                label = clean_label(label)
                 row = connection.execute(
                     "SELECT label, author, created_at FROM labels WHERE product_id = ? ORDER BY id DESC LIMIT 1",
                     (int(product_id),)).fetchone()
                 previous = None if row is None else row["label"]
-                if seen is not ANY and _clean_label(seen) != previous:
+                if seen is not ANY and clean_label(seen) != previous:
                     conflicts.append(LabelConflict(int(product_id), seen, previous, label,
                                                    row["author"] if row else None))
                     continue
@@ -603,14 +603,21 @@ class Catalog:
         }
 
 
-def _clean_label(label: str | None) -> str | None:
+def clean_label(label: str | None) -> str | None:
+    """A category name as stored: stripped, ``None`` for empty; too long or unprintable is an error.
+
+    Every way a label comes in (a person, an import, a rename) goes through here.
+    """
     if label is None:
         return None
     label = str(label).strip()
     if not label:
         return None
     if len(label) > MAX_LABEL_LENGTH:
-        raise InvalidInputError(f"a category name can be at most {MAX_LABEL_LENGTH} characters")
+        raise InvalidInputError(f"a category name can be at most {MAX_LABEL_LENGTH} characters "
+                                f"(this one has {len(label)})")
+    if any(not character.isprintable() for character in label):
+        raise InvalidInputError("a category name cannot contain control characters")
     return label
 
 

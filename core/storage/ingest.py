@@ -23,14 +23,16 @@ from __future__ import annotations
 import csv
 import io
 import os
+import stat
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Callable, Iterable, Iterator
 
 from core import settings
+from core.errors import InvalidInputError
 from core.storage import images
-from core.storage.catalog import Catalog
+from core.storage.catalog import Catalog, clean_label
 
 ProgressCallback = Callable[[int, int, str], None]
 
@@ -75,6 +77,7 @@ class _Item:
     label: str | None
     read: Callable[[], bytes]
     skip_reason: str | None = None
+    origin: str | None = None  # where the label came from, e.g. "manifest.csv line 7", for rejections
 
 
 class _ItemError(Exception):
@@ -89,18 +92,27 @@ def display_name(name: str | os.PathLike) -> str:
 
 def _read_file(path: Path) -> Callable[[], bytes]:
     def read() -> bytes:
-        try:
-            size = path.stat().st_size
-        except OSError as error:
-            raise _ItemError(f"cannot read file ({error.strerror or error})") from None
         limit = settings.current().max_file_bytes
-        if size > limit:
-            raise _ItemError(f"file is {size / 2**20:.1f} MB, over the {limit / 2**20:.0f} MB limit "
-                             "(PRODUCTLENS_MAX_FILE_MB)")
         try:
-            return path.read_bytes()
+            # Non-blocking open and a check of what was opened (not of the name): a FIFO would
+            # block forever and a link to /dev/zero never ends; only regular files are read.
+            descriptor = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
         except OSError as error:
             raise _ItemError(f"cannot read file ({error.strerror or error})") from None
+        with os.fdopen(descriptor, "rb") as handle:
+            status = os.fstat(handle.fileno())
+            if not stat.S_ISREG(status.st_mode):
+                raise _ItemError("not a regular file (a device, pipe or socket): not read")
+            if status.st_size > limit:
+                raise _ItemError(f"file is {status.st_size / 2**20:.1f} MB, over the {limit / 2**20:.0f} MB "
+                                 "limit (PRODUCTLENS_MAX_FILE_MB)")
+            try:
+                data = handle.read(limit + 1)  # a file that grows while read stops at the limit
+            except OSError as error:
+                raise _ItemError(f"cannot read file ({error.strerror or error})") from None
+        if len(data) > limit:
+            raise _ItemError(f"file is over the {limit / 2**20:.0f} MB limit (PRODUCTLENS_MAX_FILE_MB)")
+        return data
     return read
 
 
@@ -199,7 +211,7 @@ def _manifest_items(path: Path, label: str | None) -> Iterator[_Item]:
         if not item_path.is_file():
             yield _Item(name, None, _fail(f"listed in {path.name} line {line_number} but not found"))
             continue
-        yield _Item(name, row_label, _read_file(item_path))
+        yield _Item(name, row_label, _read_file(item_path), origin=f"{path.name} line {line_number}")
 
 
 def _fail(reason: str) -> Callable[[], bytes]:
@@ -228,6 +240,8 @@ def collect_items(paths: Iterable[str | os.PathLike], label: str | None = None) 
             items.extend(_folder_items(path, label))
         elif path.is_file():
             items.extend(_path_items(path, label))
+        elif os.path.lexists(path):  # a pipe, device or dangling link: its reader says why it is refused
+            items.append(_Item(display_name(path), label, _read_file(path)))
         else:
             items.append(_Item(display_name(path), None, _fail("no such file or folder")))
     return items
@@ -252,6 +266,14 @@ def import_paths(catalog: Catalog, paths: Iterable[str | os.PathLike], label: st
     return _run(catalog, collect_items(paths, label), ImportReport(), progress, apply_labels=apply_labels)
 
 
+def _checked_label(item: _Item) -> str | None:
+    try:
+        return clean_label(item.label)
+    except InvalidInputError as error:
+        where = f" ({item.origin})" if item.origin else ""
+        raise _ItemError(f"label not accepted{where}: {error}") from None
+
+
 def _run(catalog: Catalog, items: list[_Item], report: ImportReport, progress: ProgressCallback | None,
          source: str | None = None, apply_labels: bool = True) -> ImportReport:
     pending_labels: list[tuple[int, str]] = []
@@ -264,6 +286,8 @@ def _run(catalog: Catalog, items: list[_Item], report: ImportReport, progress: P
                 progress(index, total, name)
             continue
         try:
+            # A bad label rejects its own item, with where it came from; the rest of the batch goes on.
+            label = _checked_label(item)
             data = item.read()
             if not data:
                 raise _ItemError("empty file (0 bytes)")
@@ -279,9 +303,9 @@ def _run(catalog: Catalog, items: list[_Item], report: ImportReport, progress: P
             (report.added.append(product_id) if created else report.duplicates.append((name, product_id)))
             report.product_ids.append(product_id)
             report.names[product_id] = name
-            if item.label:
-                report.found_labels[product_id] = item.label
-                pending_labels.append((product_id, item.label))
+            if label:
+                report.found_labels[product_id] = label
+                pending_labels.append((product_id, label))
         if progress:
             progress(index, total, name)
     if pending_labels and apply_labels:

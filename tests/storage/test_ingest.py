@@ -165,3 +165,48 @@ def test_upload_bytes_and_zip_bytes(workspace, tmp_path):
     report = ingest.import_bytes(catalog, "batch.zip", buffer.getvalue())
     assert len(report.added) == 1 and report.names[report.added[0]] == "batch.zip:Banana/b.jpg"
     assert sorted(catalog.current_labels().values()) == ["Banana", "Lemon"]
+
+
+def test_pipes_and_devices_are_refused_without_blocking(workspace, tmp_path):
+    """A FIFO named .jpg would block a plain read forever; a link to /dev/zero never ends."""
+    import threading
+
+    folder = tmp_path / "inbox" / "Lemon"
+    folder.mkdir(parents=True)
+    (folder / "good.jpg").write_bytes(demo_photos("Lemon")[0].read_bytes())
+    os.mkfifo(folder / "pipe.jpg")
+    (folder / "zero.jpg").symlink_to("/dev/zero")
+    catalog = Catalog(workspace)
+    reports = []
+    worker = threading.Thread(target=lambda: reports.append(ingest.import_paths(
+        catalog, [tmp_path / "inbox", folder / "pipe.jpg"])), daemon=True)
+    worker.start()
+    worker.join(timeout=60)
+    assert not worker.is_alive(), "import blocked on a special file"
+    report = reports[0]
+    reasons = {os.path.basename(r.name): r.reason for r in report.rejected}
+    assert set(reasons) == {"pipe.jpg", "zero.jpg"} and len(report.rejected) == 3
+    assert all(reason.startswith("not a regular file") for reason in reasons.values())
+    assert len(report.added) == 1 and catalog.current_labels() == {report.added[0]: "Lemon"}
+
+
+def test_one_bad_label_rejects_only_its_own_item(workspace, tmp_path):
+    photos = [p for category in ("Lemon", "Banana") for p in demo_photos(category)][:15]
+    manifest = tmp_path / "manifest.csv"
+    rows = [[str(path), path.parent.name] for path in photos]
+    rows[4][1] = "x" * 10_000
+    with open(manifest, "w", newline="") as handle:
+        csv.writer(handle).writerows([["path", "label"], *rows])
+    archive = tmp_path / "upload.zip"
+    with zipfile.ZipFile(archive, "w") as bundle:
+        bundle.writestr(f"{'L' * 210}/a.png", _png(demo_photos("Orange")[0]))
+        bundle.writestr("Orange/b.png", _png(demo_photos("Orange")[1]))
+    catalog = Catalog(workspace)
+    report = ingest.import_paths(catalog, [manifest, archive])
+    assert [(r.name.rsplit("/", 2)[-2:] if "zip" in r.name else r.name, r.reason.split(":")[0])
+            for r in report.rejected] == [(str(photos[4]), "label not accepted (manifest.csv line 6)"),
+                                          (["upload.zip:" + "L" * 210, "a.png"], "label not accepted")]
+    assert "at most 200 characters" in report.rejected[0].reason
+    labels = catalog.current_labels()
+    assert len(labels) == 15 and report.labelled == 15, "the 14 good rows and the good zip member keep their labels"
+    assert sorted(set(labels.values())) == ["Banana", "Lemon", "Orange"]
