@@ -59,10 +59,11 @@ def write_result(name: str, result: dict) -> Path:
     """Store ``result`` as ``benchmarks/results/<name>.json`` with when, where and on which commit."""
     import tensorflow as tf
 
-    record = {"benchmark": name, "measured_at": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+    # The metadata comes last, so a result's own keys can never replace it.
+    record = {**result, "benchmark": name,
+              "measured_at": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
               "commit": _commit(), "machine": {"cpu": _cpu_model(), "cores": os.cpu_count(),
-                                               "arch": platform.machine(), "tensorflow": tf.__version__},
-              **result}
+                                               "arch": platform.machine(), "tensorflow": tf.__version__}}
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{name}.json"
     path.write_text(json.dumps(record, indent=1) + "\n")

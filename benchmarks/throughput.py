@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -85,9 +84,7 @@ def main() -> None:
     size = embedder.image_size
     model = embedder.model
     results: dict = {"images": count, "backbone": embedder.backbone, "image_size": size,
-                     "batch_size": embedder.batch_size, "decode_workers": embedder.decode_workers,
-                     "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs",
-                     "tensorflow": tf.__version__}
+                     "batch_size": embedder.batch_size, "decode_workers": embedder.decode_workers}
     rate = {}
 
     def report(name, seconds, passes=1):
