@@ -3,7 +3,17 @@
 import streamlit as st
 
 from core.curation import duplicates
-from pages.shared import author, catalog, embedding_key, remember, require_router, show_notices, show_thumbnail
+from core.errors import ProductLensError
+from pages.shared import (
+    author,
+    catalog,
+    embedding_key,
+    remember,
+    remember_error,
+    require_router,
+    show_notices,
+    show_thumbnail,
+)
 from pages.shared.text import plain
 
 require_router()
@@ -48,12 +58,15 @@ for number, group in enumerate(groups[:MAX_GROUPS]):
             label = row[1].selectbox("Label", options, index=default, accept_new_options=True)
             action = row[2].radio("Action", ["Keep one, archive the others", "Give all this label"])
             if st.form_submit_button("Apply"):
-                if action.startswith("Keep"):
-                    archived = duplicates.keep_one(catalog(), ids, keep, label, author())
-                    remember(f"Kept #{keep}, archived {archived} (restorable below).")
-                elif label:
-                    changed = duplicates.merge_labels(catalog(), ids, label, author())
-                    remember(f"{changed} label(s) set to {plain(label)}.")
+                try:
+                    if action.startswith("Keep"):
+                        archived = duplicates.keep_one(catalog(), ids, keep, label, author())
+                        remember(f"Kept #{keep}, archived {archived} (restorable below).")
+                    elif label:
+                        changed = duplicates.merge_labels(catalog(), ids, label, author())
+                        remember(f"{changed} label(s) set to {plain(label)}.")
+                except ProductLensError as error:  # e.g. a typed category name that is too long
+                    remember_error(error)
                 st.rerun()
 if len(groups) > MAX_GROUPS:
     st.caption(f"Showing the {MAX_GROUPS} largest of {len(groups)} groups; resolve some or raise the threshold.")

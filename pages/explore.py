@@ -4,6 +4,7 @@ import plotly.express as px
 import streamlit as st
 
 from core.curation import catalogue_map, review
+from core.errors import ProductLensError
 from pages.shared import author, catalog, embedding_key, require_router, show_thumbnail, state
 from pages.shared.text import plain
 
@@ -47,11 +48,15 @@ st.subheader(f"{len(chosen)} selected products")
 with st.form("bulk_relabel"):
     target = st.selectbox("Relabel all selected as", catalog().categories(), accept_new_options=True)
     if st.form_submit_button("Relabel", type="primary") and target:
-        changed, conflicts = review.relabel(catalog(), chosen, target, author(),
-                                            seen=review.seen_labels(table, chosen))
-        st.success(f"Labelled {changed} products as {plain(target)}.")
-        for conflict in conflicts:
-            st.warning(f"Not applied, someone was quicker: {plain(conflict.message())}")
+        try:
+            changed, conflicts = review.relabel(catalog(), chosen, target, author(),
+                                                seen=review.seen_labels(table, chosen))
+        except ProductLensError as error:  # e.g. a typed category name that is too long
+            st.error(plain(error))
+        else:
+            st.success(f"Labelled {changed} products as {plain(target)}.")
+            for conflict in conflicts:
+                st.warning(f"Not applied, someone was quicker: {plain(conflict.message())}")
 gallery = st.columns(8)
 selected_rows = table.set_index("product_id").loc[chosen]
 for index, (product_id, row) in enumerate(selected_rows.head(64).iterrows()):

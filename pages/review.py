@@ -4,7 +4,17 @@ import streamlit as st
 
 from core.curation import review
 from core.errors import ProductLensError
-from pages.shared import author, catalog, embedding_key, remember, require_router, show_notices, show_thumbnail, state
+from pages.shared import (
+    author,
+    catalog,
+    embedding_key,
+    remember,
+    remember_error,
+    require_router,
+    show_notices,
+    show_thumbnail,
+    state,
+)
 from pages.shared.text import plain
 
 require_router()
@@ -30,7 +40,11 @@ key = embedding_key()
 
 
 def set_label(product_ids, label, seen):
-    changed, conflicts = review.relabel(catalog(), product_ids, label, author(), seen=seen)
+    try:
+        changed, conflicts = review.relabel(catalog(), product_ids, label, author(), seen=seen)
+    except ProductLensError as error:  # e.g. a typed category name that is too long
+        remember_error(error)
+        return
     remember(f"Labelled {changed} product(s) as {plain(label)}.", conflicts)
 
 

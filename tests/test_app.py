@@ -201,3 +201,15 @@ def test_user_text_is_shown_as_plain_text_not_markdown(populated, monkeypatch):
         assert shown and all(r"\*\*Sale\*\* \[win\]" in value for value in shown), shown
     finally:
         catalog.set_labels([(product, original)], author="test")
+
+
+def test_a_long_typed_category_name_is_a_message_not_a_traceback(populated, monkeypatch):
+    # AppTest cannot type a new option into a selectbox; the rename form takes typed text.
+    at = app(populated, monkeypatch)
+    at.switch_page("pages/review.py").run()
+    before = Catalog(populated).current_labels()
+    at.text_input[-1].input("x" * 300)
+    [b for b in at.button if b.label == "Rename / merge"][0].click().run()
+    assert not at.exception, at.exception
+    assert any("at most 200 characters" in error.value for error in at.error)
+    assert Catalog(populated).current_labels() == before

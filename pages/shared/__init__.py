@@ -107,10 +107,17 @@ def remember(notice: str, conflicts=()) -> None:
     st.session_state[state.CONFLICTS] = [conflict.message() for conflict in conflicts]
 
 
+def remember_error(error: Exception) -> None:
+    """Keep a user-fixable error from an action (a callback cannot show it itself) for the next run."""
+    st.session_state[state.ERROR] = str(error)
+
+
 def show_notices() -> None:
-    """What the last action did (a toast), and the corrections someone else's change blocked."""
+    """What the last action did (a toast), its error, and the corrections someone else's change blocked."""
     if notice := st.session_state.pop(state.NOTICE, None):
         st.toast(notice)
+    if error := st.session_state.pop(state.ERROR, None):
+        st.error(plain(error))
     for conflict in st.session_state.pop(state.CONFLICTS, []):
         st.warning(f"Not applied, someone was quicker: {plain(conflict)}. The page now shows the current label.")
 

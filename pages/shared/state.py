@@ -9,6 +9,7 @@ AUTHOR = "author"                    # the name recorded with every label change
 AUTHOR_INPUT = "author_input"        # the sidebar widget holding it while typed
 NOTICE = "notice"                    # one-line result of the last action, shown once as a toast
 CONFLICTS = "conflicts"              # changes not applied because someone else was quicker
+ERROR = "error"                      # a one-line error from the last action (e.g. a name that is too long)
 LAST_UPLOAD = "last_upload"          # Upload page: the result of the last upload
 TRAINED_VERSION = "trained_version"  # Train page: the version the last retrain made
 SUSPICIOUS = "suspicious"            # Suspicious labels page: the last check's (issues, statistics)
