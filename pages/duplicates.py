@@ -50,6 +50,7 @@ for number, group in enumerate(groups[:MAX_GROUPS]):
             with cells[index % len(cells)]:
                 show_thumbnail(product_id)
                 st.caption(f"#{product_id} {plain(filename)}  \n{plain(label) if label else 'unlabelled'}")
+        shown = dict(zip(ids, group["labels"]))  # what the person sees: the optimistic check's baseline
         with st.form(f"group-{ids[0]}"):
             row = st.columns(3)
             keep = row[0].selectbox("Keep", ids, format_func=lambda pid: f"#{pid}")
@@ -60,11 +61,11 @@ for number, group in enumerate(groups[:MAX_GROUPS]):
             if st.form_submit_button("Apply"):
                 try:
                     if action.startswith("Keep"):
-                        archived = duplicates.keep_one(catalog(), ids, keep, label, author())
-                        remember(f"Kept #{keep}, archived {archived} (restorable below).")
+                        archived, conflicts = duplicates.keep_one(catalog(), ids, keep, label, author(), seen=shown)
+                        remember(f"Kept #{keep}, archived {archived} (restorable below).", conflicts)
                     elif label:
-                        changed = duplicates.merge_labels(catalog(), ids, label, author())
-                        remember(f"{changed} label(s) set to {plain(label)}.")
+                        changed, conflicts = duplicates.merge_labels(catalog(), ids, label, author(), seen=shown)
+                        remember(f"{changed} label(s) set to {plain(label)}.", conflicts)
                 except ProductLensError as error:  # e.g. a typed category name that is too long
                     remember_error(error)
                 st.rerun()

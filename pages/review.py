@@ -128,8 +128,8 @@ with st.expander("Manage categories"):
         new = columns[1].text_input("New name (an existing name merges the two)")
         if st.form_submit_button("Rename / merge") and old:
             try:
-                changed = review.rename_category(catalog(), old, new, author())
-                remember(f"Moved {changed} products from {plain(old)} to {plain(new)}.")
+                changed, conflicts = review.rename_category(catalog(), old, new, author())
+                remember(f"Moved {changed} products from {plain(old)} to {plain(new)}.", conflicts)
                 st.rerun()
             except ProductLensError as error:
                 st.error(str(error))

@@ -15,13 +15,13 @@ taking a chosen label, e.g. the group's majority) and the others are archived
 from __future__ import annotations
 
 from collections import Counter
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 
 from core.curation.similarity import near_duplicate_groups
 from core.errors import InvalidInputError
-from core.storage.catalog import Catalog
+from core.storage.catalog import ANY, Catalog, LabelConflict
 
 # On the default features (Lite0 + Lite2, multi pooling), 0.92 pairs a photo with its
 # re-encoded / resized / cropped copies at recall 0.75 and precision 0.99 against distinct
@@ -72,22 +72,36 @@ def catalogue_state(catalog: Catalog, embedding_key: str) -> tuple:
 
 
 def keep_one(catalog: Catalog, product_ids: Sequence[int], keep: int, label: str | None = None,
-             author: str | None = None) -> int:
-    """Keep product ``keep`` of a group, archive the others; return how many were archived.
+             author: str | None = None, seen: Mapping[int, str | None] | None = None
+             ) -> tuple[int, list[LabelConflict]]:
+    """Keep product ``keep`` of a group, archive the others; return ``(archived, conflicts)``.
 
-    With ``label`` the kept product takes it (a person's decision, undoable).
+    With ``label`` the kept product takes it (a person's decision, undoable), unless its
+    label changed since the person saw it (``seen``, as for every label change): then
+    it keeps the newer label and the change comes back as a conflict.
     """
     product_ids = [int(pid) for pid in product_ids]
     if int(keep) not in product_ids:
         raise InvalidInputError(f"product {keep} is not in the group {product_ids}")
+    conflicts: list[LabelConflict] = []
     if label:
-        catalog.set_labels([(int(keep), label)], source="human", author=author)
+        seen = seen or {}
+        _, conflicts = catalog.change_labels([(int(keep), label, seen.get(int(keep), ANY))], source="human",
+                                             author=author)
     others = [pid for pid in product_ids if pid != int(keep)]
-    return catalog.archive_products(others, reason="near-duplicate", kept_product_id=int(keep), author=author)
+    archived = catalog.archive_products(others, reason="near-duplicate", kept_product_id=int(keep), author=author)
+    return archived, conflicts
 
 
-def merge_labels(catalog: Catalog, product_ids: Sequence[int], label: str, author: str | None = None) -> int:
-    """Give every product of a group the same ``label``; return how many labels changed."""
+def merge_labels(catalog: Catalog, product_ids: Sequence[int], label: str, author: str | None = None,
+                 seen: Mapping[int, str | None] | None = None) -> tuple[int, list[LabelConflict]]:
+    """Give every product of a group the same ``label``; return ``(changed, conflicts)``.
+
+    A product whose label changed since the person saw it (``seen``) keeps the newer
+    label and comes back as a conflict.
+    """
     if not (label or "").strip():
         raise InvalidInputError("choose the label the group should share")
-    return catalog.set_labels([(int(pid), label) for pid in product_ids], source="human", author=author)
+    seen = seen or {}
+    return catalog.change_labels([(int(pid), label, seen.get(int(pid), ANY)) for pid in product_ids],
+                                 source="human", author=author)

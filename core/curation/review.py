@@ -169,15 +169,21 @@ def confirm(catalog: Catalog, product_ids: Sequence[int], author: str | None = N
     return accept_predictions(catalog, 0.0, author, product_ids)
 
 
-def rename_category(catalog: Catalog, old: str, new: str, author: str | None = None) -> int:
-    """Rename ``old`` to ``new``; if ``new`` exists this merges the two. History is kept."""
+def rename_category(catalog: Catalog, old: str, new: str, author: str | None = None
+                    ) -> tuple[int, list[LabelConflict]]:
+    """Rename ``old`` to ``new``; if ``new`` exists this merges the two. History is kept.
+
+    Only products still labelled ``old`` when the change is written move; one that
+    someone relabelled in between keeps its label and comes back as a conflict.
+    Returns ``(changed, conflicts)``.
+    """
     new = (new or "").strip()
     if not new:
         raise InvalidInputError("the new category name is empty")
     members = [pid for pid, label in catalog.current_labels().items() if label == old]
     if not members:
         raise InvalidInputError(f"no product is labelled {old!r}")
-    return catalog.set_labels([(pid, new) for pid in members], source="human", author=author)
+    return catalog.change_labels([(pid, new, old) for pid in members], source="human", author=author)
 
 
 def undo_last_action(catalog: Catalog, author: str | None = None) -> tuple[int, list[LabelConflict]]:

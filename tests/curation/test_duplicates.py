@@ -53,7 +53,8 @@ def test_a_cropped_reencoded_copy_is_grouped_with_its_original(catalog):
 def test_keep_one_archives_the_others_without_losing_anything(catalog):
     catalog, key, original_id, copy_id = catalog
     before = catalog.count_products()
-    assert duplicates.keep_one(catalog, [original_id, copy_id], keep=original_id, label="Lemon", author="ana") == 1
+    kept = duplicates.keep_one(catalog, [original_id, copy_id], keep=original_id, label="Lemon", author="ana")
+    assert kept == (1, [])
     assert catalog.count_products() == before - 1
     assert copy_id not in catalog.product_ids() and copy_id not in catalog.current_labels()
     assert copy_id not in catalog.embeddings(key)[0].tolist()
@@ -70,7 +71,13 @@ def test_keep_one_archives_the_others_without_losing_anything(catalog):
 
 def test_merge_labels_gives_the_group_one_label(catalog):
     catalog, key, original_id, copy_id = catalog
-    assert duplicates.merge_labels(catalog, [original_id, copy_id], "Lemon", author="bo") == 1  # the copy
+    shown = {pid: catalog.current_label(pid) for pid in (original_id, copy_id)}
+    catalog.set_labels([(original_id, "Kiwi")], author="cy")  # after the group was shown
+    changed, conflicts = duplicates.merge_labels(catalog, [original_id, copy_id], "Lemon", author="bo", seen=shown)
+    assert changed == 1 and catalog.current_label(copy_id) == "Lemon"
+    assert catalog.current_label(original_id) == "Kiwi", "a change made after the group was shown is kept"
+    assert [(c.product_id, c.current_label) for c in conflicts] == [(original_id, "Kiwi")]
+    assert duplicates.merge_labels(catalog, [original_id, copy_id], "Lemon", author="bo") == (1, [])
     assert catalog.current_label(copy_id) == catalog.current_label(original_id) == "Lemon"
     with pytest.raises(ValueError):
         duplicates.merge_labels(catalog, [original_id], " ")

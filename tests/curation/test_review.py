@@ -103,8 +103,8 @@ def test_accept_only_touches_unlabelled_products_above_threshold(catalog):
 def test_relabel_rename_merge_and_undo(catalog):
     ids = catalog.product_ids()
     assert review.relabel(catalog, ids[:2], "Lime", author="ana") == (2, [])
-    assert review.rename_category(catalog, "Lemon", "Citrus") == 6
-    assert review.rename_category(catalog, "Lime", "Citrus") == 2  # merge
+    assert review.rename_category(catalog, "Lemon", "Citrus") == (6, [])
+    assert review.rename_category(catalog, "Lime", "Citrus") == (2, [])  # merge
     assert set(catalog.current_labels().values()) == {"Citrus"}
     assert review.undo_last_action(catalog) == (2, [])
     assert catalog.current_label(ids[0]) == "Lime"
