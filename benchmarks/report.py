@@ -115,7 +115,8 @@ def _write_figure(result: dict) -> None:
                          xaxis_title="labelled products", yaxis_title="val accuracy (fine, 81 classes)",
                          yaxis_tickformat=".0%", template="plotly_white")
     FIGURE.parent.mkdir(parents=True, exist_ok=True)
-    figure.write_html(FIGURE, include_plotlyjs="cdn")
+    # A fixed div id: regenerating from the same results gives the same file (no spurious diffs).
+    figure.write_html(FIGURE, include_plotlyjs="cdn", div_id="label-efficiency")
 
 
 def label_errors() -> str:
