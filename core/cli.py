@@ -11,8 +11,10 @@ one JSON object on the last line).
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
+import sqlite3
 import sys
 from pathlib import Path
 
@@ -20,6 +22,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from core import settings  # noqa: E402
 from core.errors import InvalidInputError, ProductLensError  # noqa: E402
+from core.storage.catalog import storage_error_message  # noqa: E402
 
 
 def _progress_bar(description: str, enabled: bool = True):
@@ -115,8 +118,12 @@ def command_train(args) -> int:
     close()
     predicted = predict_catalog(catalog, version)
     metrics = version.metrics
+    if metrics.get("n_skipped_without_features"):
+        print(f"skipped: {metrics['n_skipped_without_features']} labelled products without features "
+              "(photo missing or unreadable; see `python -m core embed`)", file=sys.stderr)
     print(json.dumps({"model_version": version.id, "classes": len(version.classes),
-                      "n_train": metrics["n_train"], "validation_accuracy": metrics["accuracy"],
+                      "n_train": metrics["n_train"], "n_skipped": metrics.get("n_skipped_without_features", 0),
+                      "validation_accuracy": metrics["accuracy"],
                       "train_seconds": metrics["train_seconds"], "predicted": predicted["predicted"]}))
     return 0
 
@@ -136,6 +143,8 @@ def command_export(args) -> int:
 
     catalog = _catalog(args, create=False)
     target = Path(args.output or catalog.workspace / "exports")
+    if target.exists() and not target.is_dir():
+        raise InvalidInputError(f"--output {target} is a file: give a folder to write the exports into")
     written = []
     if args.what in ("labels", "all"):
         for suffix in ([args.format] if args.format else ["csv", "parquet"]):
@@ -191,9 +200,17 @@ def command_history(args) -> int:
         print(json.dumps(rows))
     else:
         for row in rows:
-            print(f"{row['when'][:19].replace('T', ' ')}  {row['who'] or '-':<12} {row['source']:<15} "
-                  f"#{row['product_id']} {row['filename']}: {row['from'] or '(none)'} -> {row['to'] or '(none)'}")
+            # Names come from users and files: shown escaped, one event per line, whatever they contain.
+            print(f"{row['when'][:19].replace('T', ' ')}  {_text(row['who'] or '-'):<12} {row['source']:<15} "
+                  f"#{row['product_id']} {_text(row['filename'])}: {_text(row['from'] or '(none)')} -> "
+                  f"{_text(row['to'] or '(none)')}")
     return 0
+
+
+def _text(value) -> str:
+    """User text for a terminal line: control characters (newlines, escape sequences) escaped."""
+    text = str(value)
+    return text if text.isprintable() else text.encode("unicode_escape").decode("ascii")
 
 
 def _embedding_key(catalog, args) -> str:
@@ -301,6 +318,94 @@ def command_restore(args) -> int:
     return 0
 
 
+def _password(args, prompt: str = "Password: ", confirm: bool = False) -> str:
+    """From stdin (``--password-stdin``, first line), $PRODUCTLENS_PASSWORD, or a prompt that does not echo."""
+    if getattr(args, "password_stdin", False):
+        return sys.stdin.readline().rstrip("\r\n")
+    if os.environ.get("PRODUCTLENS_PASSWORD"):
+        return os.environ["PRODUCTLENS_PASSWORD"]
+    if not sys.stdin.isatty():
+        raise InvalidInputError("no password: use --password-stdin or set PRODUCTLENS_PASSWORD")
+    import getpass
+
+    password = getpass.getpass(prompt)
+    if confirm and getpass.getpass("Repeat it: ") != password:
+        raise InvalidInputError("the two passwords differ")
+    return password
+
+
+def _acting_account(catalog, args, action: str):
+    """Who acts: the signed-in account where the workspace has accounts, else the local user named --user."""
+    from core.security import LOCAL, Account, authenticate, require
+
+    if not catalog.has_accounts():
+        return LOCAL if not args.user else Account(args.user.strip(), "admin", signed_in=False)
+    if not args.user:
+        raise InvalidInputError("this workspace has accounts: add --user NAME (password from --password-stdin, "
+                                "$PRODUCTLENS_PASSWORD or a prompt)")
+    account = authenticate(catalog, args.user, _password(args))
+    require(account, action)
+    return account
+
+
+def command_users(args) -> int:
+    from core.security import add_user, change_password, change_role, remove_user
+
+    catalog = _catalog(args, create=args.users_command == "add")
+    if args.users_command == "add":
+        add_user(catalog, args.name, _password(args, confirm=True), args.role)
+        print(f"added {_text(args.name)} ({args.role})")
+    elif args.users_command == "passwd":
+        change_password(catalog, args.name, _password(args, "New password: ", confirm=True))
+        print(f"password of {_text(args.name)} changed")
+    elif args.users_command == "role":
+        change_role(catalog, args.name, args.role)
+        print(f"{_text(args.name)} is now {args.role}")
+    elif args.users_command == "remove":
+        remove_user(catalog, args.name)
+        print(f"removed {_text(args.name)}")
+    else:
+        users = catalog.users()
+        if args.json:
+            print(json.dumps(users))
+        elif not users:
+            print("no accounts: the app trusts whoever reaches it (add one with `python -m core users add NAME "
+                  "--role admin`)")
+        for user in ([] if args.json else users):
+            print(f"{_text(user['name']):<24} {user['role']:<9} since {user['created_at'][:10]}")
+    return 0
+
+
+def _report_conflicts(conflicts) -> int:
+    for conflict in conflicts:
+        print(f"conflict: {_text(conflict.message())}", file=sys.stderr)
+    return 3 if conflicts else 0
+
+
+def command_label(args) -> int:
+    from core.storage.catalog import ANY
+
+    catalog = _catalog(args, create=False)
+    account = _acting_account(catalog, args, "label")
+    catalog.get_product(args.product)  # a one-line error for an unknown id
+    seen = ANY if args.expect is None else (args.expect or None)
+    changed, conflicts = catalog.change_labels([(args.product, args.category or None, seen)], source="human",
+                                               author=account.name)
+    print(json.dumps({"product_id": args.product, "changed": changed, "label": catalog.current_label(args.product),
+                      "conflicts": len(conflicts)}))
+    return _report_conflicts(conflicts)
+
+
+def command_undo(args) -> int:
+    from core.curation import review
+
+    catalog = _catalog(args, create=False)
+    account = _acting_account(catalog, args, "undo")
+    changed, conflicts = review.undo_last_action(catalog, account.name)
+    print(json.dumps({"undone": changed, "conflicts": len(conflicts)}))
+    return _report_conflicts(conflicts)
+
+
 def command_evaluate(args) -> int:
     from core.jobs import evaluate
 
@@ -322,6 +427,18 @@ def command_evaluate(args) -> int:
         close()
     print(json.dumps(result))
     return 0
+
+
+def _at_least(minimum: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+        return value
+    return parse
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -373,7 +490,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub = commands.add_parser("predict", help="predict every embedded product with a model version")
     sub.add_argument("--version", type=int, default=None, help="model version (default: active)")
-    sub.add_argument("--top-k", type=int, default=5, help="categories kept per product (default 5)")
+    sub.add_argument("--top-k", type=_at_least(1), default=5, help="categories kept per product (default 5)")
     sub.set_defaults(handler=command_predict)
 
     sub = commands.add_parser("export", help="write labels, embeddings or the classifier to files")
@@ -395,13 +512,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub = commands.add_parser("history", help="who changed which label, when, from what to what")
     sub.add_argument("--product", type=int, help="only this product id")
-    sub.add_argument("--limit", type=int, default=100, help="most recent N events (default 100)")
+    sub.add_argument("--limit", type=_at_least(1), default=100, help="most recent N events (default 100)")
     sub.add_argument("--json", action="store_true", help="one JSON list")
     sub.set_defaults(handler=command_history)
 
     sub = commands.add_parser("similar", help="the most similar products to a product id or a photo file")
     sub.add_argument("query", metavar="PATH_OR_PRODUCT", help="a product id or an image file")
-    sub.add_argument("--k", type=int, default=10, help="how many neighbours (default 10)")
+    sub.add_argument("--k", type=_at_least(1), default=10, help="how many neighbours (default 10)")
     sub.add_argument("--json", action="store_true", help="only the JSON list")
     add_backbone_options(sub)
     sub.set_defaults(handler=command_similar)
@@ -416,7 +533,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub = commands.add_parser("suspicious", help="labels that are probably wrong (confident learning on "
                               "cross-validated predictions), with a suggested label")
-    sub.add_argument("--folds", type=int, default=5, help="cross-validation folds (default 5)")
+    sub.add_argument("--folds", type=_at_least(2), default=5, help="cross-validation folds (default 5)")
     sub.add_argument("--json", action="store_true", help="only the JSON list")
     add_backbone_options(sub)
     sub.set_defaults(handler=command_suspicious)
@@ -434,6 +551,43 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("archive", help="archive written by `backup`")
     sub.set_defaults(handler=command_restore)
 
+    def add_identity_options(sub):
+        sub.add_argument("--user", help="act as this account (required once the workspace has accounts; "
+                                        "without accounts, the name recorded in the history)")
+        sub.add_argument("--password-stdin", action="store_true",
+                         help="read the password from the first line of stdin (else $PRODUCTLENS_PASSWORD or a prompt)")
+
+    sub = commands.add_parser("label", help="set one product's category (a person's correction)")
+    sub.add_argument("product", type=int, metavar="PRODUCT", help="product id")
+    sub.add_argument("category", metavar="CATEGORY", help="the category; an empty string clears the label")
+    sub.add_argument("--expect", metavar="OLD", help="apply only if the label is still OLD ('' = unlabelled); "
+                     "otherwise report who changed it and exit with code 3")
+    add_identity_options(sub)
+    sub.set_defaults(handler=command_label)
+
+    sub = commands.add_parser("undo", help="revert your most recent labelling action (never a later change "
+                              "by someone else: those are reported, exit code 3)")
+    add_identity_options(sub)
+    sub.set_defaults(handler=command_undo)
+
+    sub = commands.add_parser("users", help="accounts for the app: add, list, remove, passwd, role")
+    users = sub.add_subparsers(dest="users_command", metavar="ACTION", required=True)
+    action = users.add_parser("add", help="add an account (the first one must be an admin)")
+    action.add_argument("name")
+    action.add_argument("--role", required=True, choices=["viewer", "labeller", "admin"])
+    action.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
+    action = users.add_parser("list", help="accounts and their roles")
+    action.add_argument("--json", action="store_true")
+    action = users.add_parser("remove", help="remove an account (its history entries stay)")
+    action.add_argument("name")
+    action = users.add_parser("passwd", help="set a new password")
+    action.add_argument("name")
+    action.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
+    action = users.add_parser("role", help="change an account's role")
+    action.add_argument("name")
+    action.add_argument("role", choices=["viewer", "labeller", "admin"])
+    sub.set_defaults(handler=command_users)
+
     sub = commands.add_parser("evaluate", help="import, embed, train on --train and measure on --test "
                               "in a throw-away workspace")
     sub.add_argument("--train", required=True, help="folder of category folders to train on")
@@ -442,6 +596,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_options(sub, head=True)
     sub.set_defaults(handler=command_evaluate)
     return parser
+
+
+def _database_path(args) -> Path:
+    from core.storage.catalog import DATABASE_NAME
+
+    return settings.workspace_dir(args.workspace) / DATABASE_NAME
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -453,6 +613,14 @@ def main(argv: list[str] | None = None) -> int:
     except ProductLensError as error:
         # Only errors a user can fix end in one line; anything else is a bug and keeps its traceback.
         print(f"error: {error}", file=sys.stderr)
+        return 2
+    except sqlite3.DatabaseError as error:  # a damaged or unwritable catalogue read outside a transaction
+        print(f"error: {storage_error_message(error, _database_path(args))}", file=sys.stderr)
+        return 2
+    except OSError as error:
+        if error.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES):
+            raise
+        print(f"error: {storage_error_message(error, _database_path(args))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted: work done so far is saved", file=sys.stderr)

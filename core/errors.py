@@ -41,3 +41,7 @@ class BackboneUnavailableError(ProductLensError):
 
 class ImageError(ProductLensError, ValueError):
     """A file that cannot be imported as a photo; the message is the reason shown to the user."""
+
+
+class AccessDeniedError(ProductLensError, PermissionError):
+    """Wrong name or password, too many attempts, or an action the account's role does not allow."""

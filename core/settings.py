@@ -37,6 +37,7 @@ class Settings:
     max_pixels: int = 64_000_000
     max_zip_bytes: int = 2048 * 2**20
     max_zip_entries: int = 100_000
+    max_restore_bytes: int = 100 * 2**30
 
 
 def _int(name: str, default: int, minimum: int = 0) -> int:
@@ -76,6 +77,7 @@ def current() -> Settings:
         max_pixels=_int("PRODUCTLENS_MAX_MEGAPIXELS", 64) * 1_000_000,
         max_zip_bytes=_int("PRODUCTLENS_MAX_ZIP_MB", 2048) * 2**20,
         max_zip_entries=_int("PRODUCTLENS_MAX_ZIP_ENTRIES", 100_000),
+        max_restore_bytes=_int("PRODUCTLENS_MAX_RESTORE_MB", 100 * 1024) * 2**20,
     )
 
 

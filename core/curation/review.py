@@ -187,21 +187,18 @@ def rename_category(catalog: Catalog, old: str, new: str, author: str | None = N
 
 
 def undo_last_action(catalog: Catalog, author: str | None = None) -> tuple[int, list[LabelConflict]]:
-    """Revert the most recent labelling action (of ``author``, if given) by appending its inverse.
+    """Revert ``author``'s most recent labelling action by appending its inverse.
 
-    Each product goes back only if its label is still what the action set: a later
-    change by someone else is never overwritten, it comes back as a conflict.
-    Repeated calls step further back; an action that was undone is not undone
-    twice. Returns ``(changed, conflicts)``.
+    Only the author's own actions are undone (``None`` is the unnamed local user:
+    it never reaches anybody else's work). Each product goes back only if its label
+    is still what the action set: a later change by someone else is never
+    overwritten, it comes back as a conflict. Repeated calls step further back; an
+    action that was undone is not undone twice. Returns ``(changed, conflicts)``.
     """
     query = ("SELECT action FROM labels l WHERE action IS NOT NULL AND source != 'import' "
-             "AND action NOT LIKE 'undo:%' "
+             "AND action NOT LIKE 'undo:%' AND author IS ? "
              "AND NOT EXISTS (SELECT 1 FROM labels u WHERE u.action = 'undo:' || l.action)")
-    parameters: list = []
-    if author is not None:
-        query += " AND author IS ?"
-        parameters.append(author)
-    row = catalog.connection.execute(query + " ORDER BY id DESC LIMIT 1", parameters).fetchone()
+    row = catalog.connection.execute(query + " ORDER BY id DESC LIMIT 1", (author,)).fetchone()
     if row is None:
         return 0, []
     events = catalog.connection.execute(

@@ -75,6 +75,8 @@ def train_version(catalog: Catalog, embedder: Embedder, head: HeadClassifier | N
     summarised = augmented_views > 0 and augmented_views == embedder.views and \
         head.resolved_solver == "closed_form"
     ids, features, labels = labelled_embeddings(catalog, embedder.key, product_ids)
+    labelled = catalog.current_labels()
+    skipped = len(labelled if product_ids is None else {int(p) for p in product_ids} & set(labelled)) - len(ids)
     if len(ids) == 0:
         raise TrainingError("no labelled products with embeddings: import labelled photos (a folder of "
                             "category folders) and run `embed` first")
@@ -97,7 +99,8 @@ def train_version(catalog: Catalog, embedder: Embedder, head: HeadClassifier | N
     relative = f"models/head-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}.keras"
     head.save(catalog.workspace / relative)
     metrics = dict(head.metrics_)
-    metrics.update(n_train=int(len(ids)), train_seconds=round(train_seconds, 3), best_epoch=head.best_epoch_)
+    metrics.update(n_train=int(len(ids)), n_skipped_without_features=int(skipped),
+                   train_seconds=round(train_seconds, 3), best_epoch=head.best_epoch_)
     if scatter is not None:  # how much of the cached view scatter this retrain had to redo
         metrics["view_scatter_products_read"] = scatter.recomputed_products_
     params = {"embedder": asdict(EmbedderSettings.of(embedder)), "head": head.get_params(),
@@ -125,7 +128,7 @@ def load_version(catalog: Catalog, version: ModelVersion | int | None = None) ->
             raise TrainingError("no trained model yet: label some products and run `train`")
     elif isinstance(version, int):
         version = catalog.model_version(version)
-    return version, HeadClassifier.load(catalog.workspace / version.path, version.classes)
+    return version, HeadClassifier.load(catalog.model_path(version), version.classes)
 
 
 def embedder_for(version: ModelVersion) -> Embedder:
@@ -134,7 +137,6 @@ def embedder_for(version: ModelVersion) -> Embedder:
 
 def activate(catalog: Catalog, version_id: int) -> ModelVersion:
     version = catalog.model_version(version_id)
-    if not (catalog.workspace / version.path).exists():
-        raise TrainingError(f"model version {version_id}'s file {version.path} is missing")
+    catalog.model_path(version)  # refuses a version whose file is gone, before it becomes active
     catalog.activate_model_version(version_id)
     return catalog.model_version(version_id)

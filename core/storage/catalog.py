@@ -15,6 +15,7 @@ called ``backbone`` so that existing workspaces open unchanged.
 from __future__ import annotations
 
 import datetime as _dt
+import errno
 import hashlib
 import json
 import os
@@ -23,7 +24,7 @@ import threading
 import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Iterable, Iterator, Sequence
 
 import numpy as np
@@ -32,11 +33,14 @@ from core import settings
 from core.errors import CatalogError, InvalidInputError, NotFoundError
 from core.storage.atomic import atomic_write_bytes
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 # Statements that take a workspace from version N-1 to N; run in order, in one transaction.
+# (Tables added by a version need no statement: the schema below creates what is missing.)
 _MIGRATIONS = {
     2: ["ALTER TABLE labels ADD COLUMN action TEXT"],  # undo groups label events by action
+    3: [],  # accounts (users table)
 }
+ROLES = ("viewer", "labeller", "admin")
 LABEL_SOURCES = ("human", "import", "model-accepted")
 DATABASE_NAME = "catalog.sqlite"
 MAX_LABEL_LENGTH = 200
@@ -105,6 +109,12 @@ CREATE TABLE IF NOT EXISTS archived (
     kept_product_id INTEGER REFERENCES products(id),
     reason TEXT NOT NULL,
     author TEXT,
+    created_at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS users (
+    name TEXT PRIMARY KEY,
+    password_hash TEXT NOT NULL,
+    role TEXT NOT NULL CHECK (role IN ('viewer', 'labeller', 'admin')),
     created_at TEXT NOT NULL
 );
 """
@@ -202,49 +212,76 @@ class LabelConflict:
 
 
 class Catalog:
-    """A workspace's catalogue. Safe to share between threads (one connection each)."""
+    """A workspace's catalogue. Safe to share between threads (one connection each).
+
+    ``create=True`` (the app, ``import``) makes the workspace if needed and tidies
+    it; ``create=False`` (every command that only reads) opens an existing one and
+    writes nothing until asked to, so ``status``, ``history`` and ``backup`` work
+    on a read-only or full disk. A damaged, truncated or foreign ``catalog.sqlite``
+    is a :class:`CatalogError` saying what to do, never a half-opened catalogue.
+    """
 
     def __init__(self, workspace: str | os.PathLike | None = None, create: bool = True):
         self.workspace = settings.workspace_dir(workspace).resolve()
         self.database_path = self.workspace / DATABASE_NAME
-        if not self.database_path.exists() and not create:
-            raise CatalogError(f"no catalogue in {self.workspace}: run `python -m core import PATH` first")
         if self.workspace.exists() and not self.workspace.is_dir():
             raise CatalogError(f"workspace {self.workspace} exists and is not a directory")
-        for sub in ("images", "models", "exports"):
-            (self.workspace / sub).mkdir(parents=True, exist_ok=True)
+        if not self.database_path.exists() and not create:
+            raise CatalogError(f"no catalogue in {self.workspace}: run `python -m core import PATH` first")
+        if self.database_path.exists() and self.database_path.stat().st_size == 0 and _holds_data(self.workspace):
+            # An empty file beside photos and models is a lost catalogue, not a new one.
+            raise CatalogError(f"{self.database_path} is empty (0 bytes) but the workspace holds photos or models: "
+                               "restore it from a backup (`python -m core restore`) instead of starting over")
         self._local = threading.local()
-        self._initialise()
-        self.discard_partial_files()
+        self._read_only = not create and not (os.access(self.database_path, os.W_OK)
+                                              and os.access(self.workspace, os.W_OK))
+        with _translated_errors(self.database_path):
+            if create:
+                for sub in ("images", "models", "exports"):
+                    (self.workspace / sub).mkdir(parents=True, exist_ok=True)
+            self._initialise(create)
+            if create:
+                self.discard_partial_files()
 
     # -- connection handling -------------------------------------------------
     @property
     def connection(self) -> sqlite3.Connection:
         connection = getattr(self._local, "connection", None)
         if connection is None:
-            connection = sqlite3.connect(self.database_path, timeout=30.0, isolation_level=None)
+            if self._read_only:
+                # A read-only file (or folder) cannot host WAL's shared-memory file: read it as immutable.
+                uri = f"{self.database_path.as_uri()}?mode=ro&immutable=1"
+                connection = sqlite3.connect(uri, uri=True, timeout=30.0, isolation_level=None)
+            else:
+                connection = sqlite3.connect(self.database_path, timeout=30.0, isolation_level=None)
             connection.row_factory = sqlite3.Row
-            connection.execute("PRAGMA journal_mode=WAL")
-            connection.execute("PRAGMA synchronous=NORMAL")
-            connection.execute("PRAGMA foreign_keys=ON")
             connection.execute("PRAGMA busy_timeout=30000")
+            connection.execute("PRAGMA foreign_keys=ON")
+            if not self._read_only:
+                connection.execute("PRAGMA synchronous=NORMAL")
             self._local.connection = connection
         return connection
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
-        """``BEGIN IMMEDIATE`` … ``COMMIT``: writers queue instead of failing on a lock."""
+        """``BEGIN IMMEDIATE`` … ``COMMIT``: writers queue instead of failing on a lock.
+
+        A write the disk refuses (read-only, full, damaged) is a one-line
+        :class:`CatalogError`; the transaction is rolled back, so nothing is half-written.
+        """
         connection = self.connection
         if connection.in_transaction:  # nested use joins the outer transaction
             yield connection
             return
-        connection.execute("BEGIN IMMEDIATE")
-        try:
-            yield connection
-        except BaseException:
-            connection.execute("ROLLBACK")
-            raise
-        connection.execute("COMMIT")
+        with _translated_errors(self.database_path):
+            connection.execute("BEGIN IMMEDIATE")
+            try:
+                yield connection
+            except BaseException:
+                if connection.in_transaction:
+                    connection.execute("ROLLBACK")
+                raise
+            connection.execute("COMMIT")
 
     def close(self) -> None:
         connection = getattr(self._local, "connection", None)
@@ -252,7 +289,7 @@ class Catalog:
             connection.close()
             self._local.connection = None
 
-    def _initialise(self) -> None:
+    def _initialise(self, create: bool) -> None:
         connection = self.connection
         version = self.schema_version()
         if version is not None and version > SCHEMA_VERSION:
@@ -260,7 +297,18 @@ class Catalog:
                 f"workspace {self.workspace} was written by a newer ProductLens (schema "
                 f"{version}, this version knows {SCHEMA_VERSION}): upgrade ProductLens"
             )
-        if version is not None and version < SCHEMA_VERSION:
+        if version == SCHEMA_VERSION:
+            if create and connection.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                connection.execute("PRAGMA journal_mode=WAL")
+            return  # up to date: opening writes nothing
+        if version is None and not create:
+            raise CatalogError(f"{self.database_path} is not a ProductLens catalogue (no schema version): "
+                               "restore it from a backup or choose another --workspace")
+        if self._read_only:
+            raise CatalogError(f"{self.database_path} needs upgrading (schema {version} to {SCHEMA_VERSION}) "
+                               "but is read-only: open it once with write access")
+        connection.execute("PRAGMA journal_mode=WAL")
+        if version is not None:
             # Keep the pre-migration database: an upgrade must never cost a label.
             connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             backup = self.database_path.with_name(f"{DATABASE_NAME}.schema{version}.bak")
@@ -282,7 +330,13 @@ class Catalog:
         if connection.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meta'").fetchone() is None:
             return None
         row = connection.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
-        return None if row is None else int(row["value"])
+        if row is None:
+            return None
+        try:
+            return int(row["value"])
+        except (TypeError, ValueError):
+            raise CatalogError(f"{self.database_path} has an invalid schema version ({row['value']!r}): "
+                               "restore it from a backup") from None
 
     def discard_partial_files(self, max_age_seconds: float = 600.0) -> int:
         """Delete temporary files left by a process killed mid-write; return how many.
@@ -309,9 +363,24 @@ class Catalog:
 
     # -- products --------------------------------------------------------------
     def image_path(self, product: Product | int) -> Path:
+        """Where the product's photo is; only ever a file under ``images/`` (a doctored row cannot point out)."""
         if isinstance(product, int):
             product = self.get_product(product)
-        return self.workspace / product.stored_path
+        return self._inside(product.stored_path, "images")
+
+    def model_path(self, version: "ModelVersion") -> Path:
+        """The model version's file, under ``models/``; a missing file is a one-line error saying what to do."""
+        path = self._inside(version.path, "models")
+        if not path.is_file():
+            raise NotFoundError(f"model version {version.id}'s file {version.path} is missing: activate another "
+                                "version (`python -m core versions --activate N`) or retrain")
+        return path
+
+    def _inside(self, relative: str, folder: str) -> Path:
+        path = self.workspace / relative
+        if not is_inside(relative, folder) or not path.resolve().is_relative_to(self.workspace / folder):
+            raise CatalogError(f"catalogue entry {relative!r} points outside {folder}/: refusing to use it")
+        return path
 
     def add_image(self, data: bytes, filename: str, image_format: str, extension: str,
                   width: int, height: int, source: str | None = None) -> tuple[int, bool]:
@@ -586,6 +655,41 @@ class Catalog:
             for row in rows
         }
 
+    # -- accounts ------------------------------------------------------------------
+    # Rows only; hashing, roles and permissions live in core.security.accounts.
+    def add_user(self, name: str, password_hash: str, role: str) -> None:
+        with self.transaction() as connection:
+            if connection.execute("SELECT 1 FROM users WHERE name = ?", (name,)).fetchone():
+                raise InvalidInputError(f"an account named {name!r} already exists "
+                                        "(use `users passwd` or `users role`)")
+            connection.execute("INSERT INTO users VALUES (?, ?, ?, ?)", (name, password_hash, role, utc_now()))
+
+    def update_user(self, name: str, password_hash: str | None = None, role: str | None = None) -> None:
+        with self.transaction() as connection:
+            if connection.execute("SELECT 1 FROM users WHERE name = ?", (name,)).fetchone() is None:
+                raise NotFoundError(f"no account named {name!r}")
+            if password_hash is not None:
+                connection.execute("UPDATE users SET password_hash = ? WHERE name = ?", (password_hash, name))
+            if role is not None:
+                connection.execute("UPDATE users SET role = ? WHERE name = ?", (role, name))
+
+    def remove_user(self, name: str) -> None:
+        with self.transaction() as connection:
+            if connection.execute("DELETE FROM users WHERE name = ?", (name,)).rowcount == 0:
+                raise NotFoundError(f"no account named {name!r}")
+
+    def users(self) -> list[dict]:
+        """Every account: ``name, role, created_at`` (never the password hash)."""
+        return [dict(row) for row in self.connection.execute("SELECT name, role, created_at FROM users ORDER BY name")]
+
+    def user_password_hash(self, name: str) -> tuple[str, str] | None:
+        """``(password_hash, role)`` of an account, None if there is no such account."""
+        row = self.connection.execute("SELECT password_hash, role FROM users WHERE name = ?", (name,)).fetchone()
+        return None if row is None else (row["password_hash"], row["role"])
+
+    def has_accounts(self) -> bool:
+        return self.connection.execute("SELECT 1 FROM users LIMIT 1").fetchone() is not None
+
     # -- summary -----------------------------------------------------------------
     def status(self) -> dict:
         labels = self.current_labels()
@@ -601,6 +705,51 @@ class Catalog:
                 "accuracy": active.metrics.get("accuracy"), "created_at": active.created_at,
             },
         }
+
+
+def is_inside(relative: str, folder: str) -> bool:
+    """Whether a stored relative path names a file inside ``folder`` (no absolute path, no ``..``)."""
+    parts = PurePosixPath(str(relative)).parts
+    return (len(parts) >= 2 and parts[0] == folder and ".." not in parts and "\\" not in str(relative)
+            and not str(relative).startswith("/"))
+
+
+def _holds_data(workspace: Path) -> bool:
+    return any(any((workspace / folder).glob("**/*.*")) for folder in ("images", "models"))
+
+
+@contextmanager
+def _translated_errors(database_path: Path) -> Iterator[None]:
+    """Storage failures as one-line errors that say what to do."""
+    try:
+        yield
+    except sqlite3.DatabaseError as error:
+        raise CatalogError(storage_error_message(error, database_path)) from None
+    except OSError as error:
+        if error.errno in _DISK_ERRNOS:
+            raise CatalogError(storage_error_message(error, database_path)) from None
+        raise
+
+
+_DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM}
+
+
+def storage_error_message(error: BaseException, database_path: Path) -> str:
+    """What went wrong with the workspace's storage, and what to do, in one line."""
+    text = str(error).lower()
+    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG) or "full" in text:
+        return (f"the disk holding {database_path.parent} is full: free some space and run the command again "
+                "(what was already saved is kept)")
+    if "readonly" in text or "read-only" in text or (isinstance(error, OSError) and error.errno in (
+            errno.EROFS, errno.EACCES, errno.EPERM)):
+        return (f"{database_path.parent} is read-only for this user: reading works, changes need write access "
+                "to the folder and catalog.sqlite")
+    if "locked" in text or "busy" in text:
+        return f"{database_path} stayed locked by another process for 30 s: try again"
+    if "not a database" in text or "malformed" in text or "corrupt" in text or "disk i/o" in text:
+        return (f"{database_path} is damaged ({error}): restore the workspace from a backup "
+                "(`python -m core restore BACKUP.zip --workspace NEW_FOLDER`)")
+    return f"cannot use {database_path} ({error})"
 
 
 def clean_label(label: str | None) -> str | None:

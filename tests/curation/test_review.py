@@ -137,3 +137,14 @@ def test_undo_never_overwrites_a_later_change_by_someone_else(catalog):
     assert catalog.current_label(carrots) == "Asparagus", "Bob's later change stays"
     assert changed == 1 and catalog.current_label(other) != "Leek", "the rest of Alice's action is undone"
     assert [(c.product_id, c.current_label, c.changed_by) for c in conflicts] == [(carrots, "Asparagus", "bob")]
+
+
+def test_undo_without_a_name_never_reverts_a_named_colleagues_action(catalog):
+    product = catalog.product_ids()[0]
+    before = catalog.current_label(product)
+    review.relabel(catalog, [product], "Leek", author="bob")
+    assert review.undo_last_action(catalog, author=None) == (0, []), "nothing of the unnamed user's to undo"
+    assert catalog.current_label(product) == "Leek"
+    review.relabel(catalog, [product], "Carrots", author=None, seen={product: "Leek"})
+    assert review.undo_last_action(catalog, author=None) == (1, [])
+    assert catalog.current_label(product) == "Leek" != before
