@@ -172,3 +172,98 @@ def test_evaluate_on_held_out_photos(tmp_path, demo_split):
     accuracy = sum(r["true_label"] == r["predicted_label"] for r in rows) / len(rows)
     assert accuracy == pytest.approx(result["accuracy"])
     assert all(Path(r["path"]).parent.name == r["true_label"] for r in rows)
+
+
+def _as(user, password, *args, workspace, stdin=None):
+    """Run a command as ``user``; the password comes from $PRODUCTLENS_PASSWORD, or stdin when ``stdin``."""
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    env.pop("PRODUCTLENS_PASSWORD", None)
+    if stdin is None and password is not None:
+        env["PRODUCTLENS_PASSWORD"] = password
+    command = [sys.executable, "-m", "core", "--workspace", str(workspace), *args]
+    if user:
+        command += ["--user", user] + (["--password-stdin"] if stdin is not None else [])
+    return subprocess.run(command, capture_output=True, text=True, cwd=REPO, env=env, timeout=300, input=stdin)
+
+
+def test_team_corrections_and_undo_never_overwrite_each_other(tmp_path, demo_dir):
+    workspace = tmp_path / "ws"
+    run("import", str(demo_dir / "Lemon"), "--label", "Carrots", workspace=workspace)
+    for name, role in [("root", "admin"), ("alice", "labeller"), ("bob", "labeller"), ("vera", "viewer")]:
+        added = _as(None, None, "users", "add", name, "--role", role, "--password-stdin", workspace=workspace,
+                    stdin=f"{name}-password\n")
+        assert added.returncode == 0, added.stderr
+    listed = last_json(run("users", "list", "--json", workspace=workspace))
+    assert [(u["name"], u["role"]) for u in listed] == [("alice", "labeller"), ("bob", "labeller"),
+                                                        ("root", "admin"), ("vera", "viewer")]
+    product = Catalog(workspace).product_ids()[6]
+
+    # Alice: Carrots -> Leek; Bob (who saw Leek): Leek -> Asparagus; Alice presses Undo.
+    assert _as("alice", "alice-password", "label", str(product), "Leek", "--expect", "Carrots",
+               workspace=workspace).returncode == 0
+    assert _as("bob", "bob-password", "label", str(product), "Asparagus", "--expect", "Leek",
+               workspace=workspace, stdin="bob-password\n").returncode == 0
+    undo = _as("alice", "alice-password", "undo", workspace=workspace)
+    assert undo.returncode == 3, "a refused change exits with code 3"
+    assert undo.stderr.count("\n") == 1 and "bob changed it to Asparagus" in undo.stderr, undo.stderr
+    assert Catalog(workspace).current_label(product) == "Asparagus", "Bob's change survives Alice's undo"
+
+    stale = _as("alice", "alice-password", "label", str(product), "Kale", "--expect", "Leek", workspace=workspace)
+    assert stale.returncode == 3 and "bob changed it to Asparagus" in stale.stderr
+
+    for user, password, args, message in [
+        ("vera", "vera-password", ["label", str(product), "Kale"], "vera is a viewer: label needs the labeller role"),
+        ("alice", "not-her-password", ["label", str(product), "Kale"], "wrong account name or password"),
+        (None, None, ["label", str(product), "Kale"], "this workspace has accounts: add --user NAME"),
+        ("alice", "alice-password", ["label", "99999", "Kale"], "no product with id 99999"),
+    ]:
+        refused = _as(user, password, *args, workspace=workspace)
+        assert refused.returncode == 2 and refused.stderr == f"error: {message}\n" or message in refused.stderr, (
+            refused.stderr)
+        assert "Traceback" not in refused.stderr
+    assert Catalog(workspace).current_label(product) == "Asparagus"
+    history = last_json(run("history", "--product", str(product), "--json", workspace=workspace))
+    assert [(h["who"], h["to"]) for h in history] == [("bob", "Asparagus"), ("alice", "Leek"), (None, "Carrots")]
+
+
+def test_without_accounts_the_local_user_labels_by_name_and_undoes_only_their_own(tmp_path, demo_dir):
+    workspace = tmp_path / "ws"
+    run("import", str(demo_dir / "Lemon"), "--label", "Lemon", workspace=workspace)
+    first, second = Catalog(workspace).product_ids()[:2]
+    assert "no accounts" in run("users", "list", workspace=workspace).stdout
+    run("label", str(first), "Lime", "--user", "ana", workspace=workspace)
+    assert last_json(run("undo", workspace=workspace)) == {"undone": 0, "conflicts": 0}, "not ana's action"
+    run("label", str(second), "Lime", workspace=workspace)
+    assert last_json(run("undo", workspace=workspace)) == {"undone": 1, "conflicts": 0}
+    labels = Catalog(workspace).current_labels()
+    assert (labels[first], labels[second]) == ("Lime", "Lemon")
+
+
+@pytest.mark.parametrize("args, message", [
+    (["predict", "--top-k", "0"], "must be at least 1"),
+    (["predict", "--top-k", "-3"], "must be at least 1"),
+    (["similar", "1", "--k", "-1"], "must be at least 1"),
+    (["suspicious", "--folds", "1"], "must be at least 2"),
+    (["history", "--limit", "0"], "must be at least 1"),
+])
+def test_out_of_range_numbers_are_usage_errors(tmp_path, args, message):
+    result = run(*args, workspace=tmp_path / "ws", check=False)
+    assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_export_onto_a_file_and_forged_history_lines_are_refused(tmp_path, demo_dir):
+    workspace = tmp_path / "ws"
+    run("import", str(demo_dir / "Lemon"), "--label", "Lemon", workspace=workspace)
+    existing = tmp_path / "report.txt"
+    existing.write_text("keep me")
+    result = run("export", "labels", "--output", str(existing), workspace=workspace, check=False)
+    assert result.returncode == 2 and "is a file" in result.stderr and "Traceback" not in result.stderr
+    assert existing.read_text() == "keep me"
+    # A label written before names were checked (or by another tool) must not print as extra history lines.
+    catalog = Catalog(workspace)
+    with catalog.transaction() as connection:
+        connection.execute("INSERT INTO labels (product_id, label, previous_label, source, author, created_at) "
+                           "VALUES (1, ?, 'Lemon', 'human', 'mallory', '2026-01-01T00:00:00')",
+                           ("Lime\n2026-01-01 00:00:00  root  human  #1 x: a -> b",))
+    lines = run("history", "--product", "1", workspace=workspace).stdout.strip().splitlines()
+    assert len(lines) == 2 and "Lime\\n2026" in lines[0]
