@@ -3,7 +3,7 @@
 import streamlit as st
 
 from core.storage import load_demo
-from pages.shared import catalog, navigation_pages, sidebar, state
+from pages.shared import can, catalog, navigation_pages, needs_sign_in, permitted, sidebar, sign_in_form, state
 
 st.set_page_config(page_title="ProductLens", page_icon="assets/icon.svg", layout="wide")
 st.logo("assets/logo.svg", icon_image="assets/icon.svg")
@@ -17,7 +17,7 @@ def home() -> None:
     if status["products"] == 0:
         st.info("Your catalogue is empty. Upload photos, or try ProductLens on a small demo catalogue "
                 "(10 grocery categories, 80 photos, a few left unlabelled).")
-        if st.button("Load demo catalogue", type="primary"):
+        if st.button("Load demo catalogue", type="primary", disabled=not can("import")) and permitted("import"):
             with st.spinner("Importing the demo photos…"):
                 report = load_demo(catalog())
             st.success(f"Imported {len(report.added)} demo photos. Next: train a model.")
@@ -49,7 +49,12 @@ def home() -> None:
     st.page_link("pages/duplicates.py", label="Find near-duplicate photos", icon=":material/content_copy:")
 
 
-navigation = st.navigation(navigation_pages(home))
+signing_in = needs_sign_in()
+# Every page stays registered while signing in (a deep link keeps its page); none is listed or run.
+navigation = st.navigation(navigation_pages(home), position="hidden" if signing_in else "sidebar")
 st.session_state[state.ROUTED] = True
+if signing_in:
+    sign_in_form()
+    st.stop()
 sidebar()
 navigation.run()

@@ -6,8 +6,10 @@ from core.curation import duplicates
 from core.errors import ProductLensError
 from pages.shared import (
     author,
+    can,
     catalog,
     embedding_key,
+    permitted,
     remember,
     remember_error,
     require_router,
@@ -57,8 +59,10 @@ for number, group in enumerate(groups[:MAX_GROUPS]):
             options = sorted({label for label in group["labels"] if label} | set(catalog().categories()))
             default = options.index(group["majority_label"]) if group["majority_label"] in options else None
             label = row[1].selectbox("Label", options, index=default, accept_new_options=True)
-            action = row[2].radio("Action", ["Keep one, archive the others", "Give all this label"])
-            if st.form_submit_button("Apply"):
+            action = row[2].radio("Action", ["Keep one, archive the others", "Give all this label"],
+                                  help="Archiving is for admins; labellers can give the group one label.")
+            if st.form_submit_button("Apply", disabled=not can("label")) and \
+                    permitted("archive" if action.startswith("Keep") else "label"):
                 try:
                     if action.startswith("Keep"):
                         archived, conflicts = duplicates.keep_one(catalog(), ids, keep, label, author(), seen=shown)
@@ -77,8 +81,9 @@ if archived:
     with st.expander(f"Archived products ({len(archived)})"):
         for record in archived[-50:]:
             row = st.columns([3, 1])
-            row[0].caption(f"#{record['product_id']} · {record['reason']} of #{record['kept_product_id']} · "
+            row[0].caption(f"#{record['product_id']} · {plain(record['reason'])} of #{record['kept_product_id']} · "
                            f"{plain(record['author'] or '-')} · {record['created_at'][:16].replace('T', ' ')}")
-            if row[1].button("Restore", key=f"restore-{record['product_id']}"):
+            if row[1].button("Restore", key=f"restore-{record['product_id']}", disabled=not can("archive")) \
+                    and permitted("archive"):
                 catalog().restore_products([record["product_id"]])
                 st.rerun()

@@ -5,7 +5,17 @@ import streamlit as st
 
 from core.curation import catalogue_map, review
 from core.errors import ProductLensError
-from pages.shared import author, catalog, embedding_key, require_router, show_thumbnail, state
+from pages.shared import (
+    author,
+    can,
+    catalog,
+    embedding_key,
+    permitted,
+    require_router,
+    show_notices,
+    show_thumbnail,
+    state,
+)
 from pages.shared.text import plain
 
 require_router()
@@ -47,7 +57,8 @@ if not chosen:
 st.subheader(f"{len(chosen)} selected products")
 with st.form("bulk_relabel"):
     target = st.selectbox("Relabel all selected as", catalog().categories(), accept_new_options=True)
-    if st.form_submit_button("Relabel", type="primary") and target:
+    if st.form_submit_button("Relabel", type="primary", disabled=not can("label")) and target \
+            and permitted("label"):
         try:
             changed, conflicts = review.relabel(catalog(), chosen, target, author(),
                                                 seen=review.seen_labels(table, chosen))
@@ -59,6 +70,7 @@ with st.form("bulk_relabel"):
                 st.warning(f"Not applied, someone was quicker: {plain(conflict.message())}")
 gallery = st.columns(8)
 selected_rows = table.set_index("product_id").loc[chosen]
+show_notices()
 for index, (product_id, row) in enumerate(selected_rows.head(64).iterrows()):
     with gallery[index % 8]:
         show_thumbnail(product_id)

@@ -6,8 +6,10 @@ from core.curation import review
 from core.errors import ProductLensError
 from pages.shared import (
     author,
+    can,
     catalog,
     embedding_key,
+    permitted,
     remember,
     remember_error,
     require_router,
@@ -37,9 +39,14 @@ def _features(key: str, embedded: int):
 
 
 key = embedding_key()
+labelling = can("label")
+if not labelling:
+    st.info("You can look at predictions; labelling needs the labeller role.")
 
 
 def set_label(product_ids, label, seen):
+    if not permitted("label"):
+        return
     try:
         changed, conflicts = review.relabel(catalog(), product_ids, label, author(), seen=seen)
     except ProductLensError as error:  # e.g. a typed category name that is too long
@@ -69,7 +76,7 @@ pages = max(1, -(-len(selected) // PAGE_SIZE))
 top = st.columns([2, 2, 2, 1])
 page = top[0].number_input(f"Page (of {pages})", 1, pages, 1, key=state.REVIEW_PAGE)
 top[1].metric("Matching products", len(selected))
-if top[3].button("Undo last action", icon=":material/undo:"):
+if top[3].button("Undo last action", icon=":material/undo:", disabled=not labelling) and permitted("undo"):
     undone, conflicts = review.undo_last_action(catalog(), author())
     remember(f"Undid {undone} change(s)." if undone or conflicts else "Nothing to undo.", conflicts)
     st.rerun()
@@ -88,14 +95,14 @@ for index, row in enumerate(visible.itertuples()):
         for label, probability in list(zip(row.top_labels, row.top_probabilities))[:3]:
             st.button(f"{plain(label)} · {probability:.0%}", key=f"pick-{row.product_id}-{label}",
                       on_click=set_label, args=([row.product_id], label, {row.product_id: current}),
-                      width="stretch",
+                      width="stretch", disabled=not labelling,
                       type="primary" if label == current else "secondary")
         choice = st.selectbox("Any category", [""] + categories, key=f"any-{row.product_id}",
                               accept_new_options=True, label_visibility="collapsed",
                               placeholder="Other category…")
         if choice and choice != current:
             st.button(f"Set “{plain(choice)}”", key=f"set-{row.product_id}", on_click=set_label,
-                      args=([row.product_id], choice, {row.product_id: current}))
+                      args=([row.product_id], choice, {row.product_id: current}), disabled=not labelling)
         st.checkbox("Select", key=state.selected_card(row.product_id))
 
 st.divider()
@@ -103,33 +110,33 @@ st.subheader("Bulk actions")
 bulk = st.columns(3)
 with bulk[0].form("accept"):
     threshold = st.slider("Accept predictions at or above", 0.5, 1.0, 0.9, 0.01)
-    if st.form_submit_button("Accept for unlabelled products"):
+    if st.form_submit_button("Accept for unlabelled products", disabled=not labelling) and permitted("label"):
         accepted = review.accept_predictions(catalog(), threshold, author())
         remember(f"Accepted {accepted} predictions.")
         st.rerun()
 with bulk[1].form("relabel"):
     ticked = [pid for pid in visible["product_id"] if st.session_state.get(state.selected_card(pid))]
     target = st.selectbox("Relabel selected cards as", categories, accept_new_options=True)
-    if st.form_submit_button(f"Relabel {len(ticked)} selected"):
+    if st.form_submit_button(f"Relabel {len(ticked)} selected", disabled=not labelling):
         if ticked and target:
             set_label(ticked, target, review.seen_labels(visible, ticked))
             st.rerun()
 with bulk[2]:
     st.write("Unlabelled cards on this page take their predicted category.")
-    if st.button("Confirm this page"):
+    if st.button("Confirm this page", disabled=not labelling) and permitted("label"):
         confirmed = review.confirm(catalog(), visible["product_id"].tolist(), author())
         remember(f"Confirmed {confirmed} predictions.")
         st.rerun()
 
-with st.expander("Manage categories"):
+with st.expander("Manage categories (admins)"):
     with st.form("rename"):
         columns = st.columns(2)
         old = columns[0].selectbox("Category", categories)
         new = columns[1].text_input("New name (an existing name merges the two)")
-        if st.form_submit_button("Rename / merge") and old:
+        if st.form_submit_button("Rename / merge", disabled=not can("rename")) and old and permitted("rename"):
             try:
                 changed, conflicts = review.rename_category(catalog(), old, new, author())
                 remember(f"Moved {changed} products from {plain(old)} to {plain(new)}.", conflicts)
                 st.rerun()
             except ProductLensError as error:
-                st.error(str(error))
+                st.error(plain(error))

@@ -4,7 +4,18 @@ import streamlit as st
 
 from core.curation import suspicious
 from core.errors import ProductLensError
-from pages.shared import author, catalog, embedding_key, remember, require_router, show_notices, show_thumbnail, state
+from pages.shared import (
+    author,
+    can,
+    catalog,
+    embedding_key,
+    permitted,
+    remember,
+    require_router,
+    show_notices,
+    show_thumbnail,
+    state,
+)
 from pages.shared.text import plain
 
 require_router()
@@ -23,7 +34,7 @@ if st.button("Find suspicious labels", type="primary", disabled=len(catalog().cu
         try:
             st.session_state[state.SUSPICIOUS] = suspicious.suspicious_labels(catalog(), key)
         except ProductLensError as error:
-            st.error(str(error))
+            st.error(plain(error))
 if state.SUSPICIOUS not in st.session_state:
     st.info("Press the button to check every current label (a few seconds per thousand products).")
     st.stop()
@@ -38,11 +49,15 @@ if issues.empty:
 
 
 def use_suggestions(rows):
+    if not permitted("label"):
+        return
     changed, conflicts = suspicious.use_suggestions(catalog(), rows, author())
     remember(f"Relabelled {changed} product(s).", conflicts)
 
 
 def keep_label(product_ids):
+    if not permitted("label"):
+        return
     marked = suspicious.mark_label_right(catalog(), product_ids, author())
     remember(f"Kept {marked} label(s); they will not be flagged again.")
 
@@ -50,10 +65,12 @@ def keep_label(product_ids):
 show_notices()
 
 visible = issues.head(SHOWN)
+labelling = can("label")
 bulk = st.columns(2)
-bulk[0].button(f"Use the suggestion for all {len(visible)} shown", on_click=use_suggestions, args=(visible,))
+bulk[0].button(f"Use the suggestion for all {len(visible)} shown", on_click=use_suggestions, args=(visible,),
+               disabled=not labelling)
 bulk[1].button(f"All {len(visible)} shown are right", on_click=keep_label,
-               args=(visible["product_id"].tolist(),))
+               args=(visible["product_id"].tolist(),), disabled=not labelling)
 grid = st.columns(COLUMNS)
 for index, row in enumerate(visible.itertuples()):
     with grid[index % COLUMNS].container(border=True):
@@ -62,6 +79,6 @@ for index, row in enumerate(visible.itertuples()):
         st.markdown(f"Label **{plain(row.label)}** ({row.label_quality:.0%})  \n"
                     f"Suggested **{plain(row.suggested_label)}** ({row.suggested_probability:.0%})")
         st.button(f"Use {plain(row.suggested_label)}", key=f"fix-{row.product_id}", type="primary", width="stretch",
-                  on_click=use_suggestions, args=(visible.iloc[[index]],))
+                  on_click=use_suggestions, args=(visible.iloc[[index]],), disabled=not labelling)
         st.button("Label is right", key=f"keep-{row.product_id}", width="stretch",
-                  on_click=keep_label, args=([int(row.product_id)],))
+                  on_click=keep_label, args=([int(row.product_id)],), disabled=not labelling)

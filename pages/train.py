@@ -10,7 +10,7 @@ import streamlit as st
 from core.errors import ProductLensError
 from core.jobs import cold_start_and_predict, retrain_and_predict
 from core.model import activate, compare_versions
-from pages.shared import catalog, embedder, progress_bar, require_router, state
+from pages.shared import can, catalog, embedder, permitted, progress_bar, require_router, show_notices, state
 from pages.shared.text import plain
 
 require_router()
@@ -20,13 +20,17 @@ status = catalog().status()
 st.caption(f"{status['labelled']} labelled products in {status['categories']} categories. Retraining uses "
            "every current label; predictions for all products refresh afterwards.")
 
-if st.button("Retrain now", type="primary", disabled=status["labelled"] == 0):
+training = can("train")
+if not training:
+    st.info("Training and activating models is for admins; you can look at every version.")
+show_notices()
+if st.button("Retrain now", type="primary", disabled=status["labelled"] == 0 or not training) and permitted("train"):
     try:
         version = retrain_and_predict(catalog(), embedder(), progress=progress_bar("Retraining"))
         st.session_state[state.TRAINED_VERSION] = version.id
         st.success(f"Model v{version.id} trained in {version.metrics['train_seconds']:.1f} s and activated.")
     except ProductLensError as error:
-        st.error(str(error))
+        st.error(plain(error))
 
 with st.expander("No labels yet? Start from reference photos", expanded=status["labelled"] == 0):
     st.caption("One or a few reference photos per category (e.g. the catalogue packshot), as a zip with one "
@@ -34,7 +38,8 @@ with st.expander("No labels yet? Start from reference photos", expanded=status["
                "model version like any other, replaced by your first retrain.")
     with st.form("coldstart"):
         references = st.file_uploader("Zip of category folders", type=["zip"])
-        if st.form_submit_button("Predict from references") and references:
+        if st.form_submit_button("Predict from references", disabled=not training) and references \
+                and permitted("train"):
             with tempfile.TemporaryDirectory() as folder:
                 archive = Path(folder) / "references.zip"
                 archive.write_bytes(references.getvalue())
@@ -46,7 +51,7 @@ with st.expander("No labels yet? Start from reference photos", expanded=status["
                     for item in rejected:
                         st.warning(f"{plain(item.name)}: {plain(item.reason)}")
                 except ProductLensError as error:
-                    st.error(str(error))
+                    st.error(plain(error))
 
 versions = catalog().model_versions()
 if not versions:
@@ -89,6 +94,11 @@ for version in reversed(versions):
     row[1].caption(version.created_at[:19].replace("T", " "))
     accuracy = version.metrics.get("accuracy")
     row[2].caption(f"{len(version.classes)} categories · " + ("n/a" if accuracy is None else f"{accuracy:.1%}"))
-    if not version.is_active and row[3].button("Activate", key=f"activate-{version.id}"):
-        activate(catalog(), version.id)
-        st.rerun()
+    if not version.is_active and row[3].button("Activate", key=f"activate-{version.id}", disabled=not training) \
+            and permitted("activate"):
+        try:
+            activate(catalog(), version.id)
+        except ProductLensError as error:
+            st.error(plain(error))
+        else:
+            st.rerun()

@@ -4,7 +4,17 @@ import streamlit as st
 
 from core import settings
 from core.jobs import import_and_predict
-from pages.shared import catalog, embedder, progress_bar, require_router, show_thumbnail, state
+from pages.shared import (
+    can,
+    catalog,
+    embedder,
+    permitted,
+    progress_bar,
+    require_router,
+    show_notices,
+    show_thumbnail,
+    state,
+)
 from pages.shared.text import plain
 
 require_router()
@@ -15,6 +25,9 @@ st.caption(f"JPEG, PNG, WebP, BMP, GIF, TIFF or zip archives (folders inside nam
            f"Limits: {limits.max_file_bytes // 2**20} MB and {limits.max_pixels // 1_000_000} megapixels per photo, "
            f"{limits.max_zip_bytes // 2**20} MB unpacked per archive; a file over a limit is listed with the reason.")
 
+if not can("import"):
+    st.info("Uploading needs the labeller role; ask an admin.")
+    st.stop()
 # Load the image model while the user picks files (once per server), not after they press the button.
 embedder()
 
@@ -26,7 +39,8 @@ with st.form("upload", clear_on_submit=True):
                          accept_new_options=True, help="Leave empty to let the model predict.")
     submitted = st.form_submit_button("Import and predict", type="primary")
 
-if submitted and files:
+show_notices()
+if submitted and files and permitted("import"):
     result = import_and_predict(catalog(), [(f.name, f.getvalue()) for f in files], embedder(),
                                 label=label or None, progress=progress_bar("Processing"))
     st.session_state[state.LAST_UPLOAD] = result

@@ -213,3 +213,80 @@ def test_a_long_typed_category_name_is_a_message_not_a_traceback(populated, monk
     assert not at.exception, at.exception
     assert any("at most 200 characters" in error.value for error in at.error)
     assert Catalog(populated).current_labels() == before
+
+
+# -- accounts: sign-in on every page, roles checked where the action runs ------------------------------
+
+@pytest.fixture()
+def team(populated, tmp_path):
+    """A copy of the populated workspace (through backup and restore) with three accounts."""
+    from core.security import add_user
+    from core.storage.backup import backup, restore
+
+    workspace = restore(backup(Catalog(populated, create=False), tmp_path / "copy.zip"), tmp_path / "team").workspace
+    catalog = Catalog(workspace)
+    for name, role in [("root", "admin"), ("vera", "viewer"), ("lea", "labeller")]:
+        add_user(catalog, name, f"{name}-password", role)
+    return workspace
+
+
+def sign_in(at, name, password):
+    [field for field in at.text_input if field.label == "Account name"][0].input(name)
+    [field for field in at.text_input if field.label == "Password"][0].input(password)
+    [button for button in at.button if button.label == "Sign in"][0].click().run()
+    assert not at.exception, at.exception
+    return at
+
+
+def test_every_page_asks_to_sign_in_once_the_workspace_has_accounts(team, monkeypatch):
+    at = app(team, monkeypatch)
+    for page in [None] + PAGES:
+        if page:
+            at.switch_page(page).run()
+        assert [t.value for t in at.title] == ["Sign in to ProductLens"], page
+        assert not at.metric and not [b for b in at.button if b.key and b.key.startswith("pick-")]
+    sign_in(at, "root", "wrong-password")
+    assert [e.value for e in at.error] == ["wrong account name or password"]
+    sign_in(at, "root", "root-password")
+    assert at.title[0].value == "Similar products" and not at.error, "the page asked for opens after signing in"
+    home = sign_in(app(team, monkeypatch), "root", "root-password")
+    assert "Signed in as root · admin" in texts(home) and [m.label for m in home.metric][0] == "Products"
+
+
+def test_a_viewer_looks_but_cannot_label_and_a_demotion_applies_at_once(team, monkeypatch):
+    from core.security import change_role
+
+    at = sign_in(app(team, monkeypatch), "vera", "vera-password")
+    at.switch_page("pages/review.py").run()
+    assert "labelling needs the labeller role" in texts(at)
+    picks = [b for b in at.button if b.key and b.key.startswith("pick-")]
+    assert picks and all(b.disabled for b in picks)
+    # Lea's page is open with enabled buttons when an admin makes her a viewer: her next click is refused.
+    lea = sign_in(app(team, monkeypatch), "lea", "lea-password")
+    lea.switch_page("pages/review.py").run()
+    pick = [b for b in lea.button if b.key and b.key.startswith("pick-")][1]
+    assert not pick.disabled
+    change_role(Catalog(team), "lea", "viewer")
+    before = Catalog(team).current_labels()
+    pick.click().run()
+    assert Catalog(team).current_labels() == before
+    assert any("lea is a viewer: label needs the labeller role" in e.value.replace("\\", "") for e in lea.error)
+
+
+def test_a_labeller_labels_as_their_account_but_cannot_train(team, monkeypatch):
+    at = sign_in(app(team, monkeypatch), "lea", "lea-password")
+    assert not [field for field in at.text_input if field.key == "author_input"], "no free-text name to spoof"
+    at.switch_page("pages/review.py").run()
+    pick = [b for b in at.button if b.key and b.key.startswith("pick-")][1]
+    pick.click().run()
+    product = int(pick.key.split("-")[1])
+    assert Catalog(team).label_history(product)[0].author == "lea"
+    at.switch_page("pages/train.py").run()
+    assert [b for b in at.button if b.label == "Retrain now"][0].disabled
+    assert all(b.disabled for b in at.button if b.label == "Activate")
+    assert "Training and activating models is for admins" in texts(at)
+
+
+def test_without_accounts_the_app_says_anyone_can_change_everything(populated, monkeypatch):
+    at = app(populated, monkeypatch)
+    assert "No accounts: anyone who opens this app can change everything" in texts(at)

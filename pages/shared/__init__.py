@@ -1,4 +1,4 @@
-"""Streamlit glue shared by the pages: cached resources, the user's name, notices, thumbnails.
+"""Streamlit glue shared by the pages: cached resources, who is signed in, notices, thumbnails.
 
 Heavy objects (the catalogue connection, the backbone) are created once per
 process with ``st.cache_resource``; per-user state lives in ``st.session_state``
@@ -11,7 +11,9 @@ from __future__ import annotations
 import numpy as np
 import streamlit as st
 
+from core.errors import AccessDeniedError
 from core.features import Embedder
+from core.security import Account, SignInThrottle, require
 from core.settings import workspace_dir
 from core.storage import Catalog, thumbnail
 from pages.shared import state
@@ -47,11 +49,15 @@ def require_router() -> None:
     in Streamlit's older ``pages/`` folder mode, until some session has called
     ``st.navigation``. Calling it here with the app's pages (the public way to
     leave that mode, keeping the requested page) and rerunning sends this and
-    every later run through app.py.
+    every later run through app.py. A workspace with accounts shows the sign-in
+    form instead of the page until the session has signed in.
     """
     if not st.session_state.get(state.ROUTED):
         st.navigation(navigation_pages(_home_placeholder), position="hidden")
         st.rerun()
+    if needs_sign_in():  # app.py already stops before the page; this holds for a page run any other way
+        sign_in_form()
+        st.stop()
 
 
 @st.cache_resource(show_spinner=False)
@@ -75,8 +81,97 @@ def embedder() -> Embedder:
     return model
 
 
+@st.cache_resource(show_spinner=False)
+def _throttle() -> SignInThrottle:  # one per server: guesses from every session count together
+    return SignInThrottle()
+
+
+def account() -> Account:
+    """Who is using this browser session, with the role stored now (a role change applies at once).
+
+    Without accounts: the one local user, named in the sidebar, trusted with everything.
+    """
+    if not catalog().has_accounts():
+        return Account(st.session_state.get(state.AUTHOR) or None, "admin", signed_in=False)
+    name = st.session_state.get(state.ACCOUNT)
+    stored = catalog().user_password_hash(name) if name else None
+    if stored is None:  # never signed in, or the account was removed meanwhile
+        st.session_state.pop(state.ACCOUNT, None)
+        return Account(None, "viewer", signed_in=False)
+    return Account(name, stored[1])
+
+
 def author() -> str | None:
-    return st.session_state.get(state.AUTHOR) or None
+    """The name recorded with a label change: the signed-in account, or the local user's typed name."""
+    return account().name
+
+
+def can(action: str) -> bool:
+    return account().can(action)
+
+
+def permitted(action: str) -> bool:
+    """Whether this session may do ``action`` now; if not, the reason is shown on the next run.
+
+    Pages also hide or disable what a role cannot do; this is the check that runs when the action does.
+    """
+    try:
+        require(account(), action)
+    except AccessDeniedError as error:
+        remember_error(error)
+        return False
+    return True
+
+
+def _single_sign_on_configured() -> bool:
+    try:
+        return "auth" in st.secrets
+    except Exception:  # no secrets.toml at all
+        return False
+
+
+def needs_sign_in() -> bool:
+    """True when the workspace has accounts and this session is not signed in to one."""
+    if not catalog().has_accounts():
+        return False
+    if account().signed_in:
+        return False
+    if _single_sign_on_configured() and st.user.is_logged_in:
+        # Single sign-on proves who it is; the role still comes from this workspace's accounts.
+        email = st.user.get("email")
+        if email and catalog().user_password_hash(email):
+            st.session_state[state.ACCOUNT] = email
+            return False
+    return True
+
+
+def sign_in_form() -> None:
+    """The sign-in page shown instead of every page until the session signs in."""
+    st.title("Sign in to ProductLens")
+    st.caption("This workspace has accounts. Ask an admin for one (`python -m core users add NAME --role ROLE`).")
+    with st.form("sign-in"):
+        name = st.text_input("Account name")
+        password = st.text_input("Password", type="password")
+        if st.form_submit_button("Sign in", type="primary"):
+            try:
+                signed_in = _throttle().authenticate(catalog(), name, password)
+            except AccessDeniedError as error:
+                st.error(plain(error))
+            else:
+                st.session_state[state.ACCOUNT] = signed_in.name
+                st.rerun()
+    if _single_sign_on_configured():
+        if st.user.is_logged_in:
+            st.warning(f"{plain(st.user.get('email') or 'This account')} has no account in this workspace.")
+            st.button("Sign out of single sign-on", on_click=st.logout)
+        else:
+            st.button("Sign in with single sign-on", on_click=st.login)
+
+
+def _sign_out() -> None:
+    st.session_state.pop(state.ACCOUNT, None)
+    if _single_sign_on_configured() and st.user.is_logged_in:
+        st.logout()
 
 
 def progress_bar(text: str):
@@ -127,10 +222,18 @@ def _remember_author() -> None:
 
 
 def sidebar() -> None:
-    """Common sidebar: who is working (stored with every correction)."""
+    """Common sidebar: who is working (recorded with every correction)."""
     with st.sidebar:
+        if catalog().has_accounts():
+            current = account()
+            if current.signed_in:
+                st.caption(f"Signed in as {plain(current.name)} · {current.role}")
+                st.button("Sign out", on_click=_sign_out, icon=":material/logout:")
+            return
         # The name lives under its own key: Streamlit drops a widget's state when the
         # page changes, and the name must survive navigation.
         st.text_input("Your name", key=state.AUTHOR_INPUT, value=st.session_state.get(state.AUTHOR, ""),
                       on_change=_remember_author, placeholder="shown in the label history",
                       help="Recorded with every label you set, so changes can be traced.")
+        st.caption("No accounts: anyone who opens this app can change everything. "
+                   "`python -m core users add NAME --role admin` turns on sign-in.")

@@ -5,7 +5,8 @@ engineer sees at a glance what a session remembers.
 """
 
 ROUTED = "routed"                    # app.py has run in this session: pages go through its router
-AUTHOR = "author"                    # the name recorded with every label change
+ACCOUNT = "account"                  # the signed-in account's name (workspaces with accounts)
+AUTHOR = "author"                    # without accounts: the name recorded with every label change
 AUTHOR_INPUT = "author_input"        # the sidebar widget holding it while typed
 NOTICE = "notice"                    # one-line result of the last action, shown once as a toast
 CONFLICTS = "conflicts"              # changes not applied because someone else was quicker
