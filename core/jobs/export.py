@@ -1,7 +1,10 @@
 """Export what ProductLens knows, in formats other tools read.
 
 * :func:`export_labels`: one row per product with its current label and the
-  active model's prediction (CSV or Parquet, by file extension);
+  active model's prediction (CSV or Parquet, by file extension). CSV cells are
+  made safe for spreadsheets: a cell starting with ``= + - @``, tab or CR gets a
+  leading ``'`` (so Excel or Sheets never runs it as a formula) and control
+  characters are dropped; Parquet keeps the exact text;
 * :func:`export_embeddings`: the cached vectors of one embedding key, as Parquet
   (``product_id``, ``filename``, ``label``, ``embedding``) or as ``.npy`` with a
   ``.ids.csv`` beside it;
@@ -9,8 +12,8 @@
   RGB pixels (any size, values 0-255) to category probabilities, built from
   standard Keras layers plus, with ``multi`` pooling, one registered pooling layer:
   ``import core.features.pooling`` (or pass ``custom_objects``) before
-  ``keras.models.load_model``. It averages the photo with its mirror but not with
-  random crops, so its probabilities differ slightly from the app's.
+  ``keras.models.load_model``. It takes each photo with its crop views
+  (:func:`classifier_inputs`) and reproduces the app's predictions.
 """
 
 from __future__ import annotations
@@ -58,8 +61,30 @@ def export_labels(catalog: Catalog, path: str | os.PathLike) -> Path:
         if path.suffix.lower() == ".parquet":
             table.to_parquet(temporary, index=False)
         else:
-            table.to_csv(temporary, index=False)
+            spreadsheet_safe(table).to_csv(temporary, index=False)
     return path
+
+
+_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+_CONTROL = dict.fromkeys(c for c in range(32) if c not in (9, 13)) | {127: None}
+
+
+def spreadsheet_cell(value):
+    """A text cell a spreadsheet shows as text: control characters dropped, formula starts quoted."""
+    if not isinstance(value, str):
+        return value
+    if value.startswith(_FORMULA_STARTS):
+        value = "'" + value
+    return value.translate(_CONTROL).replace("\t", " ").replace("\r", " ")
+
+
+def spreadsheet_safe(table):
+    """``table`` with every text column passed through :func:`spreadsheet_cell` (OWASP CSV-injection advice)."""
+    table = table.copy()
+    for column in table.columns:
+        if table[column].dtype == object or str(table[column].dtype).startswith("str"):
+            table[column] = table[column].map(spreadsheet_cell)
+    return table
 
 
 def export_embeddings(catalog: Catalog, path: str | os.PathLike, embedding_key: str) -> Path:
@@ -80,7 +105,7 @@ def export_embeddings(catalog: Catalog, path: str | os.PathLike, embedding_key: 
             with open(temporary, "wb") as handle:
                 np.save(handle, vectors.astype(np.float32))
         with atomic_path(path.with_suffix(".ids.csv")) as temporary:
-            table.to_csv(temporary, index=False)
+            spreadsheet_safe(table).to_csv(temporary, index=False)
     else:
         table["embedding"] = list(vectors.astype(np.float32))
         with atomic_path(path) as temporary:

@@ -85,3 +85,27 @@ def test_exported_classifier_reproduces_the_stored_predictions(catalog, tmp_path
 
     assert worst_cosine(vectors, app_vectors) > 0.9999  # float16 storage vs float32
     assert worst_cosine(photo_vectors, app_vectors) < 0.999, "the photo alone is measurably different"
+
+
+def test_csv_cells_cannot_run_as_spreadsheet_formulas(tmp_path, demo_dir):
+    import csv
+
+    catalog = Catalog(tmp_path / "ws")
+    ingest.import_paths(catalog, [demo_dir / "Lemon"])
+    hostile = ['=HYPERLINK("http://evil.example","click")', "+cmd|' /C calc'!A0", "@SUM(1+1)", "-2+3", "Lemon"]
+    ids = catalog.product_ids()
+    catalog.set_labels(zip(ids, hostile))
+    with catalog.transaction() as connection:  # a NUL in a name from an older version or another tool
+        connection.execute("UPDATE products SET filename = ? WHERE id = ?", ("nul\x00byte.jpg", ids[-1]))
+        connection.execute("UPDATE products SET filename = ? WHERE id = ?", ("\t=1+1.jpg", ids[-2]))
+    path = export.export_labels(catalog, tmp_path / "labels.csv")
+    raw = path.read_bytes()
+    assert b"\x00" not in raw
+    with open(path, newline="") as handle:
+        rows = {int(row["product_id"]): row for row in csv.DictReader(handle)}
+    cells = [rows[pid]["label"] for pid in ids[:len(hostile)]]
+    assert cells == ["'" + hostile[0], "'" + hostile[1], "'@SUM(1+1)", "'-2+3", "Lemon"]
+    assert rows[ids[-1]]["filename"] == "nulbyte.jpg" and rows[ids[-2]]["filename"] == "' =1+1.jpg"
+    assert not any(cell[0] in "=+-@\t\r" for row in rows.values() for cell in row.values() if cell)
+    parquet = pd.read_parquet(export.export_labels(catalog, tmp_path / "labels.parquet"))
+    assert parquet.set_index("product_id").loc[ids[0], "label"] == hostile[0], "Parquet keeps the exact text"
