@@ -7,6 +7,7 @@ Screenshots of each page are saved under test-artifacts/ (git-ignored).
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -35,31 +36,36 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    workspace = tmp_path_factory.mktemp("browser-ws")
+def start_server(workspace, log_path, *options):
+    """``streamlit run app.py`` on a free port (the README's command; ``options`` add flags); wait until healthy."""
     port = free_port()
     env = dict(os.environ, PRODUCTLENS_WORKSPACE=str(workspace), TF_CPP_MIN_LOG_LEVEL="3")
-    log = open(tmp_path_factory.mktemp("logs") / "streamlit.log", "w")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port),
-         "--server.address", "127.0.0.1", "--server.headless", "true", "--browser.gatherUsageStats", "false"],
-        cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+    log = open(log_path, "w")
+    process = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port),
+                                *options], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+    process.log = log
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 120
     while time.time() < deadline:
         try:
             if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).read() == b"ok":
-                break
+                return process, url, port
         except OSError:
             time.sleep(0.5)
-    else:
-        process.kill()
-        pytest.fail("streamlit did not start")
+    process.kill()
+    pytest.fail(f"streamlit did not start:\n{Path(log_path).read_text()[-2000:]}")
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    workspace = tmp_path_factory.mktemp("browser-ws")
+    process, url, _port = start_server(workspace, tmp_path_factory.mktemp("logs") / "streamlit.log",
+                                       "--server.address", "127.0.0.1", "--server.headless", "true",
+                                       "--browser.gatherUsageStats", "false")
     yield url, workspace
     process.terminate()
     process.wait(timeout=30)
-    log.close()
+    process.log.close()
 
 
 @pytest.fixture(scope="module")
@@ -161,3 +167,68 @@ def test_whole_flow_in_the_browser(server, page, tmp_path):
     wait_idle(page)
     shot(page, "07-explore")
     assert page.locator(".js-plotly-plot").count() >= 1
+
+
+def listening_addresses(port: int) -> set[str]:
+    """The local addresses a TCP socket listens on for ``port``, from /proc/net/tcp and tcp6."""
+    found = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        if not Path(table).exists():
+            continue
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            address, hex_port = fields[1].rsplit(":", 1)
+            if int(hex_port, 16) == port and fields[3] == "0A":  # 0A: LISTEN
+                found.add(address)
+    return found
+
+
+def children(pid: int) -> list[int]:
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def test_default_server_is_loopback_only_and_suspicious_labels_never_hang_it(tmp_path, embedder):
+    """The README's `streamlit run app.py` (no address flag): loopback only. Suspicious labels twice, then SIGTERM."""
+    from core.features.embeddings import embed_catalog
+    from core.model.head import HeadClassifier
+    from core.model.training import train_version
+    from core.storage import Catalog, load_demo
+
+    catalog = Catalog(tmp_path / "ws")
+    load_demo(catalog)
+    embed_catalog(catalog, embedder)
+    train_version(catalog, embedder, HeadClassifier(), augmented_views=0)
+    catalog.close()
+    process, url, port = start_server(tmp_path / "ws", tmp_path / "streamlit.log")
+    try:
+        assert listening_addresses(port) == {"0100007F"}, "listens on 127.0.0.1 only, not every interface"
+        with playwright.sync_api.sync_playwright() as driver:
+            browser = driver.chromium.launch(executable_path=CHROMIUM, headless=True,
+                                             args=["--no-sandbox", "--disable-gpu"])
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            open_page(page, url, "suspicious")
+            for attempt in range(2):
+                page.get_by_role("button", name="Find suspicious labels").click()
+                page.get_by_text("Flagged labels").wait_for(timeout=120_000)
+                wait_idle(page, timeout=120_000)
+            assert not children(process.pid), "no forked worker processes left behind"
+            page.get_by_role("button", name="Find suspicious labels").click()  # SIGTERM in the middle of a run
+            page.wait_for_timeout(300)
+            started = time.perf_counter()
+            process.send_signal(signal.SIGTERM)
+            process.wait(timeout=20)
+            print(f"server stopped {time.perf_counter() - started:.1f} s after SIGTERM")
+            browser.close()
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.log.close()
+    assert "Traceback" not in (tmp_path / "streamlit.log").read_text()

@@ -91,7 +91,10 @@ def find_label_issues(labels, probabilities: np.ndarray, classes: np.ndarray) ->
     targets = np.searchsorted(classes, labels)
     if len(labels) == 0:
         return pd.DataFrame(columns=["index", "label", "suggested_label", "label_quality", "suggested_probability"])
-    flagged = cleanlab_find_label_issues(targets, probabilities, return_indices_ranked_by="self_confidence")
+    # n_jobs=1: cleanlab would otherwise fork a process pool, and a fork from a Streamlit script thread
+    # can deadlock the server for good (forked children waiting on locks held by other threads).
+    flagged = cleanlab_find_label_issues(targets, probabilities, return_indices_ranked_by="self_confidence",
+                                         n_jobs=1)
     flagged = np.asarray(flagged, dtype=np.int64)
     # A category with a single product cannot be judged by its peers.
     counts = np.bincount(targets, minlength=len(classes))
