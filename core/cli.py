@@ -161,7 +161,10 @@ def command_export(args) -> int:
 
 
 def command_status(args) -> int:
-    catalog = _catalog(args)
+    from core.storage.catalog import DATABASE_NAME
+
+    # An existing catalogue is only read (status must work on a read-only or full disk).
+    catalog = _catalog(args, create=not (settings.workspace_dir(args.workspace) / DATABASE_NAME).exists())
     status = catalog.status()
     if args.json:
         print(json.dumps(status))

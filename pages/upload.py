@@ -58,9 +58,11 @@ if result:
     if report.duplicates:
         with st.expander(f"{len(report.duplicates)} duplicates (already in the catalogue)"):
             st.dataframe([{"file": name, "product": pid} for name, pid in report.duplicates], hide_index=True)
+    if result.prediction_error:
+        st.warning(f"Imported, but not predicted: {plain(result.prediction_error)}")
     active = catalog().active_model_version()
     predictions = catalog().predictions(active.id) if active else {}
-    if not predictions:
+    if not predictions and not result.prediction_error:
         st.info("No model yet: label some products and train one on the Train page to get predictions.")
     columns = st.columns(6)
     for index, product_id in enumerate(result.product_ids[:60]):

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
+from core.errors import NotFoundError
 from core.features.embeddings import Embedder, EmbedReport, embed_catalog
 from core.model.head import HeadClassifier
 from core.model.prediction import predict_catalog
@@ -26,6 +27,7 @@ class UploadResult:
     embedded: EmbedReport | None = None
     predicted: int = 0
     product_ids: list[int] = field(default_factory=list)
+    prediction_error: str | None = None  # why the photos were imported but not predicted (e.g. a lost model file)
 
 
 def _stage(progress: JobProgress | None, start: float, end: float, label: str):
@@ -56,7 +58,10 @@ def import_and_predict(catalog: Catalog, files: Iterable[tuple[str, bytes]], emb
                                     progress=_stage(progress, 0.3, 0.95, "embedding"))
     active = catalog.active_model_version()
     if active is not None and active.embedding_key == embedder.key:
-        result.predicted = predict_catalog(catalog, active, product_ids=product_ids)["predicted"]
+        try:
+            result.predicted = predict_catalog(catalog, active, product_ids=product_ids)["predicted"]
+        except NotFoundError as error:  # the photos are in; only their predictions wait for a working model
+            result.prediction_error = str(error)
     if progress:
         progress(1.0, "done")
     return result

@@ -383,11 +383,16 @@ class Catalog:
         return path
 
     def add_image(self, data: bytes, filename: str, image_format: str, extension: str,
-                  width: int, height: int, source: str | None = None) -> tuple[int, bool]:
+                  width: int, height: int, source: str | None = None, label: str | None = None,
+                  action: str | None = None) -> tuple[int, bool]:
         """Store a validated photo; return ``(product_id, created)``.
 
-        ``created`` is False when the same bytes are already a product.
+        ``created`` is False when the same bytes are already a product. A new
+        product's import ``label`` is written in the same transaction as the
+        product, so an import stopped at any point (a full disk, a kill) leaves
+        every stored product with its label.
         """
+        label = clean_label(label)
         sha256 = hashlib.sha256(data).hexdigest()
         existing = self.connection.execute("SELECT id FROM products WHERE sha256 = ?", (sha256,)).fetchone()
         if existing:
@@ -400,7 +405,8 @@ class Catalog:
         # File first, row second: a crash in between leaves an unreferenced file,
         # never a row that points at nothing.
         if not target.exists():
-            atomic_write_bytes(target, data)
+            with _translated_errors(self.database_path):  # a full or read-only disk: one line, batch stops
+                atomic_write_bytes(target, data)
         with self.transaction() as connection:
             existing = connection.execute("SELECT id FROM products WHERE sha256 = ?", (sha256,)).fetchone()
             if existing:
@@ -410,7 +416,12 @@ class Catalog:
                 "size_bytes, added_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (sha256, filename, source, relative.as_posix(), image_format, width, height, len(data), utc_now()),
             )
-            return int(cursor.lastrowid), True
+            product_id = int(cursor.lastrowid)
+            if label is not None:
+                connection.execute(
+                    "INSERT INTO labels (product_id, label, previous_label, source, author, created_at, action) "
+                    "VALUES (?, ?, NULL, 'import', NULL, ?, ?)", (product_id, label, utc_now(), action))
+            return product_id, True
 
     def get_product(self, product_id: int) -> Product:
         row = self.connection.execute("SELECT * FROM products WHERE id = ?", (int(product_id),)).fetchone()
@@ -740,7 +751,8 @@ def storage_error_message(error: BaseException, database_path: Path) -> str:
     if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG) or "full" in text:
         return (f"the disk holding {database_path.parent} is full: free some space and run the command again "
                 "(what was already saved is kept)")
-    if "readonly" in text or "read-only" in text or (isinstance(error, OSError) and error.errno in (
+    unwritable = "unable to open" in text and not os.access(database_path.parent, os.W_OK)
+    if unwritable or "readonly" in text or "read-only" in text or (isinstance(error, OSError) and error.errno in (
             errno.EROFS, errno.EACCES, errno.EPERM)):
         return (f"{database_path.parent} is read-only for this user: reading works, changes need write access "
                 "to the folder and catalog.sqlite")

@@ -24,13 +24,14 @@ import csv
 import io
 import os
 import stat
+import uuid
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Callable, Iterable, Iterator
 
 from core import settings
-from core.errors import InvalidInputError
+from core.errors import CatalogError, InvalidInputError
 from core.storage import images
 from core.storage.catalog import Catalog, clean_label
 
@@ -78,6 +79,7 @@ class _Item:
     read: Callable[[], bytes]
     skip_reason: str | None = None
     origin: str | None = None  # where the label came from, e.g. "manifest.csv line 7", for rejections
+    filename: str | None = None  # the product's file name (default: the last part of ``name``)
 
 
 class _ItemError(Exception):
@@ -125,6 +127,10 @@ def _folder_items(root: Path, label: str | None) -> Iterator[_Item]:
     for directory, subdirectories, files in os.walk(root):
         subdirectories.sort()
         subdirectories[:] = [d for d in subdirectories if not d.startswith(".")]
+        for linked in [d for d in subdirectories if (Path(directory) / d).is_symlink()]:
+            # Links to folders are not followed (they can loop, or lead out of the folder given); say so.
+            yield _Item(display_name(Path(directory) / linked), None, _fail(""),
+                        "skipped: a link to a folder is not followed (import the folder it points to instead)")
         for file_name in sorted(files):
             if file_name.startswith(".") or _is_ignored(file_name):
                 continue
@@ -167,7 +173,7 @@ def _zip_items(source: Path | io.BytesIO, label: str | None, name: str | None = 
             yield _Item(name, None, _fail(""), _NOT_AN_IMAGE_TYPE)
             continue
         member_label = label or (posix.parent.name if len(posix.parts) > 1 else None)
-        yield _Item(name, member_label, _read_member(archive, member))
+        yield _Item(name, member_label, _read_member(archive, member), filename=posix.name)
 
 
 def _read_member(archive: zipfile.ZipFile, member: zipfile.ZipInfo) -> Callable[[], bytes]:
@@ -276,7 +282,8 @@ def _checked_label(item: _Item) -> str | None:
 
 def _run(catalog: Catalog, items: list[_Item], report: ImportReport, progress: ProgressCallback | None,
          source: str | None = None, apply_labels: bool = True) -> ImportReport:
-    pending_labels: list[tuple[int, str]] = []
+    pending_labels: list[tuple[int, str]] = []  # labels for photos that were already products
+    action = uuid.uuid4().hex
     total = len(items)
     for index, item in enumerate(items, start=1):
         name = item.name
@@ -293,10 +300,16 @@ def _run(catalog: Catalog, items: list[_Item], report: ImportReport, progress: P
                 raise _ItemError("empty file (0 bytes)")
             info = images.validate(data)
             product_id, created = catalog.add_image(
-                data, filename=name.rsplit("/", 1)[-1].rsplit(":", 1)[-1], image_format=info.format,
-                extension=info.extension, width=info.width, height=info.height, source=source or name)
+                data, filename=item.filename or Path(name).name, image_format=info.format,
+                extension=info.extension, width=info.width, height=info.height, source=source or name,
+                label=label if apply_labels else None, action=action)
         except (_ItemError, images.ImageError) as error:
             report.rejected.append(Rejected(name, str(error)))
+        except CatalogError as error:
+            # The workspace itself failed (disk full, read-only): stop here, say how far the import got.
+            _apply_pending(catalog, pending_labels, report, action)
+            raise CatalogError(f"import stopped at {name} after storing {len(report.product_ids)} photos "
+                               f"(each with its label): {error}") from None
         except Exception as error:  # one strange file must never end the batch
             report.rejected.append(Rejected(name, f"could not import ({type(error).__name__}: {error})"))
         else:
@@ -305,9 +318,19 @@ def _run(catalog: Catalog, items: list[_Item], report: ImportReport, progress: P
             report.names[product_id] = name
             if label:
                 report.found_labels[product_id] = label
-                pending_labels.append((product_id, label))
+                if created and apply_labels:
+                    report.labelled += 1
+                elif not created:
+                    pending_labels.append((product_id, label))
         if progress:
             progress(index, total, name)
-    if pending_labels and apply_labels:
-        report.labelled += catalog.set_labels(pending_labels, source="import", only_if_unlabelled=True)
+    if apply_labels:
+        _apply_pending(catalog, pending_labels, report, action)
     return report
+
+
+def _apply_pending(catalog: Catalog, pending: list[tuple[int, str]], report: ImportReport, action: str) -> None:
+    """Labels found for photos that were already products: set only where nobody labelled them yet."""
+    if pending:
+        report.labelled += catalog.set_labels(pending, source="import", only_if_unlabelled=True, action=action)
+        pending.clear()

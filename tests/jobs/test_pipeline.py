@@ -34,6 +34,14 @@ def test_demo_then_retrain_then_upload_gets_predictions(workspace, embedder):
     assert result.predicted == 2
     predictions = catalog.predictions(version.id)
     assert all(pid in predictions for pid in result.product_ids)
+    assert {catalog.get_product(pid).filename for pid in result.report.added} == {"lemon.png"}
+
+    # The active model's file is deleted behind ProductLens's back: an upload still imports, and says why
+    # it could not predict, instead of failing.
+    (workspace / version.path).unlink()
+    later = import_and_predict(catalog, [("orange.png", _as_png(demo_photos("Orange")[0]))], embedder)
+    assert len(later.report.added) == 1 and later.predicted == 0
+    assert "is missing: activate another version" in later.prediction_error
 
 
 def _as_png(path):

@@ -210,3 +210,22 @@ def test_one_bad_label_rejects_only_its_own_item(workspace, tmp_path):
     labels = catalog.current_labels()
     assert len(labels) == 15 and report.labelled == 15, "the 14 good rows and the good zip member keep their labels"
     assert sorted(set(labels.values())) == ["Banana", "Lemon", "Orange"]
+
+
+def test_colons_in_file_names_are_kept_and_folder_links_are_reported(workspace, tmp_path):
+    photo = demo_photos("Lemon")[0].read_bytes()
+    root = tmp_path / "drop"
+    (root / "Lemon").mkdir(parents=True)
+    (root / "Lemon" / "shelf 10:30.jpg").write_bytes(photo)
+    (tmp_path / "elsewhere" / "Banana").mkdir(parents=True)
+    (tmp_path / "elsewhere" / "Banana" / "b.jpg").write_bytes(demo_photos("Banana")[0].read_bytes())
+    os.symlink(tmp_path / "elsewhere" / "Banana", root / "Banana")
+    archive = tmp_path / "batch.zip"
+    with zipfile.ZipFile(archive, "w") as bundle:
+        bundle.writestr("Orange/09:15 aisle 3.jpg", demo_photos("Orange")[0].read_bytes())
+    catalog = Catalog(workspace)
+    report = ingest.import_paths(catalog, [root, archive])
+    assert sorted(catalog.get_product(pid).filename for pid in report.added) == ["09:15 aisle 3.jpg",
+                                                                                 "shelf 10:30.jpg"]
+    linked = [item for item in report.skipped if item.name.endswith("Banana")]
+    assert len(linked) == 1 and "link to a folder is not followed" in linked[0].reason
