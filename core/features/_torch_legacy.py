@@ -102,6 +102,20 @@ def _safe_load_plain(file: BinaryIO):
     return _NoGlobals(file).load()
 
 
+def _check_view(name: str, tensor: _PendingTensor, available: int) -> None:
+    """Refuse a view that reaches outside its storage: ``as_strided`` would read (or crash on) other memory."""
+    if tensor.storage_offset < 0 or any(n < 0 for n in tensor.size) or any(s < 0 for s in tensor.stride):
+        raise ValueError(f"tensor {name!r} has a negative offset, size or stride")
+    if len(tensor.size) != len(tensor.stride):
+        raise ValueError(f"tensor {name!r} has {len(tensor.size)} sizes but {len(tensor.stride)} strides")
+    if 0 in tensor.size:
+        return
+    last = tensor.storage_offset + sum((n - 1) * s for n, s in zip(tensor.size, tensor.stride))
+    if last >= available:
+        raise ValueError(f"tensor {name!r} reaches element {last} of a storage of {available}: damaged or "
+                         "crafted weights file")
+
+
 def load_legacy_state_dict(path_or_file) -> "collections.OrderedDict[str, np.ndarray]":
     """Return the state dict stored in a legacy ``torch.save`` file as NumPy arrays.
 
@@ -154,7 +168,10 @@ def load_legacy_state_dict(path_or_file) -> "collections.OrderedDict[str, np.nda
     for name, value in state.items():
         if not isinstance(value, _PendingTensor):
             continue
-        flat = storage_data[value.storage_key]
+        flat = storage_data.get(value.storage_key)
+        if flat is None:
+            raise ValueError(f"tensor {name!r} refers to a storage the file does not hold")
+        _check_view(name, value, len(flat))
         array = np.lib.stride_tricks.as_strided(
             flat[value.storage_offset :],
             shape=value.size,

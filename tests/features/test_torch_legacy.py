@@ -76,3 +76,20 @@ def test_builds_tensors_from_storage_views():
     data = _legacy_file(main, ["0"], struct.pack("<q", 8) + values.tobytes())
     state = load_legacy_state_dict(io.BytesIO(data))
     np.testing.assert_array_equal(state["w"], np.array([[2, 4], [3, 5]], dtype=np.float32))
+
+
+@pytest.mark.parametrize("elements, view", [
+    (4, b"QK\x02K\x02K\x02\x86q\x08K\x01K\x02\x86q\t"),     # offset 2, (2, 2) view ends at element 5 of 4
+    (8, b"QK\x02K\x02K\x02\x86q\x08K\x01K\x7f\x86q\t"),     # a stride of 127 jumps far past the storage
+    (8, b"QK\x09K\x01K\x01\x86q\x08K\x01K\x01\x86q\t"),     # the offset alone is past the end
+])
+def test_refuses_tensor_views_that_reach_outside_their_storage(elements, view):
+    """A crafted offset, size or stride must be an error, not a read of other memory (or a segfault)."""
+    values = np.arange(elements, dtype=np.float32)
+    main = (b"\x80\x02}q\x00X\x01\x00\x00\x00wq\x01ctorch._utils\n_rebuild_tensor_v2\nq\x02("
+            b"(X\x07\x00\x00\x00storageq\x03ctorch\nFloatStorage\nq\x04X\x01\x00\x00\x000q\x05X\x03\x00\x00\x00cpuq\x06K"
+            + bytes([elements]) + b"Ntq\x07" + view
+            + b"\x89ccollections\nOrderedDict\nq\n)Rq\x0btq\x0cRq\rs.")
+    data = _legacy_file(main, ["0"], struct.pack("<q", elements) + values.tobytes())
+    with pytest.raises(ValueError, match="crafted weights file"):
+        load_legacy_state_dict(io.BytesIO(data))
