@@ -16,7 +16,7 @@ from pages.shared import (
     show_thumbnail,
     state,
 )
-from pages.shared.text import plain
+from pages.shared.text import chart_text, plain
 
 require_router()
 
@@ -38,7 +38,10 @@ colour = st.segmented_control("Colour by", list(COLOURS), default="label", key=s
 
 with st.spinner(f"Mapping {embedded} products…"):
     table = catalogue_map(catalog(), key, neighbours, min_dist)
-figure = px.scatter(table, x="x", y="y", color=COLOURS[colour], render_mode="webgl",
+# Plotly renders HTML in legends and hovers: names go in escaped (a category called <a href=…> stays text).
+shown = table.assign(**{column: table[column].map(lambda v: v if v is None or v != v else chart_text(v))
+                        for column in ("filename", "label", "predicted_label", "agreement") if column in table})
+figure = px.scatter(shown, x="x", y="y", color=COLOURS[colour], render_mode="webgl",
                     hover_data={"filename": True, "label": True, "predicted_label": True, "confidence": ":.0%",
                                 "x": False, "y": False},
                     custom_data=["product_id"], height=620,

@@ -11,7 +11,7 @@ from core.errors import ProductLensError
 from core.jobs import cold_start_and_predict, retrain_and_predict
 from core.model import activate, compare_versions
 from pages.shared import can, catalog, embedder, permitted, progress_bar, require_router, show_notices, state
-from pages.shared.text import plain
+from pages.shared.text import chart_text, plain
 
 require_router()
 
@@ -80,7 +80,7 @@ if not changes.empty:
 
 if metrics.get("confusion_matrix"):
     st.subheader("Confusion matrix (validation products)")
-    classes = metrics["classes"]
+    classes = [chart_text(name) for name in metrics["classes"]]  # Plotly renders HTML in axis labels
     figure = go.Figure(go.Heatmap(z=metrics["confusion_matrix"], x=classes, y=classes, colorscale="Teal",
                                   hovertemplate="true %{y}<br>predicted %{x}<br>%{z} products<extra></extra>"))
     figure.update_layout(xaxis_title="predicted", yaxis_title="true", yaxis_autorange="reversed",

@@ -4,6 +4,8 @@ AppTest cannot upload files or make plotly selections; those paths are covered
 through ``core`` (tests/test_pipeline.py) and the real-browser test (tests/test_browser.py).
 """
 
+import json
+
 import pytest
 from streamlit.testing.v1 import AppTest
 
@@ -290,3 +292,21 @@ def test_a_labeller_labels_as_their_account_but_cannot_train(team, monkeypatch):
 def test_without_accounts_the_app_says_anyone_can_change_everything(populated, monkeypatch):
     at = app(populated, monkeypatch)
     assert "No accounts: anyone who opens this app can change everything" in texts(at)
+
+
+def test_chart_legends_and_hovers_show_html_in_names_as_text(populated, monkeypatch):
+    catalog = Catalog(populated)
+    product = catalog.product_ids()[0]
+    original = catalog.current_label(product)
+    hostile = '<a href="http://evil.example">Lemon</a>'
+    catalog.set_labels([(product, hostile)], author="mallory")
+    try:
+        at = app(populated, monkeypatch)
+        at.switch_page("pages/explore.py").run()
+        assert not at.exception, at.exception
+        spec = json.loads(at.get("plotly_chart")[0].proto.spec)
+        names = [trace["name"] for trace in spec["data"]]
+        assert '&lt;a href="http://evil.example"&gt;Lemon&lt;/a&gt;' in names, names
+        assert not any("<a" in json.dumps(trace) for trace in spec["data"]), "no raw tag anywhere in the traces"
+    finally:
+        catalog.set_labels([(product, original)], author="test")

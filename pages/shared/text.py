@@ -1,10 +1,11 @@
-"""User text (category, file and user names) inside Markdown, shown as the plain text it is.
+"""User text (category, file and user names) inside Markdown or a chart, shown as the plain text it is.
 
 Streamlit renders captions, notices and labels as Markdown. A category called
 ``**Sale** [click](http://…)`` must show those characters, not bold text and a
 link: :func:`plain` escapes every character Markdown gives a meaning to.
 """
 
+import html
 import re
 
 # Characters that format text inline (emphasis, code, links, HTML, maths, tables, Streamlit's
@@ -19,3 +20,8 @@ def plain(text: object) -> str:
     # "- x" becomes "\- x", "1. x" becomes "1\. x": either way no list.
     return _LEADING.sub(lambda match: match.group(1) + (match.group(2) + "\\" if match.group(2)[0].isdigit()
                                                        else "\\" + match.group(2)), escaped)
+
+
+def chart_text(text: object) -> str:
+    """User text for a Plotly chart (legend, axis, hover), which renders HTML tags such as ``<a href>``."""
+    return html.escape(str(text), quote=False)
