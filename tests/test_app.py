@@ -19,7 +19,7 @@ from core.storage.catalog import Catalog
 from core.storage.demo import load_demo
 
 PAGES = ["pages/upload.py", "pages/review.py", "pages/train.py", "pages/explore.py", "pages/activity.py",
-         "pages/suspicious.py", "pages/duplicates.py", "pages/similar.py"]
+         "pages/suspicious.py", "pages/duplicates.py", "pages/similar.py", "pages/team.py"]
 
 
 def app(workspace, monkeypatch) -> AppTest:
@@ -310,3 +310,48 @@ def test_chart_legends_and_hovers_show_html_in_names_as_text(populated, monkeypa
         assert not any("<a" in json.dumps(trace) for trace in spec["data"]), "no raw tag anywhere in the traces"
     finally:
         catalog.set_labels([(product, original)], author="test")
+
+
+def test_an_admin_adds_a_colleague_and_changes_roles_on_the_team_page(team, monkeypatch):
+    from core.security import authenticate
+
+    at = sign_in(app(team, monkeypatch), "root", "root-password")
+    at.switch_page("pages/team.py").run()
+    assert not at.exception, at.exception
+    [f for f in at.text_input if f.label == "Account name"][0].input("[reset](http://evil.example)")
+    [f for f in at.text_input if f.label == "First password"][0].input("colleague-pw")
+    [s for s in at.selectbox if s.label == "Role"][0].select("labeller")
+    [b for b in at.button if b.label == "Add"][0].click().run()
+    assert not at.exception, at.exception
+    assert authenticate(Catalog(team), "[reset](http://evil.example)", "colleague-pw").role == "labeller"
+    assert any(r"\[reset\](http\://evil.example)" in t.value for t in at.get("toast")), "shown as plain text"
+    [s for s in at.selectbox if s.label == "Account"][0].select("lea")
+    [s for s in at.selectbox if s.label == "New role"][0].select("viewer")
+    [b for b in at.button if b.label == "Apply"][0].click().run()
+    assert {u["name"]: u["role"] for u in Catalog(team).users()}["lea"] == "viewer"
+
+    viewer = sign_in(app(team, monkeypatch), "vera", "vera-password")
+    viewer.switch_page("pages/team.py").run()
+    assert "Adding people and changing roles is for admins." in texts(viewer)
+    assert not [b for b in viewer.button if b.label == "Add"]
+
+
+def test_a_damaged_workspace_is_a_short_message_without_server_paths(tmp_path, monkeypatch, demo_dir):
+    from core.storage import ingest
+
+    workspace = tmp_path / "ws"
+    catalog = Catalog(workspace)
+    ingest.import_paths(catalog, [demo_dir / "Lemon"])
+    catalog.close()  # (an open connection would write its log back into the file when collected)
+    (workspace / "catalog.sqlite").write_bytes(b"")
+    for page in [None, "pages/review.py"]:
+        monkeypatch.setenv("PRODUCTLENS_WORKSPACE", str(workspace))
+        at = AppTest.from_file(str(REPO / "app.py"), default_timeout=240)
+        at.run()
+        if page:
+            at.switch_page(page).run()
+        assert not at.exception, at.exception
+        errors = [e.value for e in at.error]
+        assert len(errors) == 1 and "is empty (0 bytes)" in errors[0] and "restore" in errors[0], errors
+        assert str(tmp_path) not in errors[0], "no server path shown to visitors"
+    assert (workspace / "catalog.sqlite").stat().st_size == 0

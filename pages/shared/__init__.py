@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import streamlit as st
 
-from core.errors import AccessDeniedError
+from core.errors import AccessDeniedError, CatalogError
 from core.features import Embedder
 from core.security import Account, SignInThrottle, require
 from core.settings import workspace_dir
@@ -29,6 +29,7 @@ PAGES = [
     ("pages/duplicates.py", "Duplicates", ":material/content_copy:"),
     ("pages/similar.py", "Similar products", ":material/image_search:"),
     ("pages/activity.py", "Activity", ":material/history:"),
+    ("pages/team.py", "Team", ":material/group:"),
 ]
 
 
@@ -66,7 +67,14 @@ def _catalog(workspace: str) -> Catalog:
 
 
 def catalog() -> Catalog:
-    return _catalog(str(workspace_dir().resolve()))
+    """The workspace's catalogue; a damaged one stops the page with a short message (no server paths)."""
+    workspace = str(workspace_dir().resolve())
+    try:
+        return _catalog(workspace)
+    except CatalogError as error:
+        message = str(error).replace(workspace + "/", "").replace(workspace, "the workspace folder")
+        st.error(f"The workspace cannot be opened: {plain(message)}. Ask whoever runs this server.")
+        st.stop()
 
 
 @st.cache_resource(show_spinner="Loading the image model (once per server)…")
