@@ -58,7 +58,9 @@ def use_suggestions(rows):
 def keep_label(product_ids):
     if not permitted("label"):
         return
-    marked = suspicious.mark_label_right(catalog(), product_ids, author())
+    shown = issues.set_index("product_id")["label"]
+    marked = suspicious.mark_label_right(catalog(), product_ids, author(),
+                                         seen={int(pid): shown.get(pid) for pid in product_ids})
     remember(f"Kept {marked} label(s); they will not be flagged again.")
 
 

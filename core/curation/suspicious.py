@@ -149,9 +149,13 @@ def still_open(catalog: Catalog, issues: pd.DataFrame) -> pd.DataFrame:
     return issues[np.array(keep, dtype=bool)] if len(issues) else issues
 
 
-def mark_label_right(catalog: Catalog, product_ids, author: str | None = None) -> int:
-    """Record that each product's *current* label was checked by a person and is right."""
-    return catalog.set_label_verdicts(product_ids, author=author)
+def mark_label_right(catalog: Catalog, product_ids, author: str | None = None, seen=None) -> int:
+    """Record that each product's label was checked by a person and is right; return how many.
+
+    ``seen`` maps product ids to the label the person judged; a product relabelled
+    by someone else since is not marked (it is judged again at the next check).
+    """
+    return catalog.set_label_verdicts(product_ids, author=author, seen=seen)
 
 
 def use_suggestions(catalog: Catalog, issues: pd.DataFrame, author: str | None = None):

@@ -471,11 +471,22 @@ class Catalog:
         return [dict(row) for row in self.connection.execute("SELECT * FROM archived ORDER BY created_at, product_id")]
 
     # -- label verdicts ------------------------------------------------------------
-    def set_label_verdicts(self, product_ids: Sequence[int], author: str | None = None) -> int:
-        """Remember that a person checked each product's current label and found it right."""
-        labels = self.current_labels()
-        rows = [(int(pid), labels[int(pid)], author, utc_now()) for pid in product_ids if int(pid) in labels]
+    def set_label_verdicts(self, product_ids: Sequence[int], author: str | None = None,
+                           seen: dict[int, str | None] | None = None) -> int:
+        """Remember that a person checked each product's current label and found it right; return how many.
+
+        With ``seen`` (product id → the label the person looked at), a product whose
+        label changed since is left out: nobody vouches for a label they never saw.
+        """
         with self.transaction() as connection:
+            rows = []
+            for pid in product_ids:
+                current = connection.execute("SELECT label FROM labels WHERE product_id = ? ORDER BY id DESC LIMIT 1",
+                                             (int(pid),)).fetchone()
+                label = None if current is None else current["label"]
+                if label is None or (seen is not None and seen.get(int(pid), label) != label):
+                    continue
+                rows.append((int(pid), label, author, utc_now()))
             connection.executemany("INSERT OR REPLACE INTO label_verdicts VALUES (?, ?, ?, ?)", rows)
         return len(rows)
 

@@ -127,3 +127,12 @@ def test_a_schema_1_workspace_is_migrated_without_losing_labels(workspace):
         assert connection.execute("SELECT COUNT(*) FROM labels").fetchone()[0] == 3
     catalog.close()
     assert Catalog(workspace).schema_version() == 3  # reopening is a no-op
+
+
+def test_a_label_verdict_only_vouches_for_the_label_the_person_saw(workspace):
+    catalog = Catalog(workspace)
+    first, second = (add(catalog, photo)[0] for photo in demo_photos("Lemon")[:2])
+    catalog.set_labels([(first, "Lemon"), (second, "Lemon")], author="import")
+    catalog.set_labels([(second, "Lime")], author="bo")  # after ana loaded the page showing "Lemon"
+    marked = catalog.set_label_verdicts([first, second], author="ana", seen={first: "Lemon", second: "Lemon"})
+    assert marked == 1 and catalog.label_verdicts() == {first: "Lemon"}, "bo's Lime was never checked by ana"
