@@ -250,7 +250,7 @@ def test_every_page_asks_to_sign_in_once_the_workspace_has_accounts(team, monkey
     sign_in(at, "root", "wrong-password")
     assert [e.value for e in at.error] == ["wrong account name or password"]
     sign_in(at, "root", "root-password")
-    assert at.title[0].value == "Similar products" and not at.error, "the page asked for opens after signing in"
+    assert at.title[0].value == "Team" and not at.error, "the page asked for (the last one) opens after signing in"
     home = sign_in(app(team, monkeypatch), "root", "root-password")
     assert "Signed in as root · admin" in texts(home) and [m.label for m in home.metric][0] == "Products"
 

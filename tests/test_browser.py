@@ -195,7 +195,7 @@ def children(pid: int) -> list[int]:
     return found
 
 
-def test_default_server_is_loopback_only_and_suspicious_labels_never_hang_it(tmp_path, embedder):
+def test_default_server_is_loopback_only_and_suspicious_labels_never_hang_it(page, tmp_path, embedder):
     """The README's `streamlit run app.py` (no address flag): loopback only. Suspicious labels twice, then SIGTERM."""
     from core.features.embeddings import embed_catalog
     from core.model.head import HeadClassifier
@@ -210,23 +210,18 @@ def test_default_server_is_loopback_only_and_suspicious_labels_never_hang_it(tmp
     process, url, port = start_server(tmp_path / "ws", tmp_path / "streamlit.log")
     try:
         assert listening_addresses(port) == {"0100007F"}, "listens on 127.0.0.1 only, not every interface"
-        with playwright.sync_api.sync_playwright() as driver:
-            browser = driver.chromium.launch(executable_path=CHROMIUM, headless=True,
-                                             args=["--no-sandbox", "--disable-gpu"])
-            page = browser.new_page(viewport={"width": 1400, "height": 1000})
-            open_page(page, url, "suspicious")
-            for attempt in range(2):
-                page.get_by_role("button", name="Find suspicious labels").click()
-                page.get_by_text("Flagged labels").wait_for(timeout=120_000)
-                wait_idle(page, timeout=120_000)
-            assert not children(process.pid), "no forked worker processes left behind"
-            page.get_by_role("button", name="Find suspicious labels").click()  # SIGTERM in the middle of a run
-            page.wait_for_timeout(300)
-            started = time.perf_counter()
-            process.send_signal(signal.SIGTERM)
-            process.wait(timeout=20)
-            print(f"server stopped {time.perf_counter() - started:.1f} s after SIGTERM")
-            browser.close()
+        open_page(page, url, "suspicious")
+        for _ in range(2):  # twice in a row: the first run must not leave anything behind
+            page.get_by_role("button", name="Find suspicious labels").click()
+            page.get_by_text("Flagged labels").wait_for(timeout=120_000)
+            wait_idle(page, timeout=120_000)
+        assert not children(process.pid), "no forked worker processes left behind"
+        page.get_by_role("button", name="Find suspicious labels").click()  # SIGTERM in the middle of a run
+        page.wait_for_timeout(300)
+        started = time.perf_counter()
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=20)
+        print(f"server stopped {time.perf_counter() - started:.1f} s after SIGTERM")
     finally:
         if process.poll() is None:
             process.kill()

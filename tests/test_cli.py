@@ -267,3 +267,15 @@ def test_export_onto_a_file_and_forged_history_lines_are_refused(tmp_path, demo_
                            ("Lime\n2026-01-01 00:00:00  root  human  #1 x: a -> b",))
     lines = run("history", "--product", "1", workspace=workspace).stdout.strip().splitlines()
     assert len(lines) == 2 and "Lime\\n2026" in lines[0]
+
+
+def test_train_says_which_labelled_products_it_had_to_skip(tmp_path, demo_dir):
+    workspace = tmp_path / "ws"
+    run("import", str(demo_dir / "Lemon"), "--label", "Lemon", workspace=workspace)
+    run("import", str(demo_dir / "Banana"), "--label", "Banana", workspace=workspace)
+    catalog = Catalog(workspace)
+    catalog.image_path(catalog.product_ids()[0]).unlink()  # a photo lost from the workspace
+    catalog.close()
+    trained = run("train", "--views", "0", "--quiet", workspace=workspace)
+    assert "skipped: 1 labelled products without features" in trained.stderr
+    assert last_json(trained)["n_train"] == 15 and last_json(trained)["n_skipped"] == 1
