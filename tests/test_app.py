@@ -97,7 +97,7 @@ def test_review_one_click_correction_is_stored_with_the_author(populated, monkey
     label = target.key.split("-", 2)[2]
     event = catalog.label_history(first_product)[0]
     assert (event.label, event.author, event.source) == (label, "ana", "human")
-    undo = [b for b in at.button if b.label == "Undo last action"][0]
+    undo = at.button(key="undo")
     undo.click().run()
     assert catalog.label_history(first_product)[0].label == event.previous_label
 

@@ -16,6 +16,7 @@ overwritten and every change can be traced and undone.
 
 from __future__ import annotations
 
+from pathlib import PurePath
 from typing import Mapping, Sequence
 
 import numpy as np
@@ -33,8 +34,18 @@ _STRATEGY_OF_ORDER = {"most informative": "hybrid", "smallest margin": "margin",
 # Pages diversified by the guard; beyond them the plain ranking is good enough and cheap.
 _DIVERSIFIED_PAGES = 10
 UNLABELLED = "(unlabelled)"  # how maps show a product without a label
-COLUMNS = ["product_id", "filename", "added_at", "label", "label_source", "predicted_label", "confidence",
+COLUMNS = ["product_id", "filename", "origin", "added_at", "label", "label_source", "predicted_label", "confidence",
            "top_labels", "top_probabilities", "disagrees"]
+
+
+def origin(source: str | None, added_at: str) -> str:
+    """Where a product came from, short enough for a card: two photos named alike are told apart by it."""
+    if source and ":" in source and source.split(":", 1)[0].lower().endswith(".zip"):
+        return f"from {PurePath(source.split(':', 1)[0]).name}"
+    parts = PurePath(source or "").parts
+    if len(parts) >= 3:
+        return f"from …/{parts[-3]}/{parts[-2]}"
+    return f"uploaded {added_at[:16].replace('T', ' ')} UTC"
 
 
 def review_table(catalog: Catalog) -> pd.DataFrame:
@@ -48,7 +59,8 @@ def review_table(catalog: Catalog) -> pd.DataFrame:
         prediction = predictions.get(product_id)
         predicted = prediction["label"] if prediction else None
         records.append({
-            "product_id": product_id, "filename": filename, "added_at": added_at, "label": label,
+            "product_id": product_id, "filename": filename, "origin": origin(product.source, added_at),
+            "added_at": added_at, "label": label,
             "label_source": source if label is not None else None, "predicted_label": predicted,
             "confidence": prediction["confidence"] if prediction else None,
             "top_labels": prediction["labels"] if prediction else [],

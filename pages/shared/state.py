@@ -19,10 +19,17 @@ REVIEW_STATUS = "review_status"
 REVIEW_DISAGREE = "review_disagree"
 REVIEW_CONFIDENCE = "review_confidence"
 REVIEW_PAGE = "review_page"
+REVIEW_FOCUS = "review_focus"        # the product id of the card the keyboard acts on
+REVIEW_KEYS = "review_keys"          # whether the list of keyboard shortcuts is open
 EXPLORE_COLOUR = "explore_colour"
 SIMILAR_SOURCE = "similar_source"
 SIMILAR_PRODUCT = "similar_product"
 SIMILAR_UPLOAD = "similar_upload"
+
+
+def other_category(product_id: int) -> str:
+    """The "Other category…" picker of a Review card."""
+    return f"any-{product_id}"
 
 
 def selected_card(product_id: int) -> str:
