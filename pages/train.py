@@ -65,18 +65,27 @@ metrics, before = current.metrics, previous.metrics if previous else None
 columns = st.columns(3)
 accuracy = metrics.get("accuracy")
 previous_accuracy = before.get("accuracy") if before else None
+change = None if accuracy is None or previous_accuracy is None else accuracy - previous_accuracy
+# An unchanged accuracy is not a gain: no green "+0.0%".
 columns[0].metric(f"Validation accuracy (v{current.id})", "n/a" if accuracy is None else f"{accuracy:.1%}",
-                  None if accuracy is None or previous_accuracy is None else f"{accuracy - previous_accuracy:+.1%}")
+                  None if change is None else ("no change" if abs(change) < 0.0005 else f"{change:+.1%}"),
+                  delta_color="off" if change is not None and abs(change) < 0.0005 else "normal")
 columns[1].metric("Categories", len(current.classes))
 columns[2].metric("Training products", metrics.get("n_train", 0))
 
 changes = pd.DataFrame(compare_versions(before, metrics))
 if not changes.empty:
     st.subheader("Per-category recall" + (f" vs v{previous.id}" if previous else ""))
+    if previous is None:  # a first version has nothing to compare with: no empty columns
+        changes = changes[["category", "after"]].rename(columns={"after": "recall"})
+    else:  # a category new in this version has no "before": shown empty, not as "None"
+        changes["change"] = changes["change"].map(lambda value: "" if value != value or value is None
+                                                  else "±0.0%" if abs(value) < 0.0005 else f"{value:+.1%}")
     st.dataframe(changes, hide_index=True, column_config={
         "before": st.column_config.ProgressColumn("before", format="percent", min_value=0, max_value=1),
         "after": st.column_config.ProgressColumn("after", format="percent", min_value=0, max_value=1),
-        "change": st.column_config.NumberColumn("change", format="percent")})
+        "recall": st.column_config.ProgressColumn("recall", format="percent", min_value=0, max_value=1),
+        "change": st.column_config.TextColumn("change")})
 
 if metrics.get("confusion_matrix"):
     st.subheader("Confusion matrix (validation products)")

@@ -5,6 +5,7 @@ through ``core`` (tests/test_pipeline.py) and the real-browser test (tests/test_
 """
 
 import json
+import re
 
 import pytest
 from streamlit.testing.v1 import AppTest
@@ -114,11 +115,18 @@ def test_train_page_retrains_and_compares(populated, monkeypatch):
     at = app(populated, monkeypatch)
     at.switch_page("pages/train.py").run()
     before = len(Catalog(populated).model_versions())
+    if before == 1:  # a first version: recall only, no empty "before"/"change" columns
+        assert list(at.dataframe[0].value.columns) == ["category", "recall"]
     [b for b in at.button if b.label == "Retrain now"][0].click().run()
     assert not at.exception, at.exception
     assert len(Catalog(populated).model_versions()) == before + 1
     assert any("trained" in s.value for s in at.success)
     assert any("Per-category recall" in s.value for s in at.subheader)
+    delta = at.metric[0].delta
+    assert delta == "no change" or re.fullmatch(r"[+-]\d+\.\d%", delta) and delta not in ("+0.0%", "-0.0%"), delta
+    changes = at.dataframe[0].value
+    assert list(changes.columns) == ["category", "before", "after", "change"]
+    assert not changes["change"].isin(["None", "+0.0%", "-0.0%"]).any()
 
 
 def test_explore_page_draws_the_map(populated, monkeypatch):
@@ -135,6 +143,15 @@ def test_activity_page_lists_label_changes(populated, monkeypatch):
     assert not at.exception, at.exception
     table = at.dataframe[0].value
     assert table.iloc[0]["who"] == "dee" and table.iloc[0]["to"] == "Checked-By-Dee"
+    assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d", table.iloc[0]["when"]), "no ISO T or milliseconds"
+    assert table.iloc[0]["how"] == "correction"
+    review.undo_last_action(Catalog(populated), author="dee")
+    at.run()
+    table = at.dataframe[0].value
+    assert table.iloc[0]["how"] == "undo" and table.iloc[0]["from"] == "Checked-By-Dee"
+    imports = table[table["how"] == "import"]
+    assert len(imports) and (imports["who"] == "").all() and (imports["from"] == "(unlabelled)").all()
+    assert not table.isna().any().any() and "None" not in table.astype(str).to_numpy()
 
 
 def test_suspicious_labels_page_finds_and_fixes_an_injected_error(populated, monkeypatch):

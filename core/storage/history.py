@@ -10,9 +10,11 @@ from core.storage.catalog import Catalog
 
 
 def history_rows(catalog: Catalog, product_id: int | None = None, limit: int | None = 100) -> list[dict]:
-    """Newest first: ``when, who, product_id, filename, from, to, source``."""
+    """Newest first: ``when, who, product_id, filename, from, to, source, undo`` (``undo``: the event reverts an
+    earlier action)."""
     events = catalog.label_history(product_id, limit=limit)
     names = {p.id: p.filename for p in catalog.products(sorted({e.product_id for e in events}))}
     return [{"when": e.created_at, "who": e.author, "product_id": e.product_id,
-             "filename": names.get(e.product_id), "from": e.previous_label, "to": e.label, "source": e.source}
+             "filename": names.get(e.product_id), "from": e.previous_label, "to": e.label, "source": e.source,
+             "undo": bool(e.action and e.action.startswith("undo:"))}
             for e in events]
