@@ -21,6 +21,8 @@ from pages.shared.text import plain
 require_router()
 
 MAX_GROUPS = 20
+THUMBNAILS_PER_ROW = 6
+THUMBNAIL_WIDTH = 96
 
 
 @st.cache_data(show_spinner="Comparing every pair of products…", max_entries=4)
@@ -45,21 +47,22 @@ if not groups:
 
 for number, group in enumerate(groups[:MAX_GROUPS]):
     ids = group["product_ids"]
+    # One compact row per group: small photos on the left, the decision on the right.
     with st.container(border=True):
-        st.markdown(f"**Group {number + 1}** · {len(ids)} photos · similarity ≥ {group['min_similarity']:.3f}")
-        cells = st.columns(min(len(ids), 6))
+        photos, decision = st.columns([3, 2])
+        photos.markdown(f"**Group {number + 1}** · {len(ids)} photos · similarity ≥ {group['min_similarity']:.3f}")
+        cells = photos.columns(THUMBNAILS_PER_ROW)
         for index, (product_id, filename, label) in enumerate(zip(ids, group["filenames"], group["labels"])):
-            with cells[index % len(cells)]:
-                show_thumbnail(product_id)
+            with cells[index % THUMBNAILS_PER_ROW]:
+                show_thumbnail(product_id, width=THUMBNAIL_WIDTH)
                 st.caption(f"#{product_id} {plain(filename)}  \n{plain(label) if label else 'unlabelled'}")
         shown = dict(zip(ids, group["labels"]))  # what the person sees: the optimistic check's baseline
-        with st.form(f"group-{ids[0]}"):
-            row = st.columns(3)
-            keep = row[0].selectbox("Keep", ids, format_func=lambda pid: f"#{pid}")
+        with decision.form(f"group-{ids[0]}", border=False):
+            keep = st.selectbox("Keep", ids, format_func=lambda pid: f"#{pid}")
             options = sorted({label for label in group["labels"] if label} | set(catalog().categories()))
             default = options.index(group["majority_label"]) if group["majority_label"] in options else None
-            label = row[1].selectbox("Label", options, index=default, accept_new_options=True)
-            action = row[2].radio("Action", ["Keep one, archive the others", "Give all this label"],
+            label = st.selectbox("Label", options, index=default, accept_new_options=True)
+            action = st.selectbox("Action", ["Keep one, archive the others", "Give all this label"],
                                   help="Archiving is for admins; labellers can give the group one label.")
             if st.form_submit_button("Apply", disabled=not can("label")) and \
                     permitted("archive" if action.startswith("Keep") else "label"):

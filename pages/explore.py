@@ -21,7 +21,7 @@ from pages.shared.text import chart_text, plain
 require_router()
 
 COLOURS = {"label": "label", "predicted category": "predicted_label", "confidence": "confidence",
-           "right / wrong": "agreement"}
+           "label vs model": "agreement"}
 
 st.title("Explore the catalogue")
 key = embedding_key()
@@ -35,6 +35,10 @@ with st.expander("Map settings"):
     neighbours = columns[0].slider("Neighbours", 2, 100, 15, help="Larger: more global structure.")
     min_dist = columns[1].slider("Minimum distance", 0.0, 0.99, 0.1, 0.01, help="Smaller: tighter clusters.")
 colour = st.segmented_control("Colour by", list(COLOURS), default="label", key=state.EXPLORE_COLOUR) or "label"
+if colour == "label vs model":
+    st.caption("“wrong”: the label differs from the active model's prediction. The model was trained on these "
+               "labels and mostly repeats them, so a wrong label often shows as “right” here: the Suspicious "
+               "labels page checks each label with a model trained without it.")
 
 with st.spinner(f"Mapping {embedded} products…"):
     table = catalogue_map(catalog(), key, neighbours, min_dist)
@@ -47,8 +51,10 @@ figure = px.scatter(shown, x="x", y="y", color=COLOURS[colour], render_mode="web
                     custom_data=["product_id"], height=620,
                     color_discrete_sequence=px.colors.qualitative.Dark24 + px.colors.qualitative.Light24)
 figure.update_traces(marker=dict(size=7, opacity=0.85))
+# The legend goes below the map: on the right, Plotly's toolbar covered its title.
 figure.update_layout(xaxis_visible=False, yaxis_visible=False, legend_title_text=colour,
-                     margin=dict(l=0, r=0, t=10, b=0), dragmode="lasso")
+                     legend=dict(orientation="h", yanchor="top", y=-0.02, xanchor="left", x=0),
+                     margin=dict(l=0, r=0, t=30, b=0), dragmode="lasso")
 event = st.plotly_chart(figure, key="catalogue_map", on_select="rerun", selection_mode=("box", "lasso", "points"))
 
 points = event.selection.points if event and event.selection else []
@@ -59,7 +65,8 @@ if not chosen:
 
 st.subheader(f"{len(chosen)} selected products")
 with st.form("bulk_relabel"):
-    target = st.selectbox("Relabel all selected as", catalog().categories(), accept_new_options=True)
+    target = st.selectbox("Relabel all selected as", catalog().categories(), index=None, accept_new_options=True,
+                          placeholder="Choose or type a category")
     if st.form_submit_button("Relabel", type="primary", disabled=not can("label")) and target \
             and permitted("label"):
         try:
@@ -77,4 +84,4 @@ show_notices()
 for index, (product_id, row) in enumerate(selected_rows.head(64).iterrows()):
     with gallery[index % 8]:
         show_thumbnail(product_id)
-        st.caption(f"{plain(row['label'])} → {plain(row['predicted_label'])}")
+        st.caption(f"label: {plain(row['label'])}  \nmodel: {plain(row['predicted_label'])}")

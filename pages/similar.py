@@ -49,12 +49,16 @@ else:
 if query is None:
     st.stop()
 
-neighbour_ids, scores = _index(key, embedded).query(query, k=k)
+# One more than asked for: a catalogue product is not its own neighbour (an uploaded photo that is
+# already in the catalogue does show it, as the exact match it is).
+neighbour_ids, scores = _index(key, embedded).query(query, k=k + 1)
+results = [(int(pid), float(score)) for pid, score in zip(neighbour_ids[0], scores[0])
+           if not (source == "a catalogue product" and int(pid) == chosen)][:k]
 labels = catalog().current_labels()
-names = {p.id: p.filename for p in catalog().products(neighbour_ids[0].tolist())}
+names = {p.id: p.filename for p in catalog().products([pid for pid, _score in results])}
 grid = st.columns(COLUMNS)
-for index, (product_id, score) in enumerate(zip(neighbour_ids[0], scores[0])):
+for index, (product_id, score) in enumerate(results):
     with grid[index % COLUMNS].container(border=True):
-        show_thumbnail(int(product_id))
-        st.caption(f"**{score:.3f}** · #{product_id} {plain(names[int(product_id)])}  \n"
-                   f"{labels.get(int(product_id)) or 'unlabelled'}")
+        show_thumbnail(product_id)
+        st.caption(f"**{score:.3f}** · #{product_id} {plain(names[product_id])}  \n"
+                   f"{plain(labels.get(product_id) or 'unlabelled')}")

@@ -22,8 +22,9 @@ limits = settings.current()
 
 st.title("Upload products")
 st.caption(f"JPEG, PNG, WebP, BMP, GIF, TIFF or zip archives (folders inside name the category). "
-           f"Limits: {limits.max_file_bytes // 2**20} MB and {limits.max_pixels // 1_000_000} megapixels per photo, "
-           f"{limits.max_zip_bytes // 2**20} MB unpacked per archive; a file over a limit is listed with the reason.")
+           f"The uploader takes files up to 1 GB so that zip archives fit; inside, each photo can be at most "
+           f"{limits.max_file_bytes // 2**20} MB and {limits.max_pixels // 1_000_000} megapixels, and an archive "
+           f"{limits.max_zip_bytes // 2**20} MB unpacked. A file over a limit is listed with the reason.")
 
 if not can("import"):
     st.info("Uploading needs the labeller role; ask an admin.")
