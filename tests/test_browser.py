@@ -153,7 +153,9 @@ def test_whole_flow_in_the_browser(server, page, tmp_path):
     first_pick = page.locator("[class*='st-key-pick-']").first
     first_pick.wait_for()
     key = first_pick.get_attribute("class").split("st-key-pick-", 1)[1].split()[0]
-    product_id, label = key.split("-", 1)
+    product_id, number = key.split("-")
+    catalog = Catalog(workspace)
+    label = catalog.predictions(catalog.active_model_version().id)[int(product_id)]["labels"][int(number) - 1]
     first_pick.locator("button").click()
     wait_idle(page)
     shot(page, "05-review")
@@ -227,3 +229,91 @@ def test_default_server_is_loopback_only_and_suspicious_labels_never_hang_it(pag
             process.kill()
         process.log.close()
     assert "Traceback" not in (tmp_path / "streamlit.log").read_text()
+
+
+@pytest.fixture()
+def trained_demo(tmp_path, embedder):
+    """A workspace with the demo catalogue, embedded, a head trained and every product predicted."""
+    from core.features.embeddings import embed_catalog
+    from core.model.head import HeadClassifier
+    from core.model.prediction import predict_catalog
+    from core.model.training import train_version
+    from core.storage import Catalog, load_demo
+
+    catalog = Catalog(tmp_path / "ws")
+    load_demo(catalog)
+    embed_catalog(catalog, embedder)
+    predict_catalog(catalog, train_version(catalog, embedder, HeadClassifier(), augmented_views=0))
+    catalog.close()
+    return tmp_path / "ws"
+
+
+def focused_card(page, catalog):
+    """``(product id, its suggestions in order)`` of the card the keyboard acts on, once the page is complete."""
+    page.get_by_role("button", name="Accept prediction").wait_for(timeout=120_000)
+    wait_idle(page)
+    key = page.locator(".st-key-focused-card [class*='st-key-pick-']").first.get_attribute("class")
+    product = int(key.split("st-key-pick-", 1)[1].split("-")[0])
+    return product, catalog.predictions(catalog.active_model_version().id)[product]["labels"]
+
+
+def until(condition, what, timeout=60.0):
+    """Wait for ``condition()`` (a key press reruns the page; its effect lands a moment later)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if condition():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting until {what}")
+
+
+def test_review_from_the_keyboard(page, trained_demo, tmp_path):
+    from core.storage import Catalog
+
+    process, url, _port = start_server(trained_demo, tmp_path / "streamlit.log", "--server.headless", "true")
+    catalog = Catalog(trained_demo, create=False)
+    try:
+        open_page(page, url, "review")
+        first, suggestions = focused_card(page, catalog)
+        assert len(suggestions) >= 3, "the focused card offers every suggestion for keys 1-9"
+        page.keyboard.press("2")
+        until(lambda: catalog.current_label(first) == suggestions[1], "2 gives the 2nd suggestion")
+        assert catalog.label_history(first)[0].source == "human"
+        until(lambda: focused_card(page, catalog)[0] != first, "the focus moves to the next card")
+        second, _ = focused_card(page, catalog)
+        page.keyboard.press("ArrowRight")
+        until(lambda: focused_card(page, catalog)[0] not in (first, second), "→ moves the focus")
+        page.keyboard.press("ArrowLeft")
+        until(lambda: focused_card(page, catalog)[0] == second, "← moves it back")
+        before = catalog.current_label(second)
+        predicted = catalog.predictions(catalog.active_model_version().id)[second]["label"]
+        page.keyboard.press("Enter")
+        until(lambda: catalog.current_label(second) == predicted and len(catalog.label_history(second)) >= 1
+              and catalog.label_history(second)[0].source == "human", "Enter accepts the prediction")
+        until(lambda: focused_card(page, catalog)[0] != second, "the focus moves on")
+        page.keyboard.press("x")
+        focused, _ = focused_card(page, catalog)
+        until(lambda: page.locator(f".st-key-select-{focused} input").is_checked(), "X selects the focused card")
+        page.keyboard.press("z")
+        until(lambda: catalog.current_label(second) == before, "Z undoes the last action (the Enter)")
+        page.keyboard.press("?")
+        page.get_by_text("give the focused card its 1st").wait_for(timeout=60_000)
+        shot(page, "08-review-keys")
+
+        # Keys typed into a field are text, not shortcuts; "Other category…" applies the choice at once.
+        target, _ = focused_card(page, catalog)
+        history = len(catalog.label_history(target))
+        picker = page.locator(f".st-key-any-{target} input")
+        picker.click()
+        picker.type("2")
+        time.sleep(2)
+        assert len(catalog.label_history(target)) == history, "a digit typed into the picker labelled nothing"
+        picker.fill("")
+        picker.type("Zucc")
+        page.get_by_role("option", name="Zucchini").first.click()
+        until(lambda: catalog.current_label(target) == "Zucchini",
+              f"one step, no second 'Set' button (label now {catalog.current_label(target)!r})")
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+        process.log.close()
