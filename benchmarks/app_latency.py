@@ -6,7 +6,12 @@
    * opens Explore and times until the UMAP plot of 2,640 products is drawn
      (cold: UMAP computed; warm: reopened, cached projection);
    * uploads 50 val photos on the Upload page and times "Import and predict"
-     until the predictions are shown.
+     until the predictions are shown;
+   * labels 50 cards on the Review page by pressing ``1`` (the focused card's top
+     suggestion; the focus then moves on), and 50 more by clicking the focused
+     card's top-suggestion button, each time waiting until the label is stored
+     and the page has finished its rerun: labels per minute, keys vs clicks.
+     (A script moves no mouse: the real difference for a person is larger.)
 
     python benchmarks/app_latency.py [--dataset DIR] [--keep WORKSPACE]
 Prints one JSON object on the last line.
@@ -32,6 +37,7 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 from _results import write_result  # noqa: E402
 
 DEFAULT_DATASET = REPO.parent / "shared" / "datasets" / "grocery"
+CARDS = 50
 
 
 def prepare(workspace: Path, dataset: Path) -> None:
@@ -48,6 +54,31 @@ def prepare(workspace: Path, dataset: Path) -> None:
         embed_catalog(catalog, embedder)
         predict_catalog(catalog, train_version(catalog, embedder, augmented_views=0))
     catalog.close()
+
+
+def human_labels(catalog) -> int:
+    return int(catalog.connection.execute("SELECT COUNT(*) FROM labels WHERE source = 'human'").fetchone()[0])
+
+
+def labels_per_minute(page, url: str, catalog, how: str, cards: int) -> float:
+    """Label ``cards`` cards on Review with the key ``1`` or by clicking; labels per minute."""
+    page.goto(f"{url}/review")
+    page.get_by_role("button", name="Accept prediction").wait_for(timeout=600_000)
+    wait_idle(page)
+    started = time.perf_counter()
+    for _ in range(cards):
+        before = human_labels(catalog)
+        if how == "keys":
+            page.keyboard.press("1")
+        else:
+            page.locator(".st-key-focused-card [class*='st-key-pick-'] button").first.click()
+        deadline = time.time() + 120
+        while human_labels(catalog) == before:
+            if time.time() > deadline:
+                raise RuntimeError(f"a {how} label was not stored within 120 s")
+            time.sleep(0.05)
+        wait_idle(page)
+    return cards / (time.perf_counter() - started) * 60
 
 
 def wait_idle(page, timeout=600_000):
@@ -77,6 +108,12 @@ def main() -> None:
              if hashlib.sha256(p.read_bytes()).hexdigest() not in known]
     photos = fresh[::5][:50]
     products = catalog.count_products()
+    # 50 more unlabelled, predicted products for the labelling runs (set-up, not timed): 100 cards in all.
+    from core.features.embeddings import Embedder
+    from core.jobs import import_and_predict
+
+    extra = [p for p in fresh if p not in photos][:CARDS]
+    import_and_predict(catalog, [(p.name, p.read_bytes()) for p in extra], Embedder())
     # Cold means cold: no projection cached from an earlier run.
     for cached in (workspace / "cache").glob("umap-*.npy"):
         cached.unlink()
@@ -117,6 +154,7 @@ def main() -> None:
             wait_idle(page)
             upload_seconds = time.perf_counter() - clicked
 
+            speed = {how: labels_per_minute(page, url, catalog, how, CARDS) for how in ("keys", "clicks")}
             browser.close()
     finally:
         server.terminate()
@@ -124,7 +162,9 @@ def main() -> None:
     result = {"upload_photos": len(photos), "upload_to_predictions_seconds": round(upload_seconds, 1),
               "explore_products": products, "explore_first_render_cold_seconds": round(explore["cold"], 1),
               "explore_first_render_warm_seconds": round(explore["warm"], 1),
-              "setup_seconds": round(setup_seconds, 1)}
+              "labelling_cards": CARDS, "labels_per_minute_keys": round(speed["keys"], 1),
+              "labels_per_minute_clicks": round(speed["clicks"], 1),
+              "review_catalogue_products": catalog.count_products(), "setup_seconds": round(setup_seconds, 1)}
     write_result("app_latency", result)
     print(json.dumps(result))
 

@@ -233,6 +233,14 @@ def app_latency() -> str:
         [f"Explore, first render of {result['explore_products']} products (UMAP computed)",
          result["explore_first_render_cold_seconds"]],
         ["Explore, reopened (projection cached)", result["explore_first_render_warm_seconds"]]]), "",
+        *([table(["labelling on Review", "labels per minute"], [
+            [f"{result['labelling_cards']} cards with the key 1 (top suggestion, focus moves on)",
+             result["labels_per_minute_keys"]],
+            [f"{result['labelling_cards']} cards clicking the top-suggestion button",
+             result["labels_per_minute_clicks"]]]),
+           "", f"Scripted on a catalogue of {result['review_catalogue_products']:,} products: each label waits "
+               "until it is stored and the page has rerun; a script moves no mouse, so for a person the "
+               "keyboard's lead is larger.", ""] if "labels_per_minute_keys" in result else []),
         measured_on(result)])
 
 
