@@ -1,15 +1,31 @@
 """ProductLens: the router and the home page of the Streamlit app."""
 
+import time
+
 import streamlit as st
 
-from core.storage import load_demo
-from pages.shared import can, catalog, navigation_pages, needs_sign_in, permitted, sidebar, sign_in_form, state
+from core.jobs import load_demo_and_embed
+from pages.shared import (
+    can,
+    catalog,
+    embedder,
+    navigation_pages,
+    needs_sign_in,
+    permitted,
+    progress_bar,
+    remember,
+    show_notices,
+    sidebar,
+    sign_in_form,
+    state,
+)
 
 st.set_page_config(page_title="ProductLens", page_icon="assets/icon.svg", layout="wide")
 st.logo("assets/logo.svg", icon_image="assets/icon.svg")
 
 
 def home() -> None:
+    show_notices()
     status = catalog().status()
     st.title("ProductLens")
     st.caption("Sort product photos into categories: predictions from a pretrained CNN, "
@@ -18,9 +34,11 @@ def home() -> None:
         st.info("Your catalogue is empty. Upload photos, or try ProductLens on a small demo catalogue "
                 "(10 grocery categories, 80 photos, a few left unlabelled).")
         if st.button("Load demo catalogue", type="primary", disabled=not can("import")) and permitted("import"):
-            with st.spinner("Importing the demo photos…"):
-                report = load_demo(catalog())
-            st.success(f"Imported {len(report.added)} demo photos. Next: train a model.")
+            started = time.perf_counter()
+            # Features are computed now, with a progress bar, so the first training is only training.
+            report, _embedded = load_demo_and_embed(catalog(), embedder(), progress_bar("Loading the demo"))
+            remember(f"Imported {len(report.added)} demo photos and computed their features in "
+                     f"{time.perf_counter() - started:.0f} s. Next: train a model.")
             st.rerun()
         st.page_link("pages/upload.py", label="Upload photos", icon=":material/upload:")
         return

@@ -56,6 +56,11 @@ def test_home_on_an_empty_workspace_offers_the_demo(tmp_path, monkeypatch):
     assert not at.exception
     status = Catalog(tmp_path / "ws").status()
     assert status["products"] == 80 and status["labelled"] == 70 and status["categories"] == 10
+    from core.features import Embedder
+
+    # Features are computed on loading, so the first training is only training.
+    assert Catalog(tmp_path / "ws").count_embeddings(Embedder().key) == 80
+    assert any("computed their features in" in t.value for t in at.toast)
     assert [m.value for m in at.metric][:4] == ["80", "70", "10", "10"]
 
 

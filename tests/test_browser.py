@@ -126,7 +126,7 @@ def test_whole_flow_in_the_browser(server, page, tmp_path):
     page.get_by_text("Your catalogue is empty").wait_for()
     shot(page, "01-home-empty")
     page.get_by_role("button", name="Load demo catalogue").click()
-    page.get_by_text("Awaiting review").wait_for(timeout=120_000)
+    page.get_by_text("Awaiting review").wait_for(timeout=300_000)  # includes computing the features
     shot(page, "02-home-demo")
 
     retrain(page, url, "trained in", "03-train")

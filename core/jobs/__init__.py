@@ -8,7 +8,13 @@ Each reports progress through one callback so the app can draw one bar.
 
 from core.jobs.evaluate import evaluate
 from core.jobs.export import export_classifier, export_embeddings, export_labels
-from core.jobs.pipeline import UploadResult, cold_start_and_predict, import_and_predict, retrain_and_predict
+from core.jobs.pipeline import (
+    UploadResult,
+    cold_start_and_predict,
+    import_and_predict,
+    load_demo_and_embed,
+    retrain_and_predict,
+)
 
 __all__ = ["UploadResult", "cold_start_and_predict", "evaluate", "export_classifier", "export_embeddings",
-           "export_labels", "import_and_predict", "retrain_and_predict"]
+           "export_labels", "import_and_predict", "load_demo_and_embed", "retrain_and_predict"]

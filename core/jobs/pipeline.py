@@ -101,3 +101,16 @@ def cold_start_and_predict(catalog: Catalog, embedder: Embedder, references, pro
     if progress:
         progress(1.0, "done")
     return version, rejected
+
+
+def load_demo_and_embed(catalog: Catalog, embedder: Embedder, progress: JobProgress | None = None
+                        ) -> tuple[ingest.ImportReport, EmbedReport]:
+    """Import the demo catalogue and compute its features now, so the first training is only training."""
+    from core.storage.demo import load_demo
+
+    if progress:
+        progress(0.0, "importing the demo photos")
+    report = load_demo(catalog)
+    embedded = embed_catalog(catalog, embedder, product_ids=report.product_ids,
+                             progress=_stage(progress, 0.1, 1.0, "computing features"))
+    return report, embedded
