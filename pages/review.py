@@ -153,7 +153,9 @@ for index, row in enumerate(visible.itertuples()):
         suggestions = list(zip(row.top_labels, row.top_probabilities))[:9 if is_focused else SUGGESTIONS]
         for number, (label, probability) in enumerate(suggestions, start=1):
             hint = f"{number} · " if is_focused else ""
-            st.button(f"{hint}{plain(label)} · {probability:.0%}", key=f"pick-{row.product_id}-{number}",
+            # The focused card's buttons have fixed keys, so the key map below never changes between runs.
+            st.button(f"{hint}{plain(label)} · {probability:.0%}",
+                      key=f"focus-pick-{number}" if is_focused else f"pick-{row.product_id}-{number}",
                       on_click=set_label, args=([row.product_id], label, {row.product_id: current}, card_order),
                       width="stretch", disabled=not labelling,
                       type="primary" if label == current else "secondary")
@@ -165,7 +167,7 @@ for index, row in enumerate(visible.itertuples()):
 if focused is not None:
     row = visible[visible["product_id"] == focused].iloc[0]
     current = row["label"] if isinstance(row["label"], str) else None
-    shortcuts = {str(number): f"pick-{focused}-{number}" for number in range(1, min(len(row["top_labels"]), 9) + 1)}
+    shortcuts = {str(number): f"focus-pick-{number}" for number in range(1, 10)}
     # Hidden-in-plain-sight buttons the keys press: each is also a mouse control for the focused card.
     st.caption("Focused card (outlined): press a key, or use these buttons.")
     controls = st.columns(6)

@@ -252,8 +252,8 @@ def focused_card(page, catalog):
     """``(product id, its suggestions in order)`` of the card the keyboard acts on, once the page is complete."""
     page.get_by_role("button", name="Accept prediction").wait_for(timeout=120_000)
     wait_idle(page)
-    key = page.locator(".st-key-focused-card [class*='st-key-pick-']").first.get_attribute("class")
-    product = int(key.split("st-key-pick-", 1)[1].split("-")[0])
+    key = page.locator(".st-key-focused-card [class*='st-key-select-']").first.get_attribute("class")
+    product = int(key.split("st-key-select-", 1)[1].split()[0])
     return product, catalog.predictions(catalog.active_model_version().id)[product]["labels"]
 
 
@@ -280,22 +280,26 @@ def test_review_from_the_keyboard(page, trained_demo, tmp_path):
         until(lambda: catalog.current_label(first) == suggestions[1], "2 gives the 2nd suggestion")
         assert catalog.label_history(first)[0].source == "human"
         until(lambda: focused_card(page, catalog)[0] != first, "the focus moves to the next card")
-        second, _ = focused_card(page, catalog)
+        second, second_suggestions = focused_card(page, catalog)
+        page.keyboard.press("1")  # a digit again, on the newly focused card
+        until(lambda: catalog.current_label(second) == second_suggestions[0], "1 labels the next card too")
+        until(lambda: focused_card(page, catalog)[0] not in (first, second), "the focus moves on again")
+        third, _ = focused_card(page, catalog)
         page.keyboard.press("ArrowRight")
-        until(lambda: focused_card(page, catalog)[0] not in (first, second), "→ moves the focus")
+        until(lambda: focused_card(page, catalog)[0] not in (first, second, third), "→ moves the focus")
         page.keyboard.press("ArrowLeft")
-        until(lambda: focused_card(page, catalog)[0] == second, "← moves it back")
-        before = catalog.current_label(second)
-        predicted = catalog.predictions(catalog.active_model_version().id)[second]["label"]
+        until(lambda: focused_card(page, catalog)[0] == third, "← moves it back")
+        before = catalog.current_label(third)
+        predicted = catalog.predictions(catalog.active_model_version().id)[third]["label"]
         page.keyboard.press("Enter")
-        until(lambda: catalog.current_label(second) == predicted and len(catalog.label_history(second)) >= 1
-              and catalog.label_history(second)[0].source == "human", "Enter accepts the prediction")
-        until(lambda: focused_card(page, catalog)[0] != second, "the focus moves on")
+        until(lambda: catalog.current_label(third) == predicted and catalog.label_history(third)[0].source == "human",
+              "Enter accepts the prediction")
+        until(lambda: focused_card(page, catalog)[0] != third, "the focus moves on")
         page.keyboard.press("x")
         focused, _ = focused_card(page, catalog)
         until(lambda: page.locator(f".st-key-select-{focused} input").is_checked(), "X selects the focused card")
         page.keyboard.press("z")
-        until(lambda: catalog.current_label(second) == before, "Z undoes the last action (the Enter)")
+        until(lambda: catalog.current_label(third) == before, "Z undoes the last action (the Enter)")
         page.keyboard.press("?")
         page.get_by_text("give the focused card its 1st").wait_for(timeout=60_000)
         shot(page, "08-review-keys")

@@ -5,9 +5,10 @@ component, this registers one ``keydown`` listener in the app's document (here w
 Streamlit's own ``st.html(..., unsafe_allow_javascript=True)``) that clicks the
 button whose widget key a shortcut names. Unlike it, keys pressed while typing in
 a text field, number box or picker are left alone, so ``1`` typed into the
-page-number box is a 1. The map is replaced on every run, so a shortcut always
-acts on what the page shows now. Only widget keys made of letters, digits and ``-``
-are accepted: the map is code, and no user text may reach it.
+page-number box is a 1. Give the map fixed widget keys (the focused card's
+buttons, not a product's): the browser may keep an unchanged script from an
+earlier run. Only widget keys made of letters, digits and ``-`` are accepted: the
+map is code, and no user text may reach it.
 """
 
 from __future__ import annotations
