@@ -3,8 +3,8 @@
 Compares plain nearest-prototype (the default backbone at 224 px, no flip, no
 augmented prototypes) with ProductLens's cold start (the default embedder: its
 resolution, flip test-time augmentation, prototypes averaged over 2 random
-crops), before and after adapting the prototypes to the catalogue (centring +
-soft k-means, :mod:`core.model.coldstart`). The adaptation is *transductive*: it
+crops), before and after adapting the prototypes to the catalogue (centring,
+whitening, soft k-means, :mod:`core.model.coldstart`). The adaptation is *transductive*: it
 uses the unlabelled grocery train + val photos, val included (no label of any
 train or val photo is used). Writes ``benchmarks/results/coldstart.json``; each
 row's name says what it ran.
@@ -69,12 +69,22 @@ def main() -> None:
                "flip), prototypes averaged over 2 crop views", prototype_head(categories, prototypes).predict(features),
                truth)
         catalogue = np.concatenate([data.train.features, data.val.features])
-        centre, adapted = adapt_to_catalogue(prototypes, catalogue, iterations=0)
+        centre, _, adapted = adapt_to_catalogue(prototypes, catalogue, iterations=0, shrinkage=None)
         scored("+ centred on the (unlabelled) catalogue's mean feature",
                prototype_head(categories, adapted, centre=centre).predict(features), truth)
-        centre, adapted = adapt_to_catalogue(prototypes, catalogue)
-        scored("+ soft k-means on the (unlabelled) catalogue, train + val photos: the default",
+        centre, _, adapted = adapt_to_catalogue(prototypes, catalogue, shrinkage=None, sharpness=100.0)
+        scored("+ soft k-means on the (unlabelled) catalogue, train + val photos (the default until stop 18)",
                prototype_head(categories, adapted, centre=centre).predict(features), truth)
+        centre, transform, adapted = adapt_to_catalogue(prototypes, catalogue, iterations=0)
+        scored("centred + whitened with the catalogue's shrunk covariance, no soft k-means",
+               prototype_head(categories, adapted, centre=centre, transform=transform).predict(features), truth)
+        centre, transform, adapted = adapt_to_catalogue(prototypes, catalogue)
+        scored("centred + whitened + soft k-means: the default",
+               prototype_head(categories, adapted, centre=centre, transform=transform).predict(features), truth)
+        train_truth = data.train.labels
+        scored("the default, scored on the grocery *train* photos instead (2,640; their labels unused)",
+               prototype_head(categories, adapted, centre=centre, transform=transform).predict(data.train.features),
+               train_truth)
     for row in results:
         print(f"{row['name']}: {row['value']:.1%}")
     result = {"val_images": len(val), "reference_images": len(classes), "rows": results}

@@ -9,7 +9,7 @@ import pytest
 from conftest import REPO, demo_photos
 from core.errors import TrainingError
 from core.features.embeddings import embed_catalog
-from core.model.coldstart import adapt_to_catalogue, cold_start
+from core.model.coldstart import adapt_to_catalogue, cold_start, prototype_head
 from core.model.prediction import predict_catalog
 from core.model.training import load_version
 from core.storage import ingest
@@ -68,7 +68,8 @@ def test_adaptation_centres_and_pulls_prototypes_towards_the_catalogue():
     truths = rng.normal(size=(3, 32))
     catalogue = np.concatenate([shared + truth + 0.3 * rng.normal(size=(40, 32)) for truth in truths])
     references = truths + 0.8 * rng.normal(size=(3, 32))  # packshots: no shelf, a different style
-    centre, adapted = adapt_to_catalogue(references, catalogue)
+    centre, transform, adapted = adapt_to_catalogue(references, catalogue, shrinkage=None)
+    assert transform is None
     assert centre.shape == (32,) and np.allclose(np.linalg.norm(adapted, axis=1), 1.0, atol=1e-5)
 
     def accuracy(prototypes, centre):
@@ -78,8 +79,26 @@ def test_adaptation_centres_and_pulls_prototypes_towards_the_catalogue():
     raw = references / np.linalg.norm(references, axis=1, keepdims=True)
     assert accuracy(adapted, centre) >= accuracy(raw, np.zeros(32))
     assert accuracy(adapted, centre) > 0.9
-    empty_centre, unchanged = adapt_to_catalogue(references, np.zeros((0, 32)))
-    assert not empty_centre.any() and np.allclose(unchanged, raw, atol=1e-6)
+    empty_centre, no_transform, unchanged = adapt_to_catalogue(references, np.zeros((0, 32)))
+    assert not empty_centre.any() and no_transform is None and np.allclose(unchanged, raw, atol=1e-6)
+
+
+def test_whitening_discounts_what_every_catalogue_photo_varies_in():
+    """Lighting and framing vary strongly across all photos and say nothing about the product: after
+    whitening with the catalogue's covariance the nearest prototype is right far more often."""
+    rng = np.random.default_rng(1)
+    truths = rng.normal(size=(4, 48))
+    nuisance = rng.normal(size=(3, 48))  # three directions every photo moves along, whatever it shows
+    truth_of = np.repeat(np.arange(4), 60)
+    catalogue = truths[truth_of] + 4.0 * rng.normal(size=(240, 3)) @ nuisance + 0.3 * rng.normal(size=(240, 48))
+    references = truths + 0.3 * rng.normal(size=(4, 48))
+    accuracies = {}
+    for name, shrinkage in (("centred", None), ("whitened", 4.0)):
+        centre, transform, adapted = adapt_to_catalogue(references, catalogue, iterations=0, shrinkage=shrinkage)
+        head = prototype_head(list("abcd"), adapted, centre=centre, transform=transform)
+        accuracies[name] = np.mean(head.predict(catalogue) == np.array(list("abcd"))[truth_of])
+    assert accuracies["whitened"] > accuracies["centred"] + 0.15, accuracies
+    assert accuracies["whitened"] > 0.9, accuracies
 
 
 def test_references_can_be_a_zip_of_category_folders(tmp_path, references, embedder, demo_dir):
