@@ -18,10 +18,12 @@ from pages.shared import (
     sidebar,
     sign_in_form,
     state,
+    warm_up_in_background,
 )
 
 st.set_page_config(page_title="ProductLens", page_icon="assets/icon.svg", layout="wide")
 st.logo("assets/logo.svg", icon_image="assets/icon.svg")
+warm_up_in_background()
 
 
 def home() -> None:

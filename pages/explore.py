@@ -1,10 +1,12 @@
-"""Explore: a UMAP map of the catalogue's CNN features; select points to inspect and relabel."""
+"""Explore: a UMAP map of the catalogue's CNN features; hover for a photo, click to open, select to relabel."""
 
+import pandas as pd
 import plotly.express as px
 import streamlit as st
 
 from core.curation import catalogue_map, review
 from core.errors import ProductLensError
+from core.storage import preview_data_url
 from pages.shared import (
     author,
     can,
@@ -16,12 +18,35 @@ from pages.shared import (
     show_thumbnail,
     state,
 )
+from pages.shared.map_photos import hover_photos
 from pages.shared.text import chart_text, plain
 
 require_router()
 
 COLOURS = {"label": "label", "predicted category": "predicted_label", "confidence": "confidence",
            "label vs model": "agreement"}
+# Hover photos travel with the page (about 3 KB each): up to this many products.
+HOVER_PHOTOS_UP_TO = 1000
+
+
+@st.cache_data(show_spinner=False, max_entries=4)
+def _previews(workspace: str, product_ids: tuple[int, ...]) -> dict[int, str | None]:
+    return {pid: preview_data_url(catalog(), pid) for pid in product_ids}
+
+
+def open_product(row) -> None:
+    """One product, as a click on its point opens it: photo, label, what the model says."""
+    with st.container(border=True, key="map-product"):
+        photo, details = st.columns([1, 3])
+        with photo:
+            show_thumbnail(row.product_id)
+        details.markdown(f"**{plain(row.filename)}** · #{int(row.product_id)}")
+        details.text(f"{row.origin}\nlabel: {row.label}\nmodel: {row.predicted_label}"
+                     + (f" ({row.confidence:.0%})" if pd.notna(row.confidence) else ""))
+        if details.button("Similar products", icon=":material/image_search:"):
+            st.session_state[state.SIMILAR_SOURCE] = "a catalogue product"
+            st.session_state[state.SIMILAR_PRODUCT] = int(row.product_id)
+            st.switch_page("pages/similar.py")
 
 st.title("Explore the catalogue")
 key = embedding_key()
@@ -54,14 +79,20 @@ figure.update_traces(marker=dict(size=7, opacity=0.85))
 # The legend goes below the map: on the right, Plotly's toolbar covered its title.
 figure.update_layout(xaxis_visible=False, yaxis_visible=False, legend_title_text=colour,
                      legend=dict(orientation="h", yanchor="top", y=-0.02, xanchor="left", x=0),
-                     margin=dict(l=0, r=0, t=30, b=0), dragmode="lasso")
+                     margin=dict(l=0, r=0, t=30, b=0))
 event = st.plotly_chart(figure, key="catalogue_map", on_select="rerun", selection_mode=("box", "lasso", "points"))
+if len(table) <= HOVER_PHOTOS_UP_TO:  # after the map: it is drawn while the photos are prepared
+    hover_photos("catalogue_map", _previews(str(catalog().workspace), tuple(int(pid) for pid in table["product_id"])))
 
 points = event.selection.points if event and event.selection else []
 chosen = [int(point["customdata"][0]) for point in points if point.get("customdata")]
 if not chosen:
-    st.caption("Draw a box or lasso around points to see those products and relabel them together.")
+    st.caption(("Hover over a point to see its photo; click" if len(table) <= HOVER_PHOTOS_UP_TO else "Click")
+               + " a point to open that product. To relabel many at once, pick the box or lasso in the map's "
+               "toolbar and draw around them (a click then selects nothing: pick the pan tool to open products).")
     st.stop()
+if len(chosen) == 1:
+    open_product(next(table[table["product_id"] == chosen[0]].itertuples()))
 
 st.subheader(f"{len(chosen)} selected products")
 with st.form("bulk_relabel"):

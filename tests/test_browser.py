@@ -321,3 +321,63 @@ def test_review_from_the_keyboard(page, trained_demo, tmp_path):
         process.terminate()
         process.wait(timeout=30)
         process.log.close()
+
+
+ISOLATED_POINT = """() => {
+  // The point farthest from any other on screen: hover and click cannot hit a neighbour instead.
+  const plot = document.querySelector('.st-key-catalogue_map .js-plotly-plot');
+  const layout = plot._fullLayout, box = plot.getBoundingClientRect(), points = [];
+  for (const trace of plot._fullData)
+    for (let i = 0; i < trace.x.length; i++)
+      points.push({x: box.left + layout._size.l + layout.xaxis.l2p(trace.x[i]),
+                   y: box.top + layout._size.t + layout.yaxis.l2p(trace.y[i]), product: trace.customdata[i][0]});
+  let best = null, bestGap = -1;
+  for (const a of points) {
+    let gap = Infinity;
+    for (const b of points) if (b !== a) gap = Math.min(gap, Math.hypot(a.x - b.x, a.y - b.y));
+    if (gap > bestGap) { best = a; bestGap = gap; }
+  }
+  return best;
+}"""
+
+
+def test_the_map_shows_a_photo_on_hover_and_opens_the_product_on_click(page, trained_demo, tmp_path):
+    from core.storage import Catalog, preview_data_url
+
+    server, url, _port = start_server(trained_demo, tmp_path / "streamlit.log", "--server.headless", "true")
+    try:
+        open_page(page, url, "explore")
+        page.locator(".st-key-catalogue_map .js-plotly-plot").first.wait_for(timeout=180_000)
+        wait_idle(page)
+        catalog = Catalog(trained_demo)
+        point = page.evaluate(ISOLATED_POINT)
+        page.mouse.move(point["x"] - 30, point["y"] - 30)
+        page.mouse.move(point["x"], point["y"], steps=5)
+        photo = page.locator("#productlens-map-photo img")
+        photo.wait_for(state="visible", timeout=10_000)
+        hovered = page.evaluate("() => document.querySelector('.st-key-catalogue_map .js-plotly-plot')"
+                                "._hoverdata[0].customdata[0]")
+        assert int(hovered) == point["product"]
+        assert photo.get_attribute("src") == preview_data_url(catalog, int(hovered))
+        shot(page, "08-explore-hover")
+
+        page.mouse.click(point["x"], point["y"])
+        panel = page.locator(".st-key-map-product")
+        panel.wait_for(timeout=60_000)
+        wait_idle(page)
+        product = catalog.get_product(int(hovered))
+        assert product.filename in panel.inner_text()
+        assert f"label: {catalog.current_labels().get(product.id, '(unlabelled)')}" in panel.inner_text()
+        shot(page, "09-explore-open-product")
+        panel.get_by_role("button", name="Similar products").click()
+        page.wait_for_function("(text) => [...document.querySelectorAll('[data-testid=\"stSelectbox\"]')]"
+                               ".some(box => (box.innerText + [...box.querySelectorAll('input')].map(i => i.value).join(' '))"
+                               ".includes(text))", arg=f"#{product.id} {product.filename}",
+                               timeout=60_000)
+        wait_idle(page)
+        shot(page, "10-similar-from-map")
+        assert page.locator("[data-testid='stImage']").count() >= 2  # the product and its neighbours
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+        server.log.close()

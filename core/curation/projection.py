@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import threading
 
 import numpy as np
 
@@ -24,6 +25,9 @@ from core.storage.catalog import Catalog
 
 os.environ.setdefault("NUMBA_CACHE_DIR", str(settings.cache_dir() / "numba"))
 EXACT_NEIGHBOURS_UP_TO = 20_000
+# Importing umap-learn patches numba's decorators for a moment: one importer at a time, and
+# nobody may see the module half-initialised (a map requested while the warm-up imports it waits).
+_IMPORT_LOCK = threading.Lock()
 
 
 def _import_umap():
@@ -38,8 +42,14 @@ def _import_umap():
     """
     import sys
 
-    if "umap" in sys.modules:
+    with _IMPORT_LOCK:
+        if "umap" not in sys.modules or not hasattr(sys.modules["umap"], "UMAP"):
+            _patched_import()
         return sys.modules["umap"]
+
+
+def _patched_import() -> None:
+    import sys
     import warnings
 
     import numba
@@ -60,12 +70,25 @@ def _import_umap():
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", numba.NumbaWarning)
-            import umap
+            import umap  # noqa: F401
     finally:
         numba.njit, numba.jit = originals
         if blocked:
             del sys.modules["umap.parametric_umap"]
-    return umap
+
+
+def warm_up() -> float:
+    """Compile UMAP's kernels (or load them from numba's disk cache) on a tiny map; return the seconds.
+
+    On a machine that has never drawn a map this takes far longer than drawing a small
+    catalogue's map; the app runs it in a background thread when its server starts, so
+    the first Explore visit does not pay for it.
+    """
+    import time
+
+    started = time.perf_counter()
+    project(np.random.default_rng(0).normal(size=(32, 8)).astype(np.float32))
+    return time.perf_counter() - started
 
 
 def exact_neighbours(features: np.ndarray, k: int, block: int = 1024) -> tuple[np.ndarray, np.ndarray]:

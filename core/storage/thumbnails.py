@@ -27,3 +27,27 @@ def thumbnail(catalog: Catalog, product: Product | int) -> Path | None:
         except (images.ImageError, OSError):
             return None
     return path
+
+
+PREVIEW_SIZE = 96
+
+
+def preview_data_url(catalog: Catalog, product: Product | int, size: int = PREVIEW_SIZE) -> str | None:
+    """A tiny JPEG of the product as a ``data:`` URL (for tooltips that cannot fetch files), or None."""
+    import base64
+    import io
+
+    from PIL import Image
+
+    path = thumbnail(catalog, product)
+    if path is None:
+        return None
+    try:
+        with Image.open(path) as image:
+            image = image.convert("RGB")
+            image.thumbnail((size, size))
+            buffer = io.BytesIO()
+            image.save(buffer, format="JPEG", quality=80)
+    except OSError:
+        return None
+    return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")

@@ -8,9 +8,12 @@ lives in a sub-folder so that Streamlit never lists it as one.
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import streamlit as st
 
+from core.curation import projection
 from core.errors import AccessDeniedError, CatalogError
 from core.features import Embedder
 from core.security import Account, SignInThrottle, require
@@ -87,6 +90,24 @@ def embedder() -> Embedder:
     if model.views:
         model.embed_pixels(blank, flip_tta=False)
     return model
+
+
+@st.cache_resource(show_spinner=False)
+def warm_up_in_background() -> threading.Thread:
+    """Once per server: compile the Explore map's kernels in a background thread.
+
+    A thread, not a process (a fork from the server can deadlock it). A failure
+    here is not shown: the map reports its own error when someone opens it.
+    """
+    def warm_up() -> None:
+        try:
+            projection.warm_up()
+        except Exception:  # noqa: BLE001 - best effort; Explore computes and reports for itself
+            pass
+
+    thread = threading.Thread(target=warm_up, name="productlens-map-warm-up", daemon=True)
+    thread.start()
+    return thread
 
 
 @st.cache_resource(show_spinner=False)

@@ -28,3 +28,51 @@ def test_projection_separates_clusters_and_is_reproducible():
     spread = max(first[i * 60:(i + 1) * 60].std(axis=0).max() for i in range(3))
     gaps = [np.linalg.norm(means[i] - means[j]) for i in range(3) for j in range(i + 1, 3)]
     assert min(gaps) > 2 * spread, "each cluster is its own island"
+
+
+def test_warm_up_compiles_the_map_kernels_and_a_map_drawn_meanwhile_waits_for_it(tmp_path):
+    """The app warms up in a background thread while someone may already open Explore: the map must
+    neither see a half-imported umap nor fail; afterwards the layout kernels are compiled in the process."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = """
+import threading, numpy as np
+from core.curation import projection
+warm = threading.Thread(target=projection.warm_up)
+warm.start()
+coordinates = projection.project(np.random.default_rng(1).normal(size=(40, 16)).astype(np.float32))
+warm.join()
+import umap.layouts
+assert coordinates.shape == (40, 2) and np.isfinite(coordinates).all()
+print(len(umap.layouts._nb_optimize_layout_euclidean_single_epoch.signatures))
+"""
+    repo = Path(__file__).resolve().parents[2]
+    result = subprocess.run([sys.executable, "-c", code], cwd=repo, capture_output=True, text=True, timeout=600,
+                            env={**__import__("os").environ, "NUMBA_CACHE_DIR": str(tmp_path / "numba")})
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert int(result.stdout.strip().splitlines()[-1]) >= 1
+
+
+def test_the_app_starts_the_warm_up_once_per_server(monkeypatch, tmp_path):
+    import threading
+    from pathlib import Path
+
+    from streamlit.testing.v1 import AppTest
+
+    from core.curation import projection
+    from pages.shared import warm_up_in_background  # a fresh server: nothing started yet
+
+    monkeypatch.setenv("PRODUCTLENS_WORKSPACE", str(tmp_path / "ws"))
+    calls = []
+    monkeypatch.setattr(projection, "warm_up", lambda: calls.append(threading.current_thread().name))
+    warm_up_in_background.clear()
+    import time
+
+    for _ in range(2):
+        AppTest.from_file(str(Path(__file__).resolve().parents[2] / "app.py"), default_timeout=120).run()
+        deadline = time.time() + 60
+        while not calls and time.time() < deadline:  # started by the app itself, not by this test
+            time.sleep(0.05)
+    assert calls == ["productlens-map-warm-up"]
