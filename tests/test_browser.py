@@ -341,6 +341,10 @@ ISOLATED_POINT = """() => {
 }"""
 
 
+SELECTBOX_SHOWS = """(text) => [...document.querySelectorAll('[data-testid="stSelectbox"]')].some(
+  box => (box.innerText + [...box.querySelectorAll('input')].map(input => input.value).join(' ')).includes(text))"""
+
+
 def test_the_map_shows_a_photo_on_hover_and_opens_the_product_on_click(page, trained_demo, tmp_path):
     from core.storage import Catalog, preview_data_url
 
@@ -370,10 +374,7 @@ def test_the_map_shows_a_photo_on_hover_and_opens_the_product_on_click(page, tra
         assert f"label: {catalog.current_labels().get(product.id, '(unlabelled)')}" in panel.inner_text()
         shot(page, "09-explore-open-product")
         panel.get_by_role("button", name="Similar products").click()
-        page.wait_for_function("(text) => [...document.querySelectorAll('[data-testid=\"stSelectbox\"]')]"
-                               ".some(box => (box.innerText + [...box.querySelectorAll('input')].map(i => i.value).join(' '))"
-                               ".includes(text))", arg=f"#{product.id} {product.filename}",
-                               timeout=60_000)
+        page.wait_for_function(SELECTBOX_SHOWS, arg=f"#{product.id} {product.filename}", timeout=60_000)
         wait_idle(page)
         shot(page, "10-similar-from-map")
         assert page.locator("[data-testid='stImage']").count() >= 2  # the product and its neighbours
