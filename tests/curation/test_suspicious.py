@@ -85,3 +85,37 @@ def test_using_suggestions_is_one_undoable_action(labelled, embedder):
     changed, conflicts = suspicious.use_suggestions(labelled, stale, author="ana")
     assert changed == 0 and len(conflicts) == len(mine)
     labelled.set_labels(original.items())
+
+
+def test_a_mislabelled_series_of_shots_cannot_hide_behind_its_twins(labelled, embedder):
+    """A supplier labels five near-identical shots of a banana "Lemon": with ordinary folds the twins in
+    the training folds vouch for the wrong label; near-duplicates held out together expose it."""
+    labels = labelled.current_labels()
+    ids, features = labelled.embeddings(embedder.key, list(labels))
+    truth = np.array([labels[int(pid)] for pid in ids], dtype=object)
+    banana = int(np.flatnonzero(truth == "Banana")[0])
+    rng = np.random.default_rng(0)
+    twins = features[banana] + 0.002 * rng.normal(size=(5, features.shape[1])).astype(np.float32)
+    features = np.concatenate([features, twins])
+    noisy = np.concatenate([truth, ["Lemon"] * 5]).astype(object)
+    series = set(range(len(truth), len(truth) + 5))
+
+    def flagged(groups):
+        probabilities, classes = suspicious.out_of_sample_probabilities(features, noisy, groups=groups)
+        return set(suspicious.find_label_issues(noisy, probabilities, classes)["index"].tolist())
+
+    groups = suspicious.near_duplicate_group_ids(features)
+    assert len(set(groups[list(series)])) == 1
+    assert series <= flagged(groups)
+    assert len(series & flagged(None)) < len(series), "ordinary folds let the twins vouch for each other"
+
+
+def test_group_aware_folds_keep_groups_whole_and_split_only_a_one_series_category():
+    targets = np.array([0] * 6 + [1] * 6 + [2] * 4)
+    groups = np.array([10, 10, 10, 11, 12, 13, 20, 20, 21, 22, 23, 24, 30, 30, 30, 30])
+    assignment = suspicious._fold_assignment(targets, 3, seed=0, groups=groups)
+    for group in (10, 20):
+        assert len(set(assignment[groups == group])) == 1
+    assert len(set(assignment[targets == 0])) >= 2 and len(set(assignment[targets == 1])) >= 2
+    # Category 2 is a single series: kept whole it could never be judged, so it is spread out.
+    assert len(set(assignment[targets == 2])) >= 2
