@@ -534,8 +534,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_backbone_options(sub)
     sub.set_defaults(handler=command_duplicates)
 
-    sub = commands.add_parser("suspicious", help="labels that are probably wrong (confident learning on "
-                              "cross-validated predictions), with a suggested label")
+    sub = commands.add_parser("suspicious", help="labels that are probably wrong (judged by cross-validated "
+                              "heads, near-identical shots held out together), with a suggested label")
     sub.add_argument("--folds", type=_at_least(2), default=5, help="cross-validation folds (default 5)")
     sub.add_argument("--json", action="store_true", help="only the JSON list")
     add_backbone_options(sub)

@@ -25,8 +25,9 @@ SHOWN = 24
 
 st.title("Suspicious labels")
 st.caption("Each labelled product is predicted by a head trained on the *other* products (5-fold "
-           "cross-validation); confident learning (cleanlab) flags labels that disagree with a confident "
-           "prediction. Most suspicious first. “Label is right” is remembered.")
+           "cross-validation; a product's near-identical shots are held out with it, so they cannot vouch for "
+           "it). A label is flagged when that head finds it very unlikely and prefers another category. "
+           "Most suspicious first. “Label is right” is remembered.")
 key = embedding_key()
 
 if st.button("Find suspicious labels", type="primary", disabled=len(catalog().current_labels()) < 10):
