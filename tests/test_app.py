@@ -137,7 +137,7 @@ def test_explore_page_draws_the_map(populated, monkeypatch):
     at = app(populated, monkeypatch)
     at.switch_page("pages/explore.py").run()
     assert not at.exception, at.exception
-    assert any("Draw a box" in c.value for c in at.caption)
+    assert any("click a point to open that product" in c.value for c in at.caption)
 
 
 def test_activity_page_lists_label_changes(populated, monkeypatch):
