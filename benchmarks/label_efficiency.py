@@ -3,8 +3,11 @@
 Simulates a merchandiser who labels a batch of 81 products at a time, chosen by
 the queue from the unlabelled grocery train photos, retrains the head (default
 settings, augmented views included) after every batch, until 1,000 labels.
-Val accuracy is recorded after each retrain. ``random`` is repeated over several
-seeds (median reported); the active-learning strategies are deterministic.
+Val accuracy is recorded after each retrain. As in the app, unlabelled products
+near-identical to a labelled one (cosine at least the propagation threshold) train
+with its label (never validated on); rows say which runs do. ``random`` is
+repeated over several seeds (median reported); the active-learning strategies are
+deterministic (one run; the README table gives 95% intervals over the val photos).
 Writes ``benchmarks/results/label_efficiency.json``; ``benchmarks/report.py``
 draws the figure and the README table from it.
 
@@ -23,7 +26,23 @@ from _grocery import grocery_features
 from _results import write_result
 
 
-def simulate(train, val, strategy: str, batch: int, budget: int, seed: int) -> list[tuple[int, float]]:
+def propagate(train, labelled: np.ndarray, threshold: float | None):
+    """Rows and labels that train besides the labelled ones, as ``train_version`` makes them: each
+    unlabelled product at least ``threshold`` similar to a labelled one, with that product's label."""
+    rows = np.flatnonzero(labelled)
+    if threshold is None:
+        return rows, train.labels[rows], np.full(len(rows), -1)
+    vectors = train.features / np.linalg.norm(train.features, axis=1, keepdims=True)
+    pool = np.flatnonzero(~labelled)
+    scores = vectors[pool] @ vectors[rows].T
+    keep = scores.max(axis=1) >= threshold
+    sources = scores.argmax(axis=1)[keep]
+    return (np.concatenate([rows, pool[keep]]), np.concatenate([train.labels[rows], train.labels[rows][sources]]),
+            np.concatenate([np.full(len(rows), -1), sources]))
+
+
+def simulate(train, val, strategy: str, batch: int, budget: int, seed: int,
+             propagation: float | None = None) -> list[tuple[int, float]]:
     from core.curation import active_learning
     from core.model.head import HeadClassifier
 
@@ -37,17 +56,21 @@ def simulate(train, val, strategy: str, batch: int, budget: int, seed: int) -> l
                                               seed=seed + int(labelled.sum()),
                                               labelled_features=train.features[labelled])
         labelled[pool[chosen]] = True
-        rows = np.flatnonzero(labelled)
-        if len(set(train.labels[rows])) < 2:
+        rows, labels, propagated_from = propagate(train, labelled, propagation)
+        if len(set(labels)) < 2:
             curve.append((int(labelled.sum()), 0.0))
             continue
-        head = HeadClassifier(random_state=seed).fit(train.features[rows], train.labels[rows],
-                                                     augmented_views=[view[rows] for view in train.views])
+        # Propagated products have no views made for them (as in train_version): their photo stands in.
+        given = propagated_from < 0
+        views = [np.where(given[:, None], view[rows], train.features[rows]) for view in train.views]
+        head = HeadClassifier(random_state=seed).fit(train.features[rows], labels, augmented_views=views,
+                                                     propagated_from=propagated_from)
         accuracy = float(np.mean(head.predict(val.features) == val.labels))
         curve.append((int(labelled.sum()), accuracy))
         # The queue sees the head's probabilities over every class, as the app's queue sees its predictions.
         probabilities = head.predict_proba(train.features)
-        print(f"  {strategy} seed {seed}: {labelled.sum()} labels -> {accuracy:.3f}", flush=True)
+        print(f"  {strategy} seed {seed} propagation {propagation}: {labelled.sum()} labels -> {accuracy:.3f}",
+              flush=True)
     return curve
 
 
@@ -63,16 +86,30 @@ def main() -> None:
     parser.add_argument("--random-seeds", type=int, default=3)
     args = parser.parse_args()
 
+    from core.model.training import DEFAULT_PROPAGATION_THRESHOLD as THRESHOLD
+
     data = grocery_features()
     started = time.perf_counter()
-    random_curves = [simulate(data.train, data.val, "random", args.batch, args.budget, seed)
-                     for seed in range(args.random_seeds)]
-    counts = [count for count, _ in random_curves[0]]
-    random_median = list(zip(counts, np.median([[a for _, a in c] for c in random_curves], axis=0).tolist()))
-    curves = {"random (median of %d seeds)" % args.random_seeds: random_median}
+
+    def median_of_seeds(strategy, propagation):
+        curves = [simulate(data.train, data.val, strategy, args.batch, args.budget, seed, propagation)
+                  for seed in range(args.random_seeds)]
+        counts = [count for count, _ in curves[0]]
+        return list(zip(counts, np.median([[a for _, a in c] for c in curves], axis=0).tolist()))
+
+    seeds = args.random_seeds
+    random_median = median_of_seeds("random", None)
+    counts = [count for count, _ in random_median]
+    curves = {f"random (median of {seeds} seeds)": random_median,
+              f"random + near-duplicate propagation (median of {seeds} seeds)": median_of_seeds("random", THRESHOLD),
+              "hybrid + near-duplicate propagation (default)": simulate(
+                  data.train, data.val, "hybrid", args.batch, args.budget, 0, THRESHOLD),
+              "hybrid alone (the default until stop 18)": simulate(
+                  data.train, data.val, "hybrid", args.batch, args.budget, 0, None)}
     for strategy in args.strategies:
-        name = "hybrid (default)" if strategy == "hybrid" else f"{strategy} + diversity guard"
-        curves[name] = simulate(data.train, data.val, strategy, args.batch, args.budget, 0)
+        if strategy != "hybrid":
+            curves[f"{strategy} + diversity guard"] = simulate(data.train, data.val, strategy, args.batch,
+                                                               args.budget, 0, None)
     target = random_median[-1][1]
     reach = {name: labels_to_reach(curve, target) for name, curve in curves.items()}
 
@@ -82,6 +119,7 @@ def main() -> None:
               f"at {counts[-1]}: {curves[name][-1][1]:.1%}")
     result = {"batch": args.batch, "budget": args.budget, "val_photos": int(len(data.val.labels)),
               "target_accuracy": round(target, 4), "labels_to_reach": reach,
+              "propagation_threshold": THRESHOLD, "val_photos_for_interval": int(len(data.val.labels)),
               "curves": {name: [[c, round(a, 4)] for c, a in curve] for name, curve in curves.items()},
               "seconds": round(time.perf_counter() - started, 1)}
     write_result("label_efficiency", result)

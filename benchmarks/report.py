@@ -89,17 +89,31 @@ def label_efficiency() -> str:
     counts = [count for count, _ in next(iter(curves.values()))]
     shown = [i for i, count in enumerate(counts) if count in (81, 162, 243, 324, 405, 486, 648, 810) or
              i == len(counts) - 1]
-    rows = [[f"**{name}**" if "default" in name else name] + [percent(curve[i][1]) for i in shown]
+    rows = [[f"**{name}**" if name.endswith("(default)") else name] + [percent(curve[i][1]) for i in shown]
             for name, curve in curves.items()]
     reach = result["labels_to_reach"]
+    n = result["val_photos"]
+    from _results import accuracy
+
+    def interval(value: float) -> str:
+        return with_interval(accuracy(int(round(value * n)), n))
+
+    needed = table(["strategy", "labels to reach random's accuracy at 1,000", "accuracy there (95% interval)",
+                    f"accuracy at {counts[-1]} labels (95% interval)"],
+                   [[f"**{name}**" if name.endswith("(default)") else name,
+                     reach[name] if reach[name] is not None else f"more than {counts[-1]}",
+                     interval(dict(curve)[reach[name]]) if reach[name] is not None else "n/a", interval(curve[-1][1])]
+                    for name, curve in curves.items()])
     sentences = [f"Random labelling reaches {percent(result['target_accuracy'])} with {counts[-1]} labels "
-                 f"({result['val_photos']} val photos: one photo is {1 / result['val_photos']:.2%})."]
-    needed = [f"{name} {count if count is not None else 'more than ' + str(counts[-1])}"
-              for name, count in reach.items() if not name.startswith("random")]
-    sentences.append("Labels each strategy needs to reach it: " + ", ".join(needed) + ".")
+                 f"({n} val photos: one photo is {1 / n:.2%}); each point is one retrain, so an interval is wide "
+                 "and neighbouring points overlap. Random picks are the median of the seeds; the other "
+                 "strategies choose deterministically (one run)."]
+    if "propagation_threshold" in result:
+        sentences.append(f"Near-duplicate propagation: unlabelled products at cosine ≥ "
+                         f"{result['propagation_threshold']} to a labelled one train with its label, as in the app.")
     _write_figure(result)
-    return "\n".join([table(["labels"] + [str(counts[i]) for i in shown], rows), "", " ".join(sentences), "",
-                      measured_on(result)])
+    return "\n".join([table(["labels"] + [str(counts[i]) for i in shown], rows), "", needed, "",
+                      " ".join(sentences), "", measured_on(result)])
 
 
 def _write_figure(result: dict) -> None:

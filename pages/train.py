@@ -31,8 +31,11 @@ if st.button("Retrain now", type="primary", disabled=status["labelled"] == 0 or 
         version = retrain_and_predict(catalog(), embedder(), progress=progress_bar("Retraining"))
         st.session_state[state.TRAINED_VERSION] = version.id
         # The whole wait, honestly: features of photos not embedded yet, the fit, and every prediction.
+        propagated = version.metrics.get("n_propagated", 0)
         st.success(f"Model v{version.id} trained in {time.perf_counter() - started:.1f} s (fitting the head: "
-                   f"{version.metrics['train_seconds']:.1f} s) and activated.")
+                   f"{version.metrics['train_seconds']:.1f} s) and activated"
+                   + (f"; {propagated} unlabelled near-identical shots of labelled products trained with their "
+                      "twin's label." if propagated else "."))
     except ProductLensError as error:
         st.error(plain(error))
 

@@ -112,8 +112,25 @@ class HeadClassifier:
             train.extend(members[take:])
         return np.array(sorted(train), dtype=np.int64), np.array(sorted(validation), dtype=np.int64)
 
+    def _split_with_propagated(self, labels: np.ndarray, propagated_from: np.ndarray | None):
+        """``(train, validation, excluded from the hold-out fit)`` row indices; see :meth:`fit`."""
+        if propagated_from is None:
+            train, validation = self._split(labels)
+            return train, validation, validation
+        propagated_from = np.asarray(propagated_from, dtype=np.int64)
+        if propagated_from.shape != (len(labels),):
+            raise ValueError("propagated_from needs one entry per row")
+        given = np.flatnonzero(propagated_from < 0)
+        if (propagated_from >= 0).any() and (propagated_from[propagated_from >= 0] >= len(labels)).any():
+            raise ValueError("propagated_from points past the last row")
+        train, validation = (given[part] for part in self._split(labels[given]))
+        leaking = np.flatnonzero(np.isin(propagated_from, validation))
+        copies = np.setdiff1d(np.flatnonzero(propagated_from >= 0), leaking)
+        return np.union1d(train, copies), validation, np.union1d(validation, leaking)
+
     def fit(self, features: np.ndarray, labels: Sequence[str], augmented_views: Sequence[np.ndarray] = (),
-            progress=None, view_scatter=None, view_means: np.ndarray | None = None) -> "HeadClassifier":
+            progress=None, view_scatter=None, view_means: np.ndarray | None = None,
+            propagated_from: np.ndarray | None = None) -> "HeadClassifier":
         """Train on ``features`` (n, feature_dim) and string ``labels`` (n,).
 
         ``augmented_views``: optional arrays shaped like ``features`` holding the
@@ -126,6 +143,12 @@ class HeadClassifier:
         from one row per product; ``features`` then only set the standardisation,
         and the validation metrics score ``view_means``. ``progress(epoch,
         max_epochs, message)`` is called after every epoch.
+
+        ``propagated_from`` marks rows whose label was not given by a person but
+        copied from a near-identical labelled product: ``-1`` for a labelled row, else
+        the row it was copied from. Such rows only ever train: they are never
+        validated on, and they leave training whenever their source is held out (a
+        copy of a validation product's label would leak its answer).
         """
         import keras
 
@@ -146,7 +169,7 @@ class HeadClassifier:
         start = time.perf_counter()
         class_index = {name: i for i, name in enumerate(self.classes_)}
         targets = np.array([class_index[name] for name in labels], dtype=np.int64)
-        train, validation = self._split(labels)
+        train, validation, excluded = self._split_with_propagated(labels, propagated_from)
 
         if (view_scatter is None) != (view_means is None):
             raise ValueError("view_scatter and view_means come together")
@@ -156,7 +179,7 @@ class HeadClassifier:
                 raise ValueError("view_means must be finite and have the same shape as features")
         if self.resolved_solver == "closed_form":
             return self._fit_closed_form(features, labels, targets, train, validation, augmented_views, start,
-                                         progress, view_scatter, view_means)
+                                         progress, view_scatter, view_means, excluded)
         if view_scatter is not None:
             raise ValueError("view_scatter needs the closed-form solver (a linear head); give the views as "
                              "augmented_views rows to train with AdamW")
@@ -184,13 +207,14 @@ class HeadClassifier:
         return self
 
     def _fit_closed_form(self, features, labels, targets, train, validation, augmented_views, start, progress,
-                         view_scatter=None, view_means=None):
+                         view_scatter=None, view_means=None, excluded=None):
         from core.model._ridge import fit_standardised_ridge_many, fit_temperature, product_weights
 
         steps = 2 if self.refit_full and len(validation) else 1
         # Both fits come from one set of per-part moments: the hold-out fit is the non-validation
         # part's, the refit their sum.
-        held_out = [validation] + ([np.zeros(0, np.int64)] if steps == 2 else [])
+        excluded = validation if excluded is None else excluded
+        held_out = [excluded] + ([np.zeros(0, np.int64)] if steps == 2 else [])
         balanced = self.class_weight == "balanced"
         summarised = None
         if view_scatter is not None:

@@ -56,9 +56,47 @@ def labelled_embeddings(catalog: Catalog, embedding_key: str, product_ids: Seque
     return ids, features, np.array([labels[int(pid)] for pid in ids], dtype=object)
 
 
+# An unlabelled product this similar (cosine) to a labelled one trains with its label: near-identical
+# shots of one product. Chosen with benchmarks/label_efficiency.py; on grocery train a product's nearest
+# neighbour above it has the same category 98.9% of the time.
+DEFAULT_PROPAGATION_THRESHOLD = 0.85
+
+
+def propagated_labels(catalog: Catalog, embedding_key: str, ids: np.ndarray, features: np.ndarray,
+                      labels: np.ndarray, threshold: float = DEFAULT_PROPAGATION_THRESHOLD, block: int = 2048):
+    """``(ids, features, labels, sources)`` of unlabelled products at least ``threshold`` similar to a labelled one.
+
+    Each takes the label of its most similar labelled product, ``sources`` (that
+    product's row in ``ids``). Nothing is stored: these rows only train the head.
+    """
+    if not 0.0 < threshold <= 1.0:
+        raise ValueError(f"propagation threshold must be in (0, 1], got {threshold}")
+    all_ids, vectors = catalog.embeddings(embedding_key)
+    labelled = set(catalog.current_labels()) | set(ids.tolist())
+    unlabelled = np.array([pid not in labelled for pid in all_ids.tolist()], dtype=bool)
+    if not unlabelled.any() or len(ids) == 0:
+        return np.zeros(0, np.int64), np.zeros((0, features.shape[1]), np.float32), np.zeros(0, object), \
+            np.zeros(0, np.int64)
+    candidates_ids, candidates = all_ids[unlabelled], vectors[unlabelled]
+
+    def normalised(rows):
+        return rows / np.maximum(np.linalg.norm(rows, axis=1, keepdims=True), 1e-12)
+
+    anchors = normalised(features)
+    best = np.empty(len(candidates), np.int64)
+    similarity = np.empty(len(candidates), np.float32)
+    for start in range(0, len(candidates), block):
+        scores = normalised(candidates[start:start + block]) @ anchors.T
+        best[start:start + block] = scores.argmax(axis=1)
+        similarity[start:start + block] = scores.max(axis=1)
+    keep = similarity >= threshold
+    return candidates_ids[keep], candidates[keep], labels[best[keep]], best[keep]
+
+
 def train_version(catalog: Catalog, embedder: Embedder, head: HeadClassifier | None = None,
                   product_ids: Sequence[int] | None = None, progress: ProgressCallback | None = None,
-                  activate: bool = True, augmented_views: int | None = None) -> ModelVersion:
+                  activate: bool = True, augmented_views: int | None = None,
+                  propagation_threshold: float | None = DEFAULT_PROPAGATION_THRESHOLD) -> ModelVersion:
     """Fit a head on the current labels and store it as the new (active) model version.
 
     ``augmented_views`` (default: the embedder's ``views``) random-crop views per
@@ -66,6 +104,8 @@ def train_version(catalog: Catalog, embedder: Embedder, head: HeadClassifier | N
     the embedder's own views and the closed-form head they enter summarised (each
     product's photo-and-views mean plus the catalogue's cached view scatter, see
     :mod:`core.model.view_scatter`: one row per product); otherwise as extra rows.
+    Unlabelled near-identical shots of labelled products train too (see
+    :func:`propagated_labels`; ``propagation_threshold=None`` turns it off).
     """
     from core.features.embeddings import embed_catalog
     from core.model.view_scatter import ViewScatter
@@ -84,28 +124,39 @@ def train_version(catalog: Catalog, embedder: Embedder, head: HeadClassifier | N
     if len(categories) < 2:
         raise TrainingError(f"training needs labelled products in at least 2 categories; found "
                             f"{len(categories)} ({', '.join(categories) or 'none'})")
+    propagated = propagated_labels(catalog, embedder.key, ids, features, labels, propagation_threshold) \
+        if propagation_threshold is not None and product_ids is None else None
+    rows_ids, rows_features, rows_labels, propagated_from = ids, features, labels, None
+    if propagated is not None and len(propagated[0]):
+        rows_ids = np.concatenate([ids, propagated[0]])
+        rows_features = np.concatenate([features, propagated[1]])
+        rows_labels = np.concatenate([labels, propagated[2]])
+        propagated_from = np.concatenate([np.full(len(ids), -1, np.int64), propagated[3]])
     views, scatter, means = [], None, None
     if summarised:
-        # Products embedded before views existed get them now (the photo is decoded once for all).
+        # Products embedded before views existed get them now (the photo is decoded once for all);
+        # propagated rows have none made for them (they count as their photo alone).
         embed_catalog(catalog, embedder, progress=progress, product_ids=ids.tolist())
-        scatter = ViewScatter(catalog, embedder, ids, labels)
-        means = _with_fallback(catalog, embedder.prediction_key, ids, features)
+        scatter = ViewScatter(catalog, embedder, rows_ids, rows_labels)
+        means = _with_fallback(catalog, embedder.prediction_key, rows_ids, rows_features)
     for view in range(0 if summarised else augmented_views):
         embed_catalog(catalog, embedder, progress=progress, product_ids=ids.tolist(), view=view)
-        views.append(_with_fallback(catalog, embedder.view_key(view), ids, features))
+        views.append(_with_fallback(catalog, embedder.view_key(view), rows_ids, rows_features))
     started = time.perf_counter()
-    head.fit(features, labels, augmented_views=views, progress=progress, view_scatter=scatter, view_means=means)
+    head.fit(rows_features, rows_labels, augmented_views=views, progress=progress, view_scatter=scatter,
+             view_means=means, propagated_from=propagated_from)
     train_seconds = time.perf_counter() - started
     relative = f"models/head-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}.keras"
     head.save(catalog.workspace / relative)
     metrics = dict(head.metrics_)
     metrics.update(n_train=int(len(ids)), n_skipped_without_features=int(skipped),
+                   n_propagated=int(len(rows_ids) - len(ids)),
                    train_seconds=round(train_seconds, 3), best_epoch=head.best_epoch_)
     if scatter is not None:  # how much of the cached view scatter this retrain had to redo
         metrics["view_scatter_products_read"] = scatter.recomputed_products_
     params = {"embedder": asdict(EmbedderSettings.of(embedder)), "head": head.get_params(),
               "augmented_views": augmented_views, "prediction_key": embedder.prediction_key,
-              "views_summarised": summarised}
+              "views_summarised": summarised, "propagation_threshold": propagation_threshold}
     version_id = catalog.add_model_version(embedder.key, list(head.classes_), metrics, params, relative,
                                            activate=activate)
     return catalog.model_version(version_id)

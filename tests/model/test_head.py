@@ -212,3 +212,30 @@ def test_a_correction_moves_only_its_categories_validation_share():
     _, after = head._split(corrected)
     changed = set(before.tolist()) ^ set(after.tolist())
     assert changed and {corrected[index] for index in changed} | {labels[index] for index in changed} <= {"c0", "c1"}
+
+
+def test_propagated_rows_only_train_and_never_leak_a_validation_answer():
+    """Rows copied from a labelled product (propagated_from >= 0) are never validated on, and a copy
+    of a validation product leaves the hold-out fit: the validation metrics stay exactly as without it."""
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(4, 24))
+    labels = np.repeat(np.array(list("abcd"), dtype=object), 15)
+    features = (centres[np.repeat(np.arange(4), 15)] + 3.0 * rng.normal(size=(60, 24))).astype(np.float32)
+    plain = HeadClassifier(random_state=0).fit(features, labels)
+    _, validation = plain._split(labels)
+    assert 0 < plain.metrics_["accuracy"] < 1.0, "the test needs validation mistakes a leak would fix"
+
+    copies = np.concatenate([validation, validation])  # exact copies of every validation product, twice
+    rows = np.concatenate([features, features[copies]])
+    propagated_from = np.concatenate([np.full(60, -1), copies])
+    leaked = HeadClassifier(random_state=0).fit(rows, np.concatenate([labels, labels[copies]]),
+                                                propagated_from=propagated_from)
+    assert leaked.metrics_["n"] == plain.metrics_["n"]
+    assert leaked.metrics_["confusion_matrix"] == plain.metrics_["confusion_matrix"]
+
+    train, validation_rows, excluded = leaked._split_with_propagated(
+        np.concatenate([labels, labels[copies]]), propagated_from)
+    assert set(validation_rows) == set(validation) and not set(validation_rows) & set(range(60, len(rows)))
+    assert set(range(60, len(rows))) <= set(excluded) and not set(train) & set(excluded)
+    with pytest.raises(ValueError):
+        HeadClassifier().fit(features, labels, propagated_from=np.full(3, -1))

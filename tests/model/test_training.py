@@ -116,9 +116,10 @@ def test_retraining_summarises_the_views_without_changing_the_model(trained_work
     """Views enter as each product's mean plus their cached scatter: the same model as training on
     every view row, and a retrain with unchanged labels reads no view vectors."""
     catalog = Catalog(trained_workspace)
-    first = train_version(catalog, embedder, HeadClassifier(), activate=False)
+    # Without propagation: the comparison below fits the labelled rows only.
+    first = train_version(catalog, embedder, HeadClassifier(), activate=False, propagation_threshold=None)
     assert first.params["views_summarised"] and embedder.views > 0
-    second = train_version(catalog, embedder, HeadClassifier(), activate=False)
+    second = train_version(catalog, embedder, HeadClassifier(), activate=False, propagation_threshold=None)
     assert second.metrics["view_scatter_products_read"] == 0
     labels = catalog.current_labels()
     ids, photos = catalog.embeddings(embedder.key, list(labels))
@@ -132,3 +133,37 @@ def test_retraining_summarises_the_views_without_changing_the_model(trained_work
     weights = [matrix / np.linalg.norm(matrix) for matrix in weights]
     np.testing.assert_allclose(weights[0], weights[1], atol=3e-4)  # zero scatter: 3e-2 off
     assert (summarised.predict(means) == on_rows.predict(means)).all()
+
+
+def test_an_unlabelled_near_identical_shot_trains_with_its_twins_label(tmp_path, embedder, demo_dir):
+    import shutil
+
+    from PIL import Image
+
+    from core.model.training import propagated_labels
+
+    catalog = Catalog(tmp_path / "ws")
+    for category in ("Banana", "Lemon"):  # a folder of category folders: labelled by folder
+        shutil.copytree(demo_dir / category, tmp_path / "photos" / category)
+    ingest.import_paths(catalog, [tmp_path / "photos"])
+    assert len(catalog.current_labels()) >= 10
+    banana = sorted((demo_dir / "Banana").glob("*.jpg"))[0]
+    twin = tmp_path / "shelf-photo.jpg"
+    Image.open(banana).convert("RGB").save(twin, quality=70)  # the same shot, re-encoded: new bytes
+    ingest.import_paths(catalog, [twin], apply_labels=False)
+    embed_catalog(catalog, embedder)
+    twin_id = next(p.id for p in catalog.products() if p.filename == "shelf-photo.jpg")
+    assert twin_id not in catalog.current_labels()
+
+    labels = catalog.current_labels()
+    ids, features = catalog.embeddings(embedder.key, list(labels))
+    found = propagated_labels(catalog, embedder.key, ids, features,
+                              np.array([labels[int(pid)] for pid in ids], dtype=object))
+    assert twin_id in found[0].tolist()
+    assert found[2][found[0].tolist().index(twin_id)] == "Banana"
+    version = train_version(catalog, embedder, HeadClassifier())
+    assert version.metrics["n_propagated"] == len(found[0]) >= 1
+    assert version.metrics["n_train"] == len(ids), "propagated rows are not counted as labels"
+    assert twin_id not in catalog.current_labels(), "nothing is stored as a label"
+    off = train_version(catalog, embedder, HeadClassifier(), propagation_threshold=None)
+    assert off.metrics["n_propagated"] == 0
