@@ -60,10 +60,10 @@ def simulate(train, val, strategy: str, batch: int, budget: int, seed: int,
         if len(set(labels)) < 2:
             curve.append((int(labelled.sum()), 0.0))
             continue
-        # Propagated products have no views made for them (as in train_version): their photo stands in.
-        given = propagated_from < 0
-        views = [np.where(given[:, None], view[rows], train.features[rows]) for view in train.views]
-        head = HeadClassifier(random_state=seed).fit(train.features[rows], labels, augmented_views=views,
+        # Every embedded product has its views (made with its photo on import): propagated ones train with
+        # theirs, as in train_version.
+        head = HeadClassifier(random_state=seed).fit(train.features[rows], labels,
+                                                     augmented_views=[view[rows] for view in train.views],
                                                      propagated_from=propagated_from)
         accuracy = float(np.mean(head.predict(val.features) == val.labels))
         curve.append((int(labelled.sum()), accuracy))

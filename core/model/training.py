@@ -135,7 +135,7 @@ def train_version(catalog: Catalog, embedder: Embedder, head: HeadClassifier | N
     views, scatter, means = [], None, None
     if summarised:
         # Products embedded before views existed get them now (the photo is decoded once for all);
-        # propagated rows have none made for them (they count as their photo alone).
+        # propagated products use the views made on import (one without counts as its photo alone).
         embed_catalog(catalog, embedder, progress=progress, product_ids=ids.tolist())
         scatter = ViewScatter(catalog, embedder, rows_ids, rows_labels)
         means = _with_fallback(catalog, embedder.prediction_key, rows_ids, rows_features)
