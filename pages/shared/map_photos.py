@@ -42,8 +42,9 @@ if (!window.__productlensMapPhotosWatching) {
         if (!url || !url.startsWith("data:image/jpeg;base64,")) { box.style.display = "none"; return; }
         image.src = url;
         const x = event.event ? event.event.clientX : 0, y = event.event ? event.event.clientY : 0;
-        box.style.left = Math.min(x + 18, window.innerWidth - 120) + "px";
-        box.style.top = Math.max(y - 120, 8) + "px";
+        // Centred above the pointer: Plotly's own label sits beside the point, at its height.
+        box.style.left = Math.max(8, Math.min(x - 52, window.innerWidth - 120)) + "px";
+        box.style.top = (y - 150 >= 8 ? y - 150 : y + 36) + "px";
         box.style.display = "block";
       });
       plot.on("plotly_unhover", () => { box.style.display = "none"; });
