@@ -42,19 +42,21 @@ def propagate(train, labelled: np.ndarray, threshold: float | None):
 
 
 def simulate(train, val, strategy: str, batch: int, budget: int, seed: int,
-             propagation: float | None = None) -> list[tuple[int, float]]:
+             propagation: float | None = None, reach: bool = True) -> list[tuple[int, float]]:
     from core.curation import active_learning
     from core.model.head import HeadClassifier
 
     labelled = np.zeros(len(train.ids), dtype=bool)
     curve, probabilities = [], None
+    reach_similarity = active_learning.COVERAGE_SIMILARITY if reach else None
     while labelled.sum() < budget:
         pool = np.flatnonzero(~labelled)
         size = int(min(batch, budget - labelled.sum()))
         pool_probabilities = None if probabilities is None else probabilities[pool]
         chosen = active_learning.select_batch(pool_probabilities, train.features[pool], size, strategy=strategy,
                                               seed=seed + int(labelled.sum()),
-                                              labelled_features=train.features[labelled])
+                                              labelled_features=train.features[labelled],
+                                              coverage_similarity=reach_similarity)
         labelled[pool[chosen]] = True
         rows, labels, propagated_from = propagate(train, labelled, propagation)
         if len(set(labels)) < 2:
@@ -104,8 +106,10 @@ def main() -> None:
               f"random + near-duplicate propagation (median of {seeds} seeds)": median_of_seeds("random", THRESHOLD),
               "hybrid + near-duplicate propagation (default)": simulate(
                   data.train, data.val, "hybrid", args.batch, args.budget, 0, THRESHOLD),
+              "hybrid + propagation, queue without the reach term": simulate(
+                  data.train, data.val, "hybrid", args.batch, args.budget, 0, THRESHOLD, reach=False),
               "hybrid alone (the default until stop 18)": simulate(
-                  data.train, data.val, "hybrid", args.batch, args.budget, 0, None)}
+                  data.train, data.val, "hybrid", args.batch, args.budget, 0, None, reach=False)}
     for strategy in args.strategies:
         if strategy != "hybrid":
             curves[f"{strategy} + diversity guard"] = simulate(data.train, data.val, strategy, args.batch,

@@ -6,10 +6,14 @@ counts as one extra outcome for the entropy); ``x`` are L2-normalised
 embeddings, ``s(i, j) = x_i . x_j``. ``margin`` ranks by ``p(1) - p(2)`` (the
 gap between the two best guesses, smallest first), ``entropy`` by
 ``-sum p log p`` (largest first), ``random`` by a seeded shuffle. The default,
-``hybrid``, picks greedily by ``typicality_i * sqrt(1 - margin_i) * (1 - max_j s(i, j))``
+``hybrid``, picks greedily by
+``typicality_i * sqrt(1 - margin_i) * (1 - max_j s(i, j)) * sqrt(1 + reach_i)``
 over already labelled (or already picked) ``j``: a product the model is unsure
 about, that looks like many others (its label teaches about all of them), and
-that no label covers yet. On the grocery benchmark it needs about half the labels
+that no label covers yet; ``reach_i`` counts the unlabelled products its label
+would reach through near-duplicate propagation (similarity at least
+``COVERAGE_SIMILARITY`` and no labelled product that close yet, see
+:func:`core.model.training.propagated_labels`). On the grocery benchmark it needs about half the labels
 random picking needs (``benchmarks/label_efficiency.py``); plain uncertainty
 sampling does worse than random there, because near-identical shots crowd the
 uncertain end of the ranking. Uncertain products in a catalogue of near-identical shots come in
@@ -31,6 +35,12 @@ STRATEGIES = ("hybrid", "margin", "entropy", "random")
 DEFAULT_STRATEGY = "hybrid"
 DEFAULT_SIMILARITY_THRESHOLD = 0.9
 TYPICALITY_NEIGHBOURS = 20
+# The training's propagation threshold (core.model.training.DEFAULT_PROPAGATION_THRESHOLD; a test keeps
+# them equal): a label reaches the unlabelled products at least this similar.
+COVERAGE_SIMILARITY = 0.85
+# Above this many candidates the reach term is left out: its neighbour lists cost about as much as
+# typicality does, and the Review queue is recomputed on a rerun.
+COVERAGE_UP_TO = 5_000
 # Typicality is measured against at most this many reference products (bounded cost on big catalogues).
 _TYPICALITY_SAMPLE = 4000
 
@@ -130,9 +140,28 @@ def typicality(features: np.ndarray, neighbours: int = TYPICALITY_NEIGHBOURS, se
     return np.clip(result, 1e-3, None)
 
 
+def _close_pairs(vectors: np.ndarray, threshold: float, block: int = 2048):
+    """Sparse boolean ``(n, n)``: ``s(i, j) >= threshold``, ``i != j``."""
+    from scipy import sparse
+
+    rows, columns = [], []
+    for start in range(0, len(vectors), block):
+        found_rows, found_columns = np.nonzero(vectors[start:start + block] @ vectors.T >= threshold)
+        rows.append(found_rows + start)
+        columns.append(found_columns)
+    rows, columns = np.concatenate(rows), np.concatenate(columns)
+    keep = rows != columns
+    return sparse.csr_matrix((np.ones(int(keep.sum()), np.float32), (rows[keep], columns[keep])),
+                             shape=(len(vectors), len(vectors)))
+
+
 def hybrid_order(features: np.ndarray, probabilities: np.ndarray | None, count: int,
-                 labelled_features: np.ndarray | None = None, seed: int = 0) -> np.ndarray:
-    """``count`` row indices of ``features``, greedily by the hybrid score (see the module docstring)."""
+                 labelled_features: np.ndarray | None = None, seed: int = 0,
+                 coverage_similarity: float | None = COVERAGE_SIMILARITY) -> np.ndarray:
+    """``count`` row indices of ``features``, greedily by the hybrid score (see the module docstring).
+
+    ``coverage_similarity=None`` leaves the reach term out.
+    """
     vectors = _normalise(features)
     n = len(vectors)
     count = int(min(count, n))
@@ -146,19 +175,28 @@ def hybrid_order(features: np.ndarray, probabilities: np.ndarray | None, count: 
         labelled = _normalise(labelled_features)
         for start in range(0, n, 2048):
             nearest[start:start + 2048] = (vectors[start:start + 2048] @ labelled.T).max(axis=1)
+    close = _close_pairs(vectors, coverage_similarity) if coverage_similarity is not None and \
+        n <= COVERAGE_UP_TO else None
+    uncovered = (nearest < coverage_similarity).astype(np.float32) if close is not None else None
     chosen: list[int] = []
     for _ in range(count):
         score = weight * (1.0 - nearest)
+        if close is not None:
+            score = score * np.sqrt(1.0 + close @ uncovered)
         score[chosen] = -np.inf
         pick = int(np.argmax(score))
         chosen.append(pick)
         nearest = np.maximum(nearest, vectors @ vectors[pick])
+        if close is not None:
+            uncovered[close[pick].indices] = 0.0
+            uncovered[pick] = 0.0
     return np.array(chosen, dtype=np.int64)
 
 
 def select_batch(probabilities: np.ndarray | None, features: np.ndarray, batch_size: int,
                  strategy: str = DEFAULT_STRATEGY, similarity_threshold: float = DEFAULT_SIMILARITY_THRESHOLD,
-                 seed: int = 0, labelled_features: np.ndarray | None = None) -> np.ndarray:
+                 seed: int = 0, labelled_features: np.ndarray | None = None,
+                 coverage_similarity: float | None = COVERAGE_SIMILARITY) -> np.ndarray:
     """Row indices (into ``features``, the unlabelled pool) of the next ``batch_size`` products to label.
 
     ``labelled_features`` are the embeddings of products already labelled (the
@@ -172,7 +210,7 @@ def select_batch(probabilities: np.ndarray | None, features: np.ndarray, batch_s
     if strategy == "random":
         return np.random.default_rng(seed).permutation(n)[:batch_size]
     if strategy == "hybrid":
-        return hybrid_order(features, probabilities, batch_size, labelled_features, seed)
+        return hybrid_order(features, probabilities, batch_size, labelled_features, seed, coverage_similarity)
     if probabilities is None:
         return coverage_order(features, batch_size, seed)
     scores = uncertainty(probabilities, strategy, seed)

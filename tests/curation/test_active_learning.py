@@ -58,3 +58,21 @@ def test_hybrid_prefers_uncertain_typical_products_no_label_covers():
     with_outlier = np.concatenate([features, [outlier]])
     probabilities = np.concatenate([probabilities, [[0.5, 0.5]]])
     assert active_learning.select_batch(probabilities, with_outlier, 1)[0] != 90
+
+
+def test_hybrid_prefers_a_label_that_reaches_many_near_identical_shots():
+    """Twenty loosely alike products (cosine 0.5) look more typical than a tight series of nine shots
+    (0.9), but one label of the series trains all nine (near-duplicate propagation): it comes first."""
+    from core.curation.active_learning import COVERAGE_SIMILARITY, hybrid_order
+    from core.model.training import DEFAULT_PROPAGATION_THRESHOLD
+
+    assert COVERAGE_SIMILARITY == DEFAULT_PROPAGATION_THRESHOLD
+    basis = np.eye(64)
+    loose = np.sqrt(0.5) * basis[0] + np.sqrt(0.5) * basis[2:22]
+    series = np.sqrt(0.9) * basis[1] + np.sqrt(0.1) * basis[22:31]
+    features = np.concatenate([loose, series]).astype(np.float32)
+    in_series = set(range(20, 29))
+    assert int(hybrid_order(features, None, 1, coverage_similarity=None)[0]) not in in_series
+    first = hybrid_order(features, None, 2)
+    assert int(first[0]) in in_series
+    assert int(first[1]) not in in_series, "once the series is covered, its other shots add nothing"
