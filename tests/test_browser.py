@@ -354,14 +354,20 @@ def test_the_map_shows_a_photo_on_hover_and_opens_the_product_on_click(page, tra
         page.locator(".st-key-catalogue_map .js-plotly-plot").first.wait_for(timeout=180_000)
         wait_idle(page)
         catalog = Catalog(trained_demo)
-        point = page.evaluate(ISOLATED_POINT)
-        page.mouse.move(point["x"] - 30, point["y"] - 30)
-        page.mouse.move(point["x"], point["y"], steps=5)
         photo = page.locator("#productlens-map-photo img")
+        hovered = None
+        for _ in range(10):  # the page may still reflow (a scrollbar appears): aim again until on target
+            point = page.evaluate(ISOLATED_POINT)
+            page.mouse.move(point["x"] - 30, point["y"] - 30)
+            page.mouse.move(point["x"], point["y"], steps=5)
+            page.wait_for_timeout(400)
+            hovered = page.evaluate("() => { const data = document.querySelector("
+                                    "'.st-key-catalogue_map .js-plotly-plot')._hoverdata;"
+                                    " return data && data.length ? data[0].customdata[0] : null; }")
+            if hovered == point["product"]:
+                break
+        assert hovered == point["product"]
         photo.wait_for(state="visible", timeout=10_000)
-        hovered = page.evaluate("() => document.querySelector('.st-key-catalogue_map .js-plotly-plot')"
-                                "._hoverdata[0].customdata[0]")
-        # The point under the pointer (the isolated one, unless the page moved it a little meanwhile).
         assert photo.get_attribute("src") == preview_data_url(catalog, int(hovered))
         shot(page, "08-explore-hover")
 
