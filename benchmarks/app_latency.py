@@ -139,11 +139,12 @@ def main() -> None:
     scratch = Path(tempfile.mkdtemp(prefix="productlens-latency-photos-"))
     val = sorted((args.dataset / "val").rglob("*.jpg"))
     photos = fresh_copies(val[::5][:50], scratch / "upload")
-    # 50 more unlabelled, predicted products for the labelling runs (set-up, not timed): 100 cards in all.
+    # 100 more unlabelled, predicted products for the labelling runs (set-up, not timed): 150 unlabelled
+    # cards for 100 labels, so the focus never runs into labelled cards near the end.
     from core.features.embeddings import Embedder
     from core.jobs import import_and_predict
 
-    extra = fresh_copies(val[2::5][:CARDS], scratch / "extra")
+    extra = fresh_copies(val[2::5][:CARDS] + val[3::5][:CARDS], scratch / "extra")
     import_and_predict(catalog, [(p.name, p.read_bytes()) for p in extra], Embedder())
     # Cold means cold: no projection cached from an earlier run.
     for cached in (workspace / "cache").glob("umap-*.npy"):
