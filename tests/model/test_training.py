@@ -167,3 +167,24 @@ def test_an_unlabelled_near_identical_shot_trains_with_its_twins_label(tmp_path,
     assert twin_id not in catalog.current_labels(), "nothing is stored as a label"
     off = train_version(catalog, embedder, HeadClassifier(), propagation_threshold=None)
     assert off.metrics["n_propagated"] == 0
+
+
+def test_a_shot_as_close_to_another_category_takes_no_label():
+    from core.model.training import propagation_sources
+
+    rng = np.random.default_rng(0)
+    apple, pear = rng.normal(size=(2, 64))
+    pear = apple + 0.35 * pear  # two look-alike categories, as apple varieties are
+    anchors = np.stack([apple, pear])
+    near_apple_only = apple + 0.05 * rng.normal(size=64)
+    between = (apple + pear) / 2  # near-identical to both: which label is a coin toss
+    candidates = np.stack([near_apple_only, between])
+    source, keep = propagation_sources(candidates, anchors, np.array(["Apple", "Pear"], dtype=object),
+                                       threshold=0.85, margin=0.05)
+    assert source[0] == 0 and keep[0]
+    assert not keep[1]
+    _, without_margin = propagation_sources(candidates, anchors, np.array(["Apple", "Pear"], dtype=object),
+                                            threshold=0.85, margin=0.0)
+    assert without_margin[1], "only the margin keeps it out"
+    with pytest.raises(ValueError, match="margin"):
+        propagation_sources(candidates, anchors, np.array(["Apple", "Pear"]), margin=1.5)
