@@ -31,6 +31,8 @@ from typing import Sequence
 
 import numpy as np
 
+from core.curation.similarity import close_pairs
+
 STRATEGIES = ("hybrid", "margin", "entropy", "random")
 DEFAULT_STRATEGY = "hybrid"
 DEFAULT_SIMILARITY_THRESHOLD = 0.9
@@ -140,21 +142,6 @@ def typicality(features: np.ndarray, neighbours: int = TYPICALITY_NEIGHBOURS, se
     return np.clip(result, 1e-3, None)
 
 
-def _close_pairs(vectors: np.ndarray, threshold: float, block: int = 2048):
-    """Sparse boolean ``(n, n)``: ``s(i, j) >= threshold``, ``i != j``."""
-    from scipy import sparse
-
-    rows, columns = [], []
-    for start in range(0, len(vectors), block):
-        found_rows, found_columns = np.nonzero(vectors[start:start + block] @ vectors.T >= threshold)
-        rows.append(found_rows + start)
-        columns.append(found_columns)
-    rows, columns = np.concatenate(rows), np.concatenate(columns)
-    keep = rows != columns
-    return sparse.csr_matrix((np.ones(int(keep.sum()), np.float32), (rows[keep], columns[keep])),
-                             shape=(len(vectors), len(vectors)))
-
-
 def hybrid_order(features: np.ndarray, probabilities: np.ndarray | None, count: int,
                  labelled_features: np.ndarray | None = None, seed: int = 0,
                  coverage_similarity: float | None = COVERAGE_SIMILARITY) -> np.ndarray:
@@ -175,7 +162,7 @@ def hybrid_order(features: np.ndarray, probabilities: np.ndarray | None, count: 
         labelled = _normalise(labelled_features)
         for start in range(0, n, 2048):
             nearest[start:start + 2048] = (vectors[start:start + 2048] @ labelled.T).max(axis=1)
-    close = _close_pairs(vectors, coverage_similarity) if coverage_similarity is not None and \
+    close = close_pairs(vectors, coverage_similarity) if coverage_similarity is not None and \
         n <= COVERAGE_UP_TO else None
     uncovered = (nearest < coverage_similarity).astype(np.float32) if close is not None else None
     chosen: list[int] = []

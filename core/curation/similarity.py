@@ -56,26 +56,35 @@ def catalog_index(catalog: Catalog, embedding_key: str) -> ExactIndex:
     return ExactIndex().fit(ids, vectors)
 
 
-def near_duplicate_groups(ids: Sequence[int], vectors: np.ndarray, threshold: float = 0.95,
-                          block: int = 2048) -> list[list[int]]:
+def close_pairs(vectors: np.ndarray, threshold: float, block: int = 2048):
+    """Sparse boolean ``(n, n)`` (SciPy CSR): cosine similarity of rows ``i != j`` at least ``threshold``."""
+    from scipy import sparse
+
+    vectors = _normalise(vectors)
+    rows, columns = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
+    for start in range(0, len(vectors), block):
+        found_rows, found_columns = np.nonzero(vectors[start:start + block] @ vectors.T >= threshold)
+        rows.append(found_rows + start)
+        columns.append(found_columns)
+    rows, columns = np.concatenate(rows), np.concatenate(columns)
+    keep = rows != columns
+    return sparse.csr_matrix((np.ones(int(keep.sum()), np.float32), (rows[keep], columns[keep])),
+                             shape=(len(vectors), len(vectors)))
+
+
+def near_duplicate_group_ids(vectors: np.ndarray, threshold: float = 0.95) -> np.ndarray:
+    """One group id per row: rows at least ``threshold`` similar, directly or through others, share it."""
+    from scipy.sparse.csgraph import connected_components
+
+    if len(vectors) == 0:
+        return np.zeros(0, np.int64)
+    return connected_components(close_pairs(vectors, threshold), directed=False)[1].astype(np.int64)
+
+
+def near_duplicate_groups(ids: Sequence[int], vectors: np.ndarray, threshold: float = 0.95) -> list[list[int]]:
     """Groups (size >= 2) of products whose features are at least ``threshold`` similar."""
     ids = np.asarray(ids, dtype=np.int64)
-    vectors = _normalise(vectors)
-    parent = list(range(len(ids)))
-
-    def find(i):
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
-
-    for start in range(0, len(ids), block):
-        scores = vectors[start:start + block] @ vectors.T
-        rows, columns = np.nonzero(scores >= threshold)
-        for row, column in zip(rows + start, columns):
-            if row < column:
-                parent[find(row)] = find(column)
-    groups: dict[int, list[int]] = {}
-    for index in range(len(ids)):
-        groups.setdefault(find(index), []).append(int(ids[index]))
-    return sorted((sorted(g) for g in groups.values() if len(g) > 1), key=lambda g: (-len(g), g[0]))
+    group_ids = near_duplicate_group_ids(vectors, threshold)
+    groups = [sorted(ids[group_ids == g].tolist()) for g in np.flatnonzero(np.bincount(group_ids) > 1)] \
+        if len(ids) else []
+    return sorted(groups, key=lambda g: (-len(g), g[0]))

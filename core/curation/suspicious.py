@@ -75,12 +75,9 @@ def _fold_assignment(targets: np.ndarray, folds: int, seed: int, groups: np.ndar
 
 def near_duplicate_group_ids(features: np.ndarray, threshold: float = DEFAULT_GROUP_THRESHOLD) -> np.ndarray:
     """One id per row; rows whose features are at least ``threshold`` similar (transitively) share it."""
-    from core.curation.similarity import near_duplicate_groups
+    from core.curation import similarity
 
-    ids = np.arange(len(features))
-    for number, group in enumerate(near_duplicate_groups(ids, features, threshold=threshold)):
-        ids[group] = len(features) + number
-    return ids
+    return similarity.near_duplicate_group_ids(features, threshold)
 
 
 def out_of_sample_probabilities(features: np.ndarray, labels, folds: int = DEFAULT_FOLDS, l2: float = 0.1,

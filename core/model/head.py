@@ -3,20 +3,22 @@
 :class:`HeadClassifier` follows the scikit-learn estimator convention:
 configuration in ``__init__``, learning in :meth:`~HeadClassifier.fit`, learned
 state in attributes ending in ``_`` (``classes_``, ``model_``, ``metrics_``,
-``history_``). The network is a small functional Keras model: standardisation,
-input dropout, an optional hidden layer with dropout (off by default: on the
-grocery benchmark a linear softmax generalised better to new shots), and a
-softmax ``predictions`` layer. Training is class-weighted (rare categories count
-as much as common ones) and holds out a stratified validation split for the
-metrics. The default linear head is solved in closed form (class-weighted ridge
-regression onto one-hot targets, see :mod:`core.model._ridge`; the softmax
-temperature is fitted on the validation split): about a second for the grocery
-train split, and as accurate there as 200 epochs of AdamW. Augmented views can
-enter it as rows or, much cheaper, summarised per product (``view_means`` and
-``view_scatter``, see :mod:`core.model.view_scatter`). A head with a hidden
-layer (or ``solver="adamw"``) trains by mini-batch AdamW with early stopping on
-the validation split. By default the head is then refitted on all labelled
-products.
+``history_``, ``validation_rows_``). The network is a small functional Keras
+model: standardisation, input dropout, an optional hidden layer with dropout (off
+by default: on the grocery benchmark a linear softmax generalised better to new
+shots), and a softmax ``predictions`` layer. Training is class-weighted (rare
+categories count as much as common ones) and holds out a stratified validation
+split for the metrics and the softmax temperature; near-identical shots
+(``group_threshold``) are held out together, or a product would be judged against
+its own twin and the accuracy and confidence would both come out too high. The
+default linear head is solved in closed form (class-weighted ridge regression onto
+one-hot targets, see :mod:`core.model._ridge`; the softmax temperature is fitted
+on the validation split): about a second for the grocery train split, and as
+accurate there as 200 epochs of AdamW. Augmented views can enter it as rows or,
+much cheaper, summarised per product (``view_means`` and ``view_scatter``, see
+:mod:`core.model.view_scatter`). A head with a hidden layer (or
+``solver="adamw"``) trains by mini-batch AdamW with early stopping on the
+validation split. By default the head is then refitted on all labelled products.
 """
 
 from __future__ import annotations
@@ -39,6 +41,8 @@ class NotFittedError(RuntimeError):
 
 
 SOLVERS = ("auto", "closed_form", "adamw")
+# Grouping the hold-out compares every labelled product with every other: above this many, plain stratified.
+GROUPED_SPLIT_UP_TO = 20_000
 
 
 class HeadClassifier:
@@ -46,13 +50,17 @@ class HeadClassifier:
                  label_smoothing: float = 0.1, weight_decay: float = 1e-4, learning_rate: float = 1e-3,
                  batch_size: int = 256, max_epochs: int = 200, patience: int = 20,
                  validation_fraction: float = 0.15, class_weight: str | None = "balanced",
-                 refit_full: bool = True, random_state: int = 0, solver: str = "auto", l2: float = 0.1):
+                 refit_full: bool = True, random_state: int = 0, solver: str = "auto", l2: float = 0.1,
+                 group_threshold: float | None = 0.92):
         if solver not in SOLVERS:
             raise ValueError(f"solver must be one of {SOLVERS}, got {solver!r}")
         if solver == "closed_form" and hidden_units:
             raise ValueError("the closed-form solver fits a linear head only: use hidden_units=0 or solver='adamw'")
+        if group_threshold is not None and not 0.0 < group_threshold <= 1.0:
+            raise ValueError(f"group_threshold must be in (0, 1] or None, got {group_threshold}")
         self.solver = solver
         self.l2 = l2
+        self.group_threshold = group_threshold
         self.hidden_units = hidden_units
         self.dropout = dropout
         self.input_dropout = input_dropout
@@ -71,7 +79,7 @@ class HeadClassifier:
         return {name: getattr(self, name) for name in (
             "hidden_units", "dropout", "input_dropout", "label_smoothing", "weight_decay", "learning_rate",
             "batch_size", "max_epochs", "patience", "validation_fraction", "class_weight", "refit_full",
-            "random_state", "solver", "l2")}
+            "random_state", "solver", "l2", "group_threshold")}
 
     @property
     def resolved_solver(self) -> str:
@@ -95,27 +103,54 @@ class HeadClassifier:
         outputs = layers.Dense(num_classes, activation="softmax", name="predictions")(x)
         return keras.Model(inputs, outputs, name="productlens_head")
 
-    def _split(self, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _split(self, labels: np.ndarray, groups: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Stratified hold-out: each class with >= 2 examples gives ~validation_fraction of them.
 
+        With ``groups`` (one id per row: near-identical shots share one) a group is
+        held out whole or not at all, so no product is validated against its own twin
+        in training; a class whose groups are all too big to hold out gives none.
         Each class draws from its own seed, so correcting a few labels changes only
         their classes' share (what lets a retrain reuse the rest, see core.model.view_scatter).
         """
         train, validation = [], []
         for name in np.unique(labels):
             rng = np.random.default_rng([self.random_state, zlib.crc32(str(name).encode())])
-            members = rng.permutation(np.flatnonzero(labels == name))
+            members = np.flatnonzero(labels == name)
             take = int(round(len(members) * self.validation_fraction)) if len(members) >= 2 else 0
             if len(members) >= 2 and self.validation_fraction > 0:
                 take = max(1, min(take, len(members) - 1))
-            validation.extend(members[:take])
-            train.extend(members[take:])
+            if groups is None:
+                members = rng.permutation(members)
+                validation.extend(members[:take])
+                train.extend(members[take:])
+                continue
+            _, first, unit_of = np.unique(groups[members], return_index=True, return_inverse=True)
+            # In order of first row: the same units in the same order whatever happens to other classes.
+            units = [members[unit_of == unit] for unit in np.argsort(first)]
+            held, ceiling = [], max(take, int(round(1.5 * take)))
+            for unit in rng.permutation(len(units)):
+                if sum(map(len, held)) >= take:
+                    break
+                if sum(map(len, held)) + len(units[unit]) <= min(ceiling, len(members) - 1):
+                    held.append(units[unit])
+            held_rows = np.concatenate(held) if held else np.zeros(0, np.int64)
+            validation.extend(held_rows)
+            train.extend(np.setdiff1d(members, held_rows))
         return np.array(sorted(train), dtype=np.int64), np.array(sorted(validation), dtype=np.int64)
 
-    def _split_with_propagated(self, labels: np.ndarray, propagated_from: np.ndarray | None):
+    def _groups(self, features: np.ndarray) -> np.ndarray | None:
+        """Near-identical shots' group ids for the hold-out split (None: plain stratified)."""
+        if self.group_threshold is None or not self.validation_fraction or len(features) > GROUPED_SPLIT_UP_TO:
+            return None
+        from core.curation.similarity import near_duplicate_group_ids
+
+        return near_duplicate_group_ids(features, self.group_threshold)
+
+    def _split_with_propagated(self, labels: np.ndarray, propagated_from: np.ndarray | None,
+                               features: np.ndarray | None = None):
         """``(train, validation, excluded from the hold-out fit)`` row indices; see :meth:`fit`."""
         if propagated_from is None:
-            train, validation = self._split(labels)
+            train, validation = self._split(labels, None if features is None else self._groups(features))
             return train, validation, validation
         propagated_from = np.asarray(propagated_from, dtype=np.int64)
         if propagated_from.shape != (len(labels),):
@@ -123,7 +158,8 @@ class HeadClassifier:
         given = np.flatnonzero(propagated_from < 0)
         if (propagated_from >= 0).any() and (propagated_from[propagated_from >= 0] >= len(labels)).any():
             raise ValueError("propagated_from points past the last row")
-        train, validation = (given[part] for part in self._split(labels[given]))
+        groups = None if features is None else self._groups(features[given])
+        train, validation = (given[part] for part in self._split(labels[given], groups))
         leaking = np.flatnonzero(np.isin(propagated_from, validation))
         copies = np.setdiff1d(np.flatnonzero(propagated_from >= 0), leaking)
         return np.union1d(train, copies), validation, np.union1d(validation, leaking)
@@ -169,7 +205,8 @@ class HeadClassifier:
         start = time.perf_counter()
         class_index = {name: i for i, name in enumerate(self.classes_)}
         targets = np.array([class_index[name] for name in labels], dtype=np.int64)
-        train, validation, excluded = self._split_with_propagated(labels, propagated_from)
+        train, validation, excluded = self._split_with_propagated(labels, propagated_from, features)
+        self.validation_rows_ = validation
 
         if (view_scatter is None) != (view_means is None):
             raise ValueError("view_scatter and view_means come together")

@@ -239,3 +239,27 @@ def test_propagated_rows_only_train_and_never_leak_a_validation_answer():
     assert set(range(60, len(rows))) <= set(excluded) and not set(train) & set(excluded)
     with pytest.raises(ValueError):
         HeadClassifier().fit(features, labels, propagated_from=np.full(3, -1))
+
+
+def test_near_identical_shots_are_held_out_together():
+    """A catalogue of photo series (several shots of each product): no validation product may have a
+    near-identical twin in training, or accuracy and temperature are measured on twins."""
+    rng = np.random.default_rng(3)
+    centres = rng.normal(scale=1.0, size=(3, 32))
+    products = centres[np.repeat(np.arange(3), 8)] + 0.8 * rng.normal(size=(24, 32))  # 8 products per category
+    shots = np.repeat(products, 5, axis=0) + 0.05 * rng.normal(size=(120, 32))  # 5 shots of each
+    labels = np.repeat(np.array(["a", "b", "c"], dtype=object), 40)
+    vectors = shots / np.linalg.norm(shots, axis=1, keepdims=True)
+
+    def twins_across(head):
+        held = head.validation_rows_
+        kept = np.setdiff1d(np.arange(len(shots)), held)
+        return int(((vectors[held] @ vectors[kept].T) >= 0.92).any(axis=1).sum())
+
+    grouped = HeadClassifier().fit(shots.astype(np.float32), labels)
+    assert len(grouped.validation_rows_) >= 3 and twins_across(grouped) == 0
+    assert {labels[row] for row in grouped.validation_rows_} == {"a", "b", "c"}
+    ungrouped = HeadClassifier(group_threshold=None).fit(shots.astype(np.float32), labels)
+    assert twins_across(ungrouped) > 0, "without groups the split does put twins on both sides"
+    with pytest.raises(ValueError, match="group_threshold"):
+        HeadClassifier(group_threshold=1.5)
