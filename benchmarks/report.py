@@ -66,7 +66,19 @@ def grocery() -> str:
         [[result["settings"], with_interval(result["fine"]), with_interval(result["coarse"]),
           f"{result['n_train']} / {result['n_test']}", result["n_classes"], f"{result['images_per_second']:.1f}",
           f"{result['embed_seconds']:.0f}", f"{result['train_seconds']:.1f}", f"{result['peak_memory_mb']:.0f} MB"]]),
-        "", measured_on(result)])
+        "", *_calibration_lines(result.get("calibration")), measured_on(result)])
+
+
+def _calibration_lines(calibration: dict | None) -> list[str]:
+    """The val photos' reliability diagram as a table: what the confidence promised, what came true."""
+    if not calibration:
+        return []
+    rows = [[f"{b['low']:.0%}–{b['high']:.0%}", b["n"], percent(b["confidence"]), percent(b["accuracy"])]
+            for b in calibration["bins"]]
+    return [f"Calibration on val: expected calibration error **{calibration['ece']:.3f}** "
+            f"(95% bootstrap interval {calibration['low']:.3f}–{calibration['high']:.3f}; 15 bins; mean confidence "
+            f"{percent(calibration['mean_confidence'])}).", "",
+            table(["confidence bin", "val photos", "mean confidence", "right"], rows), ""]
 
 
 def ablation() -> str:

@@ -16,6 +16,30 @@ from pages.shared.text import chart_text, plain
 
 require_router()
 
+
+def confusion_figure(metrics: dict) -> go.Figure:
+    classes = [chart_text(name) for name in metrics["classes"]]  # Plotly renders HTML in axis labels
+    figure = go.Figure(go.Heatmap(z=metrics["confusion_matrix"], x=classes, y=classes, colorscale="Teal",
+                                  hovertemplate="true %{y}<br>predicted %{x}<br>%{z} products<extra></extra>"))
+    figure.update_layout(xaxis_title="predicted", yaxis_title="true", yaxis_autorange="reversed",
+                         height=max(400, 14 * len(classes)), margin=dict(l=0, r=0, t=10, b=0))
+    return figure
+
+
+def reliability_figure(calibration: dict) -> go.Figure:
+    bins = calibration["bins"]
+    figure = go.Figure([
+        go.Bar(x=[(b["low"] + b["high"]) / 2 for b in bins], y=[b["accuracy"] for b in bins],
+               width=[b["high"] - b["low"] for b in bins], name="accuracy", marker_color="#0F766E",
+               customdata=[[b["n"], b["confidence"]] for b in bins],
+               hovertemplate="confidence %{customdata[1]:.0%}<br>right %{y:.0%}<br>%{customdata[0]} products"
+                             "<extra></extra>"),
+        go.Scatter(x=[0, 1], y=[0, 1], mode="lines", name="perfectly honest", line=dict(dash="dash", color="grey"))])
+    figure.update_layout(xaxis_title="confidence", yaxis_title="share right", xaxis_range=[0, 1],
+                         yaxis_range=[0, 1], height=400, showlegend=False, margin=dict(l=0, r=0, t=10, b=0))
+    return figure
+
+
 st.title("Train the classifier")
 status = catalog().status()
 st.caption(f"{status['labelled']} labelled products in {status['categories']} categories. Retraining uses "
@@ -95,13 +119,20 @@ if not changes.empty:
         "change": st.column_config.TextColumn("change")})
 
 if metrics.get("confusion_matrix"):
-    st.subheader("Confusion matrix (validation products)")
-    classes = [chart_text(name) for name in metrics["classes"]]  # Plotly renders HTML in axis labels
-    figure = go.Figure(go.Heatmap(z=metrics["confusion_matrix"], x=classes, y=classes, colorscale="Teal",
-                                  hovertemplate="true %{y}<br>predicted %{x}<br>%{z} products<extra></extra>"))
-    figure.update_layout(xaxis_title="predicted", yaxis_title="true", yaxis_autorange="reversed",
-                         height=max(400, 14 * len(classes)), margin=dict(l=0, r=0, t=10, b=0))
-    st.plotly_chart(figure, key="confusion")
+    matrix_column, calibration_column = st.columns([3, 2])
+    with matrix_column:
+        st.subheader("Confusion matrix (validation products)")
+        st.plotly_chart(confusion_figure(metrics), key="confusion")
+    calibration = metrics.get("calibration")
+    with calibration_column:
+        st.subheader("Is the confidence honest?")
+        if calibration:
+            st.plotly_chart(reliability_figure(calibration), key="reliability")
+            st.caption(f"Validation products grouped by the model's confidence: bars at the diagonal mean "
+                       f"“80% sure” is right 80% of the time. Expected calibration error "
+                       f"{calibration['ece']:.3f} (0 is perfect).")
+        else:
+            st.caption("Models trained before this version of ProductLens did not record it: retrain to see it.")
 
 st.subheader("Versions")
 for version in reversed(versions):

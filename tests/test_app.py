@@ -126,6 +126,8 @@ def test_train_page_retrains_and_compares(populated, monkeypatch):
     assert len(Catalog(populated).model_versions()) == before + 1
     assert any("trained" in s.value for s in at.success)
     assert any("Per-category recall" in s.value for s in at.subheader)
+    assert any("Is the confidence honest?" in s.value for s in at.subheader)
+    assert any("Expected calibration error" in c.value for c in at.caption), "reliability diagram's caption"
     delta = at.metric[0].delta
     assert delta == "no change" or re.fullmatch(r"[+-]\d+\.\d%", delta) and delta not in ("+0.0%", "-0.0%"), delta
     changes = at.dataframe[0].value

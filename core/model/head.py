@@ -108,7 +108,7 @@ class HeadClassifier:
 
         With ``groups`` (one id per row: near-identical shots share one) a group is
         held out whole or not at all, so no product is validated against its own twin
-        in training; a class whose groups are all too big to hold out gives none.
+        in training; a class whose groups are all too big to hold out is split as without groups.
         Each class draws from its own seed, so correcting a few labels changes only
         their classes' share (what lets a retrain reuse the rest, see core.model.view_scatter).
         """
@@ -134,6 +134,10 @@ class HeadClassifier:
                 if sum(map(len, held)) + len(units[unit]) <= min(ceiling, len(members) - 1):
                     held.append(units[unit])
             held_rows = np.concatenate(held) if held else np.zeros(0, np.int64)
+            if take and not len(held_rows):
+                # A category that is one series of shots could not be judged at all: its products are
+                # split as without groups (twins then vouch for each other, the best there is).
+                held_rows = rng.permutation(members)[:take]
             validation.extend(held_rows)
             train.extend(np.setdiff1d(members, held_rows))
         return np.array(sorted(train), dtype=np.int64), np.array(sorted(validation), dtype=np.int64)
@@ -227,8 +231,10 @@ class HeadClassifier:
         self.history_ = history
         self.best_epoch_ = history["best_epoch"]
         if len(validation):
-            validation_predictions = self.classes_[self._predict(features[validation]).argmax(axis=1)]
-            self.metrics_ = classification_metrics(labels[validation], validation_predictions, self.classes_)
+            validation_probabilities = self._predict(features[validation])
+            self.metrics_ = classification_metrics(labels[validation],
+                                                   self.classes_[validation_probabilities.argmax(axis=1)],
+                                                   self.classes_, validation_probabilities.max(axis=1))
         else:
             self.metrics_ = classification_metrics([], [], self.classes_)
         if self.refit_full and len(validation):
@@ -276,8 +282,10 @@ class HeadClassifier:
         calibration = validation if len(validation) else train
         temperature = fit_temperature(scores(solution, calibration), targets[calibration])
         if len(validation):
-            predicted = self.classes_[scores(solution, validation).argmax(axis=1)]
-            self.metrics_ = classification_metrics(labels[validation], predicted, self.classes_)
+            held_out = scores(solution, validation) * temperature
+            confidence = 1.0 / np.exp(held_out - held_out.max(axis=1, keepdims=True)).sum(axis=1)
+            self.metrics_ = classification_metrics(labels[validation], self.classes_[held_out.argmax(axis=1)],
+                                                   self.classes_, confidence)
         else:
             self.metrics_ = classification_metrics([], [], self.classes_)
         if steps == 2:

@@ -3,7 +3,9 @@
 ``classification_metrics(y_true, y_pred, classes)`` returns plain JSON-able
 numbers: overall ``accuracy``, ``per_class`` precision/recall/support, and the
 ``confusion_matrix`` (rows = true class, columns = predicted class, in the order
-of ``classes``), so the app can compare versions class by class.
+of ``classes``), so the app can compare versions class by class; given the
+confidences, also ``calibration`` (see :func:`reliability`): how often "90% sure"
+is right, for the Train page's reliability diagram.
 """
 
 from __future__ import annotations
@@ -13,7 +15,8 @@ from typing import Sequence
 import numpy as np
 
 
-def classification_metrics(y_true: Sequence[str], y_pred: Sequence[str], classes: Sequence[str]) -> dict:
+def classification_metrics(y_true: Sequence[str], y_pred: Sequence[str], classes: Sequence[str],
+                           confidences: Sequence[float] | None = None) -> dict:
     from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
     y_true = np.asarray(y_true, dtype=object)
@@ -24,7 +27,8 @@ def classification_metrics(y_true: Sequence[str], y_pred: Sequence[str], classes
     precision, recall, _, support = precision_recall_fscore_support(
         y_true, y_pred, labels=classes, zero_division=0)
     matrix = confusion_matrix(y_true, y_pred, labels=classes)
-    return {
+    extra = {} if confidences is None else {"calibration": reliability(confidences, y_true == y_pred)}
+    return {**extra,
         "accuracy": float(np.mean(y_true == y_pred)),
         "n": int(len(y_true)),
         "per_class": {
@@ -71,3 +75,17 @@ def expected_calibration_error(confidences: Sequence[float], correct: Sequence[b
         members = which == number
         gap += members.mean() * abs(correct[members].mean() - confidences[members].mean())
     return float(gap)
+
+
+def reliability(confidences: Sequence[float], correct: Sequence[bool], bins: int = 15) -> dict:
+    """``{"ece", "bins"}``: the expected calibration error and, per non-empty equal-width confidence bin,
+    ``low``, ``high``, ``n``, mean ``confidence`` and ``accuracy`` (a reliability diagram's bars)."""
+    confidences = np.asarray(confidences, dtype=np.float64)
+    correct = np.asarray(correct, dtype=np.float64)
+    if len(confidences) != len(correct):
+        raise ValueError(f"{len(confidences)} confidences but {len(correct)} outcomes")
+    which = np.minimum((confidences * bins).astype(int), bins - 1)
+    rows = [{"low": number / bins, "high": (number + 1) / bins, "n": int((which == number).sum()),
+             "confidence": float(confidences[which == number].mean()),
+             "accuracy": float(correct[which == number].mean())} for number in np.unique(which)]
+    return {"ece": expected_calibration_error(confidences, correct, bins), "bins": rows}

@@ -29,6 +29,8 @@ def test_learns_separable_categories(hidden_units, solver):
     probabilities = head.predict_proba(test_features)
     np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, atol=1e-4)
     assert head.metrics_["accuracy"] > 0.9
+    calibration = head.metrics_["calibration"]  # the hold-out products' reliability diagram
+    assert sum(b["n"] for b in calibration["bins"]) == head.metrics_["n"] and 0 <= calibration["ece"] < 0.2
     assert set(head.metrics_["per_class"]) == set(head.classes_)
     assert np.array(head.metrics_["confusion_matrix"]).shape == (4, 4)
 
