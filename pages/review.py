@@ -18,7 +18,7 @@ from pages.shared import (
     state,
 )
 from pages.shared.keys import keyboard_shortcuts
-from pages.shared.text import plain
+from pages.shared.text import NEW_CATEGORY, NEW_CATEGORY_HELP, plain
 
 require_router()
 
@@ -149,6 +149,8 @@ for index, row in enumerate(visible.itertuples()):
         current = row.label if isinstance(row.label, str) else None
         if row.predicted_label:
             st.markdown(f"Predicted **{plain(row.predicted_label)}** · {row.confidence:.0%}")
+            if row.new_category == True:  # noqa: E712 - a numpy bool, or None where not judged
+                st.caption(NEW_CATEGORY, help=NEW_CATEGORY_HELP)
         st.markdown(f"Label: **{plain(current)}**" if current else "Label: _none_")
         suggestions = list(zip(row.top_labels, row.top_probabilities))[:9 if is_focused else SUGGESTIONS]
         for number, (label, probability) in enumerate(suggestions, start=1):

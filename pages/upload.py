@@ -15,7 +15,7 @@ from pages.shared import (
     show_thumbnail,
     state,
 )
-from pages.shared.text import plain
+from pages.shared.text import NEW_CATEGORY, NEW_CATEGORY_HELP, plain
 
 require_router()
 limits = settings.current()
@@ -73,6 +73,8 @@ if result:
             st.text(report.names.get(product_id, ""))
             if prediction:
                 st.markdown(f"**{plain(prediction['label'])}** · {prediction['confidence']:.0%}")
+                if prediction.get("new_category"):
+                    st.caption(NEW_CATEGORY, help=NEW_CATEGORY_HELP)
     if len(result.product_ids) > 60:
         st.caption(f"…and {len(result.product_ids) - 60} more: see the Review page.")
     st.page_link("pages/review.py", label="Review the predictions", icon=":material/fact_check:")

@@ -35,7 +35,7 @@ _STRATEGY_OF_ORDER = {"most informative": "hybrid", "smallest margin": "margin",
 _DIVERSIFIED_PAGES = 10
 UNLABELLED = "(unlabelled)"  # how maps show a product without a label
 COLUMNS = ["product_id", "filename", "origin", "added_at", "label", "label_source", "predicted_label", "confidence",
-           "top_labels", "top_probabilities", "disagrees"]
+           "top_labels", "top_probabilities", "disagrees", "new_category"]
 
 
 def origin(source: str | None, added_at: str) -> str:
@@ -66,6 +66,7 @@ def review_table(catalog: Catalog) -> pd.DataFrame:
             "top_labels": prediction["labels"] if prediction else [],
             "top_probabilities": prediction["probabilities"] if prediction else [],
             "disagrees": bool(label is not None and predicted is not None and label != predicted),
+            "new_category": prediction.get("new_category") if prediction else None,
         })
     return pd.DataFrame(records, columns=COLUMNS)
 
@@ -167,9 +168,14 @@ def relabel(catalog: Catalog, product_ids: Sequence[int], label: str | None, aut
 
 def accept_predictions(catalog: Catalog, threshold: float, author: str | None = None,
                        product_ids: Sequence[int] | None = None) -> int:
-    """Label every *unlabelled* product whose prediction's confidence is >= ``threshold``."""
+    """Label every *unlabelled* product whose prediction's confidence is >= ``threshold``.
+
+    A product flagged "new category?" is never accepted: its confidence is shared among the
+    categories the model knows, none of which may be right.
+    """
     table = review_table(catalog)
-    candidates = table[table["label"].isna() & table["predicted_label"].notna() & (table["confidence"] >= threshold)]
+    candidates = table[table["label"].isna() & table["predicted_label"].notna() & (table["confidence"] >= threshold)
+                       & (table["new_category"] != True)]  # noqa: E712 - None (not judged) is accepted
     if product_ids is not None:
         candidates = candidates[candidates["product_id"].isin([int(pid) for pid in product_ids])]
     return catalog.set_labels(zip(candidates["product_id"].tolist(), candidates["predicted_label"].tolist()),

@@ -4,14 +4,19 @@ Predictions are stored per model version as the top-k categories and their
 probabilities (best first), so the app can show the runners-up and compare
 versions. Only cached embeddings are used: embed first (see
 :mod:`core.features.embeddings`); a version trained with prediction views predicts from
-each photo's vector averaged with its views' (test-time augmentation).
+each photo's vector averaged with its views' (test-time augmentation). Each
+prediction also says whether the product looks like nothing labelled (a "new
+category?", see :mod:`core.model.novelty`).
 """
 
 from __future__ import annotations
 
 from typing import Sequence
 
-from core.model.training import load_version
+import numpy as np
+
+from core.model.novelty import NoveltyDetector
+from core.model.training import labelled_embeddings, load_version
 from core.storage.catalog import Catalog, ModelVersion
 
 
@@ -20,9 +25,26 @@ def predict_catalog(catalog: Catalog, version: ModelVersion | int | None = None,
     """Predict every embedded product (or ``product_ids``); return counts and the version used."""
     version, head = load_version(catalog, version)
     ids, features = catalog.embeddings(version.prediction_key, product_ids)
+    detector = _novelty(catalog, version)
     for start in range(0, len(ids), chunk_size):
         labels, probabilities = head.top_k(features[start:start + chunk_size], top_k)
-        catalog.store_predictions(version.id, ids[start:start + chunk_size], labels, probabilities)
+        new = None
+        if detector is not None:
+            photo_ids, photos = catalog.embeddings(version.embedding_key, ids[start:start + chunk_size].tolist())
+            flagged = dict(zip(photo_ids.tolist(), detector.is_new(photos).tolist()))
+            new = [flagged.get(int(pid)) for pid in ids[start:start + chunk_size]]
+        catalog.store_predictions(version.id, ids[start:start + chunk_size], labels, probabilities, new)
     missing = (catalog.count_products() if product_ids is None else len(set(product_ids))) - len(ids)
     return {"model_version": version.id, "predicted": int(len(ids)), "not_embedded": int(missing)}
 
+
+
+def _novelty(catalog: Catalog, version: ModelVersion) -> NoveltyDetector | None:
+    """The version's "new category?" detector over today's labelled products of its categories (None: a
+    version trained before it existed, or from reference photos)."""
+    threshold = version.metrics.get("novelty_threshold")
+    if threshold is None:
+        return None
+    _, features, labels = labelled_embeddings(catalog, version.embedding_key)
+    known = np.isin(labels, list(version.classes))
+    return NoveltyDetector.with_threshold(features[known], threshold) if known.sum() >= 2 else None

@@ -19,6 +19,7 @@ import numpy as np
 
 from core.errors import TrainingError
 from core.features.embeddings import Embedder
+from core.model import novelty
 from core.model.head import HeadClassifier
 from core.storage.catalog import Catalog, ModelVersion
 
@@ -175,6 +176,8 @@ def train_version(catalog: Catalog, embedder: Embedder, head: HeadClassifier | N
     relative = f"models/head-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}.keras"
     head.save(catalog.workspace / relative)
     metrics = dict(head.metrics_)
+    if len(ids) >= 2:  # "new category?" flags for predictions (core.model.novelty)
+        metrics["novelty_threshold"] = novelty.threshold(features, novelty.DEFAULT_QUANTILE)
     metrics.update(n_train=int(len(ids)), n_skipped_without_features=int(skipped),
                    n_propagated=int(len(rows_ids) - len(ids)),
                    train_seconds=round(train_seconds, 3), best_epoch=head.best_epoch_)

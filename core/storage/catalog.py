@@ -33,12 +33,13 @@ from core import settings
 from core.errors import CatalogError, InvalidInputError, NotFoundError
 from core.storage.atomic import atomic_write_bytes
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 # Statements that take a workspace from version N-1 to N; run in order, in one transaction.
 # (Tables added by a version need no statement: the schema below creates what is missing.)
 _MIGRATIONS = {
     2: ["ALTER TABLE labels ADD COLUMN action TEXT"],  # undo groups label events by action
     3: [],  # accounts (users table)
+    4: ["ALTER TABLE predictions ADD COLUMN new_category INTEGER"],  # "new category?" flag (core.model.novelty)
 }
 ROLES = ("viewer", "labeller", "admin")
 LABEL_SOURCES = ("human", "import", "model-accepted")
@@ -95,6 +96,7 @@ CREATE TABLE IF NOT EXISTS predictions (
     labels TEXT NOT NULL,
     probabilities TEXT NOT NULL,
     created_at TEXT NOT NULL,
+    new_category INTEGER,
     PRIMARY KEY (product_id, model_id)
 );
 CREATE INDEX IF NOT EXISTS predictions_by_model ON predictions(model_id, confidence);
@@ -652,27 +654,30 @@ class Catalog:
 
     # -- predictions -------------------------------------------------------------
     def store_predictions(self, model_id: int, product_ids: Sequence[int], top_labels: Sequence[Sequence[str]],
-                          top_probabilities: np.ndarray) -> None:
+                          top_probabilities: np.ndarray, new_category: Sequence[bool | None] | None = None) -> None:
+        """``new_category``: per product, whether it looks like no labelled product (None: not judged)."""
         now = utc_now()
+        flags = [None] * len(product_ids) if new_category is None else list(new_category)
         with self.transaction() as connection:
             connection.executemany(
                 "INSERT OR REPLACE INTO predictions (product_id, model_id, top_label, confidence, labels, "
-                "probabilities, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                "probabilities, created_at, new_category) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 [
                     (int(pid), int(model_id), labels[0], float(probs[0]), json.dumps(list(labels)),
-                     json.dumps([round(float(p), 6) for p in probs]), now)
-                    for pid, labels, probs in zip(product_ids, top_labels, top_probabilities)
+                     json.dumps([round(float(p), 6) for p in probs]), now, None if new is None else int(bool(new)))
+                    for pid, labels, probs, new in zip(product_ids, top_labels, top_probabilities, flags)
                 ],
             )
 
     def predictions(self, model_id: int) -> dict[int, dict]:
         rows = self.connection.execute(
-            "SELECT product_id, top_label, confidence, labels, probabilities FROM predictions WHERE model_id = ?",
-            (int(model_id),)).fetchall()
+            "SELECT product_id, top_label, confidence, labels, probabilities, new_category FROM predictions "
+            "WHERE model_id = ?", (int(model_id),)).fetchall()
         return {
             int(row["product_id"]): {
                 "label": row["top_label"], "confidence": row["confidence"],
                 "labels": json.loads(row["labels"]), "probabilities": json.loads(row["probabilities"]),
+                "new_category": None if row["new_category"] is None else bool(row["new_category"]),
             }
             for row in rows
         }

@@ -25,3 +25,10 @@ def plain(text: object) -> str:
 def chart_text(text: object) -> str:
     """User text for a Plotly chart (legend, axis, hover), which renders HTML tags such as ``<a href>``."""
     return html.escape(str(text), quote=False)
+
+
+# How a "new category?" prediction flag reads on every page (core.model.novelty).
+NEW_CATEGORY = "⚠ New category? Nothing labelled looks like this product."
+NEW_CATEGORY_HELP = ("The model only knows the categories it was trained on and shares its confidence among "
+                     "them. No labelled product is this far from it, so it may belong to a category nobody has "
+                     "labelled yet. Bulk accept skips it.")

@@ -116,7 +116,7 @@ def test_a_schema_1_workspace_is_migrated_without_losing_labels(workspace):
     with sqlite3.connect(workspace / "catalog.sqlite") as connection:
         connection.executescript(fixture)
     catalog = Catalog(workspace)
-    assert catalog.schema_version() == SCHEMA_VERSION == 3
+    assert catalog.schema_version() == SCHEMA_VERSION == 4
     assert catalog.current_labels() == {1: "Lime", 2: "Milk"}
     assert [e.label for e in catalog.label_history(1)] == ["Lime", "Lemon"]
     catalog.set_labels([(2, "Oat-Milk")], author="cy")  # the new column is usable
@@ -126,7 +126,7 @@ def test_a_schema_1_workspace_is_migrated_without_losing_labels(workspace):
         assert connection.execute("SELECT value FROM meta").fetchone()[0] == "1"
         assert connection.execute("SELECT COUNT(*) FROM labels").fetchone()[0] == 3
     catalog.close()
-    assert Catalog(workspace).schema_version() == 3  # reopening is a no-op
+    assert Catalog(workspace).schema_version() == 4  # reopening is a no-op
 
 
 def test_a_label_verdict_only_vouches_for_the_label_the_person_saw(workspace):
