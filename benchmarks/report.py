@@ -303,6 +303,24 @@ def app_latency() -> str:
         measured_on(result)])
 
 
+def open_set() -> str:
+    result = load("open_set")
+    if result is None:
+        return missing("open_set.py")
+
+    def auroc(value: dict) -> str:
+        return f"{value['value']:.3f} ({value['low']:.3f}–{value['high']:.3f})"
+
+    rows = [[row["protocol"], row["splits"], f"{row['known_val_photos']} / {row['unknown_val_photos']}",
+             auroc(row["auroc_similarity"]), auroc(row["auroc_confidence"]), percent(row["unknown_flagged"]),
+             percent(row["known_flagged"])] for row in result["rows"]]
+    return "\n".join([table(["labelled categories", "splits", "val photos known / unknown",
+                             "AUROC, similarity to nearest labelled (the flag's score)", "AUROC, confidence",
+                             "unknown flagged", "known flagged"], rows), "",
+                      f"AUROC averaged over the splits, 95% bootstrap interval over the {result['val_photos']} val "
+                      f"photos; flags at the app's threshold (quantile {result['quantile']}). " + measured_on(result)])
+
+
 def robustness() -> str:
     result = load("robustness")
     if result is None:
@@ -317,7 +335,7 @@ def robustness() -> str:
 SECTIONS = {"grocery-benchmark": grocery, "ablation": ablation, "label-efficiency": label_efficiency,
             "label-errors": label_errors, "coldstart": coldstart, "near-duplicates": near_duplicates,
             "speed": speed, "throughput": throughput, "precision": precision, "app-latency": app_latency,
-            "first-waits": first_waits, "robustness": robustness}
+            "first-waits": first_waits, "robustness": robustness, "open-set": open_set}
 
 
 def update_readme(readme: Path, sections: dict[str, str]) -> None:
