@@ -192,10 +192,12 @@ def train_version(catalog: Catalog, embedder: Embedder, head: HeadClassifier | N
 
 
 def _with_fallback(catalog: Catalog, key: str, ids: np.ndarray, features: np.ndarray) -> np.ndarray:
-    """The vectors of ``ids`` under ``key``; a product without one (its photo unreadable now) keeps ``features``."""
+    """The vectors of ``ids`` under ``key``, row for row; a product without one (its photo unreadable now)
+    keeps its row of ``features``."""
     found_ids, found = catalog.embeddings(key, ids.tolist())
-    if len(found_ids) == len(ids):
+    if np.array_equal(found_ids, ids):
         return found
+    # The catalogue answers in id order; rows come labelled products first, then propagated ones.
     by_id = dict(zip(found_ids.tolist(), found))
     return np.stack([by_id.get(int(pid), row) for pid, row in zip(ids, features)])
 

@@ -188,3 +188,20 @@ def test_a_shot_as_close_to_another_category_takes_no_label():
     assert without_margin[1], "only the margin keeps it out"
     with pytest.raises(ValueError, match="margin"):
         propagation_sources(candidates, anchors, np.array(["Apple", "Pear"]), margin=1.5)
+
+
+def test_the_demo_model_predicts_its_own_labels_when_shots_are_propagated(tmp_path, embedder):
+    """Propagated rows come after the labelled ones but their ids interleave; every per-row vector (views,
+    prediction vectors) must follow the rows, not the catalogue's id order, or the head learns garbage."""
+    from core.model import predict_catalog
+    from core.storage.demo import load_demo
+
+    catalog = Catalog(tmp_path / "ws")
+    load_demo(catalog)  # the last photo of each category stays unlabelled: ids interleave
+    embed_catalog(catalog, embedder)
+    version = train_version(catalog, embedder)
+    assert version.metrics["n_propagated"] >= 1 and version.params["views_summarised"]
+    predict_catalog(catalog, version)
+    predictions, labels = catalog.predictions(version.id), catalog.current_labels()
+    assert np.mean([predictions[pid]["label"] == label for pid, label in labels.items()]) >= 0.95
+    assert version.metrics["accuracy"] >= 0.8
