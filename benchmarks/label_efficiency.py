@@ -45,7 +45,7 @@ def propagate(train, labelled: np.ndarray, threshold: float | None):
 
 
 def simulate(train, val, strategy: str, batch: int, budget: int, seed: int,
-             propagation: float | None = None, reach: bool = True) -> list[tuple[int, float]]:
+             propagation: float | None = None, reach: bool = False) -> list[tuple[int, float]]:
     from core.curation import active_learning
     from core.model.head import HeadClassifier
 
@@ -99,7 +99,7 @@ def main() -> None:
     seeds = args.seeds
     runs: dict[str, list[list[tuple[int, float]]]] = {}
 
-    def run(name, strategy, propagation, reach=True):
+    def run(name, strategy, propagation, reach=False):
         runs[name] = [simulate(data.train, data.val, strategy, args.batch, args.budget, seed, propagation, reach)
                       for seed in range(seeds)]
         print(f"{name}: done ({time.perf_counter() - started:.0f} s)", flush=True)
@@ -107,8 +107,8 @@ def main() -> None:
     run("random", "random", None)
     run("random + near-duplicate propagation", "random", THRESHOLD)
     run("hybrid + near-duplicate propagation (default)", "hybrid", THRESHOLD)
-    run("hybrid + propagation, queue without the reach term", "hybrid", THRESHOLD, reach=False)
-    run("hybrid alone (the default until stop 18)", "hybrid", None, reach=False)
+    run("hybrid + propagation, queue with the reach term (the default in stop 19)", "hybrid", THRESHOLD, reach=True)
+    run("hybrid alone (the default until stop 18)", "hybrid", None)
     for strategy in args.strategies:
         if strategy != "hybrid":
             run(f"{strategy} + diversity guard", strategy, None)

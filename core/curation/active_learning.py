@@ -7,16 +7,19 @@ embeddings, ``s(i, j) = x_i . x_j``. ``margin`` ranks by ``p(1) - p(2)`` (the
 gap between the two best guesses, smallest first), ``entropy`` by
 ``-sum p log p`` (largest first), ``random`` by a seeded shuffle. The default,
 ``hybrid``, picks greedily by
-``typicality_i * sqrt(1 - margin_i) * (1 - max_j s(i, j)) * sqrt(1 + reach_i)``
+``typicality_i * sqrt(1 - margin_i) * (1 - max_j s(i, j))``
 over already labelled (or already picked) ``j``: a product the model is unsure
 about, that looks like many others (its label teaches about all of them), and
-that no label covers yet; ``reach_i`` counts the unlabelled products its label
+that no label covers yet. Optionally (``coverage_similarity``) also by
+``sqrt(1 + reach_i)``, where ``reach_i`` counts the unlabelled products its label
 would reach through near-duplicate propagation (similarity at least
 ``COVERAGE_SIMILARITY`` and no labelled product that close yet, see
-:func:`core.model.training.propagated_labels`). On the grocery benchmark it needs about half the labels
-random picking needs (``benchmarks/label_efficiency.py``); plain uncertainty
-sampling does worse than random there, because near-identical shots crowd the
-uncertain end of the ranking. Uncertain products in a catalogue of near-identical shots come in
+:func:`core.model.training.propagated_labels`); off by default, as it did not
+pay once propagation demanded a margin. With propagation, on the grocery
+benchmark it needs less than half the labels random picking needs
+(``benchmarks/label_efficiency.py``); plain uncertainty sampling does worse than
+random there, because near-identical shots crowd the uncertain end of the
+ranking. Uncertain products in a catalogue of near-identical shots come in
 clumps, so :func:`diverse_order` walks the ranking and defers a product whose
 feature cosine similarity to one already on the current page is at least
 ``similarity_threshold``: each page of ``page_size`` shows different products,
@@ -144,7 +147,7 @@ def typicality(features: np.ndarray, neighbours: int = TYPICALITY_NEIGHBOURS, se
 
 def hybrid_order(features: np.ndarray, probabilities: np.ndarray | None, count: int,
                  labelled_features: np.ndarray | None = None, seed: int = 0,
-                 coverage_similarity: float | None = COVERAGE_SIMILARITY) -> np.ndarray:
+                 coverage_similarity: float | None = None) -> np.ndarray:
     """``count`` row indices of ``features``, greedily by the hybrid score (see the module docstring).
 
     ``coverage_similarity=None`` leaves the reach term out.
@@ -183,7 +186,7 @@ def hybrid_order(features: np.ndarray, probabilities: np.ndarray | None, count: 
 def select_batch(probabilities: np.ndarray | None, features: np.ndarray, batch_size: int,
                  strategy: str = DEFAULT_STRATEGY, similarity_threshold: float = DEFAULT_SIMILARITY_THRESHOLD,
                  seed: int = 0, labelled_features: np.ndarray | None = None,
-                 coverage_similarity: float | None = COVERAGE_SIMILARITY) -> np.ndarray:
+                 coverage_similarity: float | None = None) -> np.ndarray:
     """Row indices (into ``features``, the unlabelled pool) of the next ``batch_size`` products to label.
 
     ``labelled_features`` are the embeddings of products already labelled (the

@@ -61,8 +61,8 @@ def test_hybrid_prefers_uncertain_typical_products_no_label_covers():
 
 
 def test_hybrid_prefers_a_label_that_reaches_many_near_identical_shots():
-    """Twenty loosely alike products (cosine 0.5) look more typical than a tight series of nine shots
-    (0.9), but one label of the series trains all nine (near-duplicate propagation): it comes first."""
+    """With the reach term: twenty loosely alike products (cosine 0.5) look more typical than a tight
+    series of nine shots (0.9), but one label of the series trains all nine (propagation): it comes first."""
     from core.curation.active_learning import COVERAGE_SIMILARITY, hybrid_order
     from core.model.training import DEFAULT_PROPAGATION_THRESHOLD
 
@@ -72,7 +72,7 @@ def test_hybrid_prefers_a_label_that_reaches_many_near_identical_shots():
     series = np.sqrt(0.9) * basis[1] + np.sqrt(0.1) * basis[22:31]
     features = np.concatenate([loose, series]).astype(np.float32)
     in_series = set(range(20, 29))
-    assert int(hybrid_order(features, None, 1, coverage_similarity=None)[0]) not in in_series
-    first = hybrid_order(features, None, 2)
+    assert int(hybrid_order(features, None, 1)[0]) not in in_series, "the default leaves the reach term out"
+    first = hybrid_order(features, None, 2, coverage_similarity=COVERAGE_SIMILARITY)
     assert int(first[0]) in in_series
     assert int(first[1]) not in in_series, "once the series is covered, its other shots add nothing"
