@@ -138,14 +138,15 @@ def command_predict(args) -> int:
 
 
 def command_export(args) -> int:
-    from core.jobs import export_classifier, export_embeddings, export_labels
+    from core.jobs import export_embeddings, export_labels
+    from core.jobs.export import export_classifier_formats
     from core.model import load_version
 
     catalog = _catalog(args, create=False)
     target = Path(args.output or catalog.workspace / "exports")
     if target.exists() and not target.is_dir():
         raise InvalidInputError(f"--output {target} is a file: give a folder to write the exports into")
-    written = []
+    written, not_written = [], {}
     if args.what in ("labels", "all"):
         for suffix in ([args.format] if args.format else ["csv", "parquet"]):
             written.append(export_labels(catalog, target / f"labels.{suffix}"))
@@ -155,8 +156,12 @@ def command_export(args) -> int:
         written.append(export_embeddings(catalog, target / f"embeddings.{args.embeddings_format}", key))
     if args.what in ("model", "all"):
         load_version(catalog)  # fails early with a clear message when nothing is trained
-        written.append(export_classifier(catalog, target / "productlens_classifier.keras"))
-    print(json.dumps({"written": [str(path) for path in written]}))
+        for name, outcome in export_classifier_formats(catalog, target).items():
+            if isinstance(outcome, Path):
+                written.append(outcome)
+            else:
+                not_written[name] = outcome
+    print(json.dumps({"written": [str(path) for path in written], "not_written": not_written}))
     return 0
 
 
@@ -496,7 +501,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--top-k", type=_at_least(1), default=5, help="categories kept per product (default 5)")
     sub.set_defaults(handler=command_predict)
 
-    sub = commands.add_parser("export", help="write labels, embeddings or the classifier to files")
+    sub = commands.add_parser("export", help="write labels, embeddings or the classifier (.keras, SavedModel; "
+                                             "TFLite and ONNX where they convert) to files")
     sub.add_argument("what", nargs="?", default="all", choices=["labels", "embeddings", "model", "all"])
     sub.add_argument("--output", help="folder to write to (default: WORKSPACE/exports)")
     sub.add_argument("--format", choices=["csv", "parquet"], help="labels format (default: both)")

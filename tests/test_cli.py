@@ -59,9 +59,13 @@ def test_full_batch_workflow(tmp_path, demo_dir):
     assert status["active_model"]["version"] == 1
 
     assert last_json(run("predict", workspace=workspace))["predicted"] == 80
-    written = last_json(run("export", "--output", str(tmp_path / "out"), workspace=workspace))["written"]
-    names = sorted(Path(p).name for p in written)
-    assert names == ["embeddings.parquet", "labels.csv", "labels.parquet", "productlens_classifier.keras"]
+    exported = last_json(run("export", "--output", str(tmp_path / "out"), workspace=workspace))
+    names = sorted(Path(p).name for p in exported["written"])
+    assert names == ["embeddings.parquet", "labels.csv", "labels.parquet", "productlens_classifier.keras",
+                     "productlens_classifier_savedmodel"]
+    # Formats that do not convert say why, instead of failing the export or passing in silence.
+    assert set(exported["not_written"]) <= {"tflite", "onnx"}
+    assert all(reason.startswith(("failed:", "skipped:")) for reason in exported["not_written"].values())
     with open(tmp_path / "out" / "labels.csv") as handle:
         rows = list(csv.DictReader(handle))
     labels = Catalog(workspace).current_labels()

@@ -13,7 +13,11 @@
   standard Keras layers plus, with ``multi`` pooling, one registered pooling layer:
   ``import core.features.pooling`` (or pass ``custom_objects``) before
   ``keras.models.load_model``. It takes each photo with its crop views
-  (:func:`classifier_inputs`) and reproduces the app's predictions.
+  (:func:`classifier_inputs`) and reproduces the app's predictions;
+* :func:`export_classifier_formats`: the same classifier as that ``.keras`` file, a
+  TensorFlow SavedModel and a TFLite file (ONNX too where ``tf2onnx`` is installed
+  and converts it); the SavedModel, TFLite and ONNX files load with TensorFlow,
+  TFLite or ONNX Runtime alone, without ProductLens.
 """
 
 from __future__ import annotations
@@ -168,4 +172,68 @@ def export_classifier(catalog: Catalog, path: str | os.PathLike, version: ModelV
          "input": "uint8 (n, 1 + views, size, size, 3): each photo and its crop views, as "
                   "core.jobs.export.classifier_inputs prepares them", "input_shape": list(model.input_shape[1:])},
         indent=2).encode())
+    return path
+
+
+CLASSIFIER_NAME = "productlens_classifier"
+
+
+def export_classifier_formats(catalog: Catalog, folder: str | os.PathLike,
+                              version: ModelVersion | int | None = None, onnx: bool = True) -> dict[str, Path | str]:
+    """Write the classifier in every format into ``folder``: ``{format: path}``, or ``{format: reason}``
+    for a format that could not be written (ONNX without tf2onnx, or a failed conversion)."""
+    import shutil
+    import tempfile
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    written: dict[str, Path | str] = {"keras": export_classifier(catalog, folder / f"{CLASSIFIER_NAME}.keras", version)}
+    model, version = build_classifier(catalog, version)
+    saved_model = folder / f"{CLASSIFIER_NAME}_savedmodel"
+    with tempfile.TemporaryDirectory(dir=folder) as scratch:
+        staged = Path(scratch) / "savedmodel"
+        # One serving signature: float32 (n, 1 + views, size, size, 3) pixels 0-255 -> probabilities.
+        model.export(str(staged), format="tf_saved_model", verbose=False)
+        if saved_model.exists():
+            shutil.rmtree(saved_model)
+        staged.rename(saved_model)
+    written["savedmodel"] = saved_model
+    written["tflite"] = _export_tflite(saved_model, folder / f"{CLASSIFIER_NAME}.tflite")
+    if onnx:
+        written["onnx"] = _export_onnx(saved_model, folder / f"{CLASSIFIER_NAME}.onnx")
+    return written
+
+
+def _export_tflite(saved_model: Path, path: Path) -> Path | str:
+    import tensorflow as tf
+
+    converter = tf.lite.TFLiteConverter.from_saved_model(str(saved_model))
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS, tf.lite.OpsSet.SELECT_TF_OPS]
+    try:
+        flatbuffer = converter.convert()
+    except Exception as error:  # noqa: BLE001 - the converter raises its own error types; the rest goes on
+        reason = "an operation has no TFLite kernel" if "neither a custom op nor a flex op" in str(error) \
+            else type(error).__name__
+        # Today: the Lite0 member's antialiased resize (tf.image.resize, ScaleAndTranslate).
+        return f"failed: TFLite conversion ({reason})"
+    atomic_write_bytes(path, flatbuffer)
+    return path
+
+
+def _export_onnx(saved_model: Path, path: Path) -> Path | str:
+    try:
+        import tf2onnx  # noqa: F401
+    except ImportError:
+        return "skipped: tf2onnx is not installed (pip install -r requirements-export.txt)"
+    import subprocess
+    import sys
+
+    staged = path.with_name(path.name + ".partial")
+    completed = subprocess.run([sys.executable, "-m", "tf2onnx.convert", "--saved-model", str(saved_model),
+                                "--output", str(staged), "--opset", "17"], capture_output=True, text=True)
+    if completed.returncode != 0 or not staged.exists():
+        staged.unlink(missing_ok=True)
+        tail = (completed.stderr or completed.stdout).strip().splitlines()[-1:] or ["no output"]
+        return f"failed: tf2onnx could not convert the model ({tail[0][:200]})"
+    os.replace(staged, path)
     return path

@@ -61,6 +61,32 @@ def fit_temperature(scores: np.ndarray, targets: np.ndarray, low: float = 0.1, h
     return float(np.exp((a + b) / 2))
 
 
+def cap_temperature(scores: np.ndarray, targets: np.ndarray, temperature: float) -> float:
+    """``temperature``, lowered until the mean confidence on these products is at most Laplace's estimate of
+    their accuracy, ``(right + 1) / (n + 2)``.
+
+    A few held-out products all predicted right make the likelihood-optimal
+    temperature run to its bound and every confidence to 100%; they are evidence of
+    an accuracy near ``(n + 1) / (n + 2)``, not of certainty.
+    """
+    scores = np.asarray(scores, dtype=np.float64)
+    if not len(scores):
+        return float(temperature)
+    ceiling = (float(np.sum(scores.argmax(axis=1) == targets)) + 1.0) / (len(scores) + 2.0)
+
+    def mean_confidence(t):
+        logits = t * (scores - scores.max(axis=1, keepdims=True))
+        return float(np.mean(1.0 / np.exp(logits).sum(axis=1)))
+
+    if mean_confidence(temperature) <= ceiling:
+        return float(temperature)
+    low, high = 0.0, float(temperature)  # confidence grows with the temperature: bisect
+    for _ in range(60):
+        middle = (low + high) / 2
+        low, high = (middle, high) if mean_confidence(middle) <= ceiling else (low, middle)
+    return low
+
+
 def product_weights(targets: np.ndarray, num_classes: int, balanced: bool = True) -> np.ndarray:
     """Each product's weight in a fit: :func:`balanced_class_weights` of its class, or 1."""
     if not balanced:

@@ -251,7 +251,7 @@ class HeadClassifier:
 
     def _fit_closed_form(self, features, labels, targets, train, validation, augmented_views, start, progress,
                          view_scatter=None, view_means=None, excluded=None):
-        from core.model._ridge import fit_standardised_ridge_many, fit_temperature, product_weights
+        from core.model._ridge import cap_temperature, fit_standardised_ridge_many, fit_temperature, product_weights
 
         steps = 2 if self.refit_full and len(validation) else 1
         # Both fits come from one set of per-part moments: the hold-out fit is the non-validation
@@ -280,7 +280,9 @@ class HeadClassifier:
             progress(1, steps, "solved")
         # Temperature: fitted where the scores are honest (held-out products), else on the training rows.
         calibration = validation if len(validation) else train
-        temperature = fit_temperature(scores(solution, calibration), targets[calibration])
+        held_out_scores = scores(solution, calibration)
+        temperature = cap_temperature(held_out_scores, targets[calibration],
+                                      fit_temperature(held_out_scores, targets[calibration]))
         if len(validation):
             held_out = scores(solution, validation) * temperature
             confidence = 1.0 / np.exp(held_out - held_out.max(axis=1, keepdims=True)).sum(axis=1)

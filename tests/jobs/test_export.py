@@ -87,6 +87,41 @@ def test_exported_classifier_reproduces_the_stored_predictions(catalog, tmp_path
     assert worst_cosine(photo_vectors, app_vectors) < 0.999, "the photo alone is measurably different"
 
 
+def test_saved_model_reproduces_the_app_without_productlens(catalog, tmp_path, embedder):
+    """The SavedModel loads in a Python that cannot import ProductLens and returns the stored probabilities."""
+    import subprocess
+    import sys
+
+    written = export.export_classifier_formats(catalog, tmp_path / "out")
+    assert written["savedmodel"].is_dir() and written["keras"].is_file()
+    assert all(isinstance(outcome, type(written["keras"])) or outcome.startswith(("failed:", "skipped:"))
+               for outcome in written.values())
+    version = catalog.active_model_version()
+    products = catalog.products()[1::3]
+    np.save(tmp_path / "inputs.npy", export.classifier_inputs(embedder, [(catalog.image_path(p), p.sha256)
+                                                                         for p in products]))
+    script = (  # what a user would write, from the README
+        "import sys, numpy as np, tensorflow as tf\n"
+        "model = tf.saved_model.load(sys.argv[1])\n"
+        "np.save(sys.argv[3], model.serve(np.load(sys.argv[2]).astype('float32')).numpy())\n"
+        "assert 'core' not in sys.modules\n")
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    env = {name: value for name, value in __import__("os").environ.items() if name != "PYTHONPATH"}
+    completed = subprocess.run([sys.executable, "-c", script, str(written["savedmodel"]), str(tmp_path / "inputs.npy"),
+                                str(tmp_path / "outputs.npy")], cwd=outside, env=dict(env, TF_CPP_MIN_LOG_LEVEL="3"),
+                               capture_output=True, text=True, timeout=600)
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    cannot_import = subprocess.run([sys.executable, "-c", "import core.jobs"], cwd=outside, env=env,
+                                   capture_output=True, text=True)
+    assert cannot_import.returncode != 0, "the check must run where ProductLens is not importable"
+    stored = catalog.predictions(version.id)
+    for product, probabilities in zip(products, np.load(tmp_path / "outputs.npy")):
+        app = stored[product.id]
+        np.testing.assert_allclose([probabilities[version.classes.index(name)] for name in app["labels"]],
+                                   app["probabilities"], atol=1e-3)
+
+
 def test_csv_cells_cannot_run_as_spreadsheet_formulas(tmp_path, demo_dir):
     import csv
 

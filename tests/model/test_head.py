@@ -265,3 +265,14 @@ def test_near_identical_shots_are_held_out_together():
     assert twins_across(ungrouped) > 0, "without groups the split does put twins on both sides"
     with pytest.raises(ValueError, match="group_threshold"):
         HeadClassifier(group_threshold=1.5)
+
+
+def test_a_small_perfect_hold_out_does_not_make_every_confidence_100_percent():
+    """Eight held-out products all right: evidence of about 90% accuracy (Laplace), not of certainty."""
+    features, labels = blobs(n_per_class=10, spread=0.3)
+    head = HeadClassifier(group_threshold=None).fit(features, labels)
+    n, calibration = head.metrics_["n"], head.metrics_["calibration"]
+    assert head.metrics_["accuracy"] == 1.0 and n == 8
+    mean_confidence = sum(b["n"] * b["confidence"] for b in calibration["bins"]) / n
+    assert mean_confidence <= (n + 1) / (n + 2) + 1e-6 and head.temperature_ < 199
+    assert head.predict_proba(blobs(n_per_class=5, spread=0.3, sample_seed=4)[0]).max(axis=1).min() < 0.999
