@@ -127,7 +127,8 @@ def label_efficiency() -> str:
                  "count is only as fine as that batch."]
     if "propagation_threshold" in result:
         sentences.append(f"Near-duplicate propagation: unlabelled products at cosine ≥ "
-                         f"{result['propagation_threshold']} to a labelled one train with its label, as in the app.")
+                         f"{result['propagation_threshold']} to a labelled one (and no labelled product of another "
+                         "category within 0.05 of that) train with its label, as in the app.")
     _write_figure(result)
     return "\n".join([table(["labels"] + [str(counts[i]) for i in shown], rows), "", needed, "",
                       " ".join(sentences), "", measured_on(result)])
