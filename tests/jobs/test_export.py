@@ -105,21 +105,39 @@ def test_saved_model_reproduces_the_app_without_productlens(catalog, tmp_path, e
         "model = tf.saved_model.load(sys.argv[1])\n"
         "np.save(sys.argv[3], model.serve(np.load(sys.argv[2]).astype('float32')).numpy())\n"
         "assert 'core' not in sys.modules\n")
+    tflite = written["tflite"]
+    if embedder.backbone == "efficientnet_lite0":  # the suite's backbone: no antialiased resize, it converts
+        assert not isinstance(tflite, str), tflite
+    if not isinstance(tflite, str):  # converts for a single backbone; the default pair reports why not
+        script += (
+            "interpreter = tf.lite.Interpreter(model_path=sys.argv[4])\n"
+            "inputs = np.load(sys.argv[2]).astype('float32')\n"
+            "detail = interpreter.get_input_details()[0]\n"
+            "interpreter.resize_tensor_input(detail['index'], inputs.shape)\n"
+            "interpreter.allocate_tensors()\n"
+            "interpreter.set_tensor(detail['index'], inputs)\n"
+            "interpreter.invoke()\n"
+            "output = interpreter.get_output_details()[0]['index']\n"
+            "np.save(sys.argv[3] + '.tflite.npy', interpreter.get_tensor(output))\n")
     outside = tmp_path / "elsewhere"
     outside.mkdir()
     env = {name: value for name, value in __import__("os").environ.items() if name != "PYTHONPATH"}
-    completed = subprocess.run([sys.executable, "-c", script, str(written["savedmodel"]), str(tmp_path / "inputs.npy"),
-                                str(tmp_path / "outputs.npy")], cwd=outside, env=dict(env, TF_CPP_MIN_LOG_LEVEL="3"),
-                               capture_output=True, text=True, timeout=600)
+    arguments = [written["savedmodel"], tmp_path / "inputs.npy", tmp_path / "outputs.npy", tflite]
+    completed = subprocess.run([sys.executable, "-c", script, *map(str, arguments)], cwd=outside,
+                               env=dict(env, TF_CPP_MIN_LOG_LEVEL="3"), capture_output=True, text=True, timeout=600)
     assert completed.returncode == 0, completed.stderr[-2000:]
     cannot_import = subprocess.run([sys.executable, "-c", "import core.jobs"], cwd=outside, env=env,
                                    capture_output=True, text=True)
     assert cannot_import.returncode != 0, "the check must run where ProductLens is not importable"
     stored = catalog.predictions(version.id)
-    for product, probabilities in zip(products, np.load(tmp_path / "outputs.npy")):
-        app = stored[product.id]
-        np.testing.assert_allclose([probabilities[version.classes.index(name)] for name in app["labels"]],
-                                   app["probabilities"], atol=1e-3)
+    outputs = [np.load(tmp_path / "outputs.npy")]
+    if not isinstance(tflite, str):
+        outputs.append(np.load(tmp_path / "outputs.npy.tflite.npy"))
+    for output in outputs:
+        for product, probabilities in zip(products, output):
+            app = stored[product.id]
+            np.testing.assert_allclose([probabilities[version.classes.index(name)] for name in app["labels"]],
+                                       app["probabilities"], atol=1e-3)
 
 
 def test_csv_cells_cannot_run_as_spreadsheet_formulas(tmp_path, demo_dir):
