@@ -322,6 +322,18 @@ def open_set() -> str:
                       f"photos; flags at the app's threshold (quantile {result['quantile']}). " + measured_on(result)])
 
 
+def propagation() -> str:
+    result = load("propagation")
+    if result is None:
+        return missing("propagation.py")
+    rows = [[row["propagation"], with_interval(row["val"]), row["val_photos_propagated"],
+             f"{row['val_propagated_right']} of {row['val_photos_propagated']}" if row["val_photos_propagated"] else ""]
+            for row in result["rows"]]
+    return "\n".join([table(["near-duplicate propagation", "val accuracy (95% interval)",
+                             "val photos that took a copied label", "copied label right"], rows), "",
+                      measured_on(result)])
+
+
 def robustness() -> str:
     result = load("robustness")
     if result is None:
@@ -336,7 +348,8 @@ def robustness() -> str:
 SECTIONS = {"grocery-benchmark": grocery, "ablation": ablation, "label-efficiency": label_efficiency,
             "label-errors": label_errors, "coldstart": coldstart, "near-duplicates": near_duplicates,
             "speed": speed, "throughput": throughput, "precision": precision, "app-latency": app_latency,
-            "first-waits": first_waits, "robustness": robustness, "open-set": open_set}
+            "first-waits": first_waits, "robustness": robustness, "open-set": open_set,
+            "propagation": propagation}
 
 
 def update_readme(readme: Path, sections: dict[str, str]) -> None:

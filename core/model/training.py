@@ -122,7 +122,8 @@ def propagated_labels(catalog: Catalog, embedding_key: str, ids: np.ndarray, fea
 def train_version(catalog: Catalog, embedder: Embedder, head: HeadClassifier | None = None,
                   product_ids: Sequence[int] | None = None, progress: ProgressCallback | None = None,
                   activate: bool = True, augmented_views: int | None = None,
-                  propagation_threshold: float | None = DEFAULT_PROPAGATION_THRESHOLD) -> ModelVersion:
+                  propagation_threshold: float | None = DEFAULT_PROPAGATION_THRESHOLD,
+                  propagation_margin: float = DEFAULT_PROPAGATION_MARGIN) -> ModelVersion:
     """Fit a head on the current labels and store it as the new (active) model version.
 
     ``augmented_views`` (default: the embedder's ``views``) random-crop views per
@@ -151,7 +152,7 @@ def train_version(catalog: Catalog, embedder: Embedder, head: HeadClassifier | N
         raise TrainingError(f"training needs labelled products in at least 2 categories; found "
                             f"{len(categories)} ({', '.join(categories) or 'none'})")
     propagated = propagated_labels(catalog, embedder.key, ids, features, labels, propagation_threshold,
-                                   labelled=set(labelled)) \
+                                   propagation_margin, labelled=set(labelled)) \
         if propagation_threshold is not None and product_ids is None else None
     rows_ids, rows_features, rows_labels, propagated_from = ids, features, labels, None
     if propagated is not None and len(propagated[0]):
@@ -185,7 +186,8 @@ def train_version(catalog: Catalog, embedder: Embedder, head: HeadClassifier | N
         metrics["view_scatter_products_read"] = scatter.recomputed_products_
     params = {"embedder": asdict(EmbedderSettings.of(embedder)), "head": head.get_params(),
               "augmented_views": augmented_views, "prediction_key": embedder.prediction_key,
-              "views_summarised": summarised, "propagation_threshold": propagation_threshold}
+              "views_summarised": summarised, "propagation_threshold": propagation_threshold,
+              "propagation_margin": propagation_margin}
     version_id = catalog.add_model_version(embedder.key, list(head.classes_), metrics, params, relative,
                                            activate=activate)
     return catalog.model_version(version_id)
