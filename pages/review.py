@@ -110,11 +110,15 @@ with st.expander("Filters and order", expanded=False):
                                      key=state.REVIEW_STATUS)
     disagreements = filter_columns[3].toggle("Only disagreements", key=state.REVIEW_DISAGREE,
                                              help="Products whose label differs from the model's prediction.")
+    new_only = filter_columns[3].toggle("Only “New category?”", key=state.REVIEW_NEW_CATEGORY,
+                                        help="Products unlike every labelled one: label a few with the new "
+                                             "category (select them, then Relabel), and retrain.")
     confidence = st.slider("Confidence", 0.0, 1.0, (0.0, 1.0), 0.05, key=state.REVIEW_CONFIDENCE)
 
 selected = review.select(table, order=order, predicted=predicted, confidence_range=confidence,
                          labelled={"all": None, "unlabelled": False, "labelled": True}[status],
                          disagreements_only=disagreements, features=_features(key, catalog().count_embeddings(key)),
+                         new_category_only=new_only,
                          page_size=PAGE_SIZE)
 pages = max(1, -(-len(selected) // PAGE_SIZE))
 if st.session_state.get(state.REVIEW_PAGE, 1) > pages:

@@ -113,6 +113,11 @@ def test_review_filters(populated, monkeypatch):
     at.radio(key="review_status").set_value("unlabelled").run()
     assert not at.exception
     assert [m.value for m in at.metric if m.label == "Matching products"] == ["10"]
+    at.toggle(key="review_new_category").set_value(True).run()
+    assert not at.exception, at.exception
+    flagged = [p for p in Catalog(populated).predictions(Catalog(populated).active_model_version().id).values()
+               if p["new_category"]]
+    assert [m.value for m in at.metric if m.label == "Matching products"] == [str(len(flagged))]
 
 
 def test_train_page_retrains_and_compares(populated, monkeypatch):

@@ -121,11 +121,13 @@ def _informative(table: pd.DataFrame, strategy: str, features: tuple[np.ndarray,
 def select(table: pd.DataFrame, order: str = DEFAULT_ORDER, predicted: Sequence[str] | None = None,
            confidence_range: tuple[float, float] = (0.0, 1.0), labelled: bool | None = None,
            disagreements_only: bool = False, features: tuple[np.ndarray, np.ndarray] | None = None,
+           new_category_only: bool = False,
            page_size: int = 12, seed: int = 0) -> pd.DataFrame:
     """Filter and order the review table (see the module docstring).
 
     ``features`` = ``(product_ids, vectors)`` enables the diversity guard of the
-    active-learning orders, per page of ``page_size``.
+    active-learning orders, per page of ``page_size``. ``new_category_only`` keeps
+    the products flagged "new category?" (see :mod:`core.model.novelty`).
     """
     if order not in ORDERS:
         raise ValueError(f"order must be one of {ORDERS}, got {order!r}")
@@ -140,6 +142,8 @@ def select(table: pd.DataFrame, order: str = DEFAULT_ORDER, predicted: Sequence[
         selected = selected[selected["label"].notna() == labelled]
     if disagreements_only:
         selected = selected[selected["disagrees"]]
+    if new_category_only:
+        selected = selected[selected["new_category"] == True]  # noqa: E712 - None: not judged
     if order in _STRATEGY_OF_ORDER:
         selected = _informative(selected, _STRATEGY_OF_ORDER[order], features, page_size, seed, labelled_ids)
     elif order == "least confident":

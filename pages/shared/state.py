@@ -17,6 +17,7 @@ SUSPICIOUS = "suspicious"            # Suspicious labels page: the last check's 
 REVIEW_ORDER = "review_order"
 REVIEW_STATUS = "review_status"
 REVIEW_DISAGREE = "review_disagree"
+REVIEW_NEW_CATEGORY = "review_new_category"
 REVIEW_CONFIDENCE = "review_confidence"
 REVIEW_PAGE = "review_page"
 REVIEW_FOCUS = "review_focus"        # the product id of the card the keyboard acts on

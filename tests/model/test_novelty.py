@@ -64,6 +64,9 @@ def test_only_apples_labelled_milk_is_flagged_and_bulk_accept_skips_it(tmp_path,
     labelled = catalog.current_labels()
     assert not any(predictions[pid]["new_category"] for pid in labelled), "labelled products are known"
 
+    shown = review.select(review.review_table(catalog), new_category_only=True)
+    assert sorted(shown["product_id"]) == sorted(pid for pid, p in predictions.items() if p["new_category"])
+
     accepted = review.accept_predictions(catalog, 0.0, "ana")
     now = catalog.current_labels()
     assert accepted == sum(not f for f in flagged) + sum(not predictions[pid]["new_category"] for pid in known)
