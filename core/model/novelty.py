@@ -70,15 +70,17 @@ class NoveltyDetector:
 
 def threshold(references: np.ndarray, quantile: float, group_threshold: float = 0.92, seed: int = 0) -> float:
     """The ``quantile`` of labelled products' similarity to their nearest labelled product in another series."""
-    from core.curation.similarity import near_duplicate_group_ids
+    from scipy import sparse
+    from scipy.sparse.csgraph import connected_components
 
     references = _normalised(references)
     rows = np.arange(len(references))
     if len(rows) > _THRESHOLD_SAMPLE:
         rows = np.sort(np.random.default_rng(seed).choice(len(rows), _THRESHOLD_SAMPLE, replace=False))
     sample = references[rows]
-    groups = near_duplicate_group_ids(sample, group_threshold)
     scores = sample @ sample.T
+    # The series (near-duplicate groups) from the same similarities: one matrix product, not two.
+    groups = connected_components(sparse.csr_matrix(scores >= group_threshold), directed=False)[1]
     scores[groups[:, None] == groups[None, :]] = -np.inf  # itself and its own series do not count
     nearest = scores.max(axis=1)
     nearest = nearest[np.isfinite(nearest)]
