@@ -77,17 +77,36 @@ def _patched_import() -> None:
             del sys.modules["umap.parametric_umap"]
 
 
+def _warm_marker():
+    """A file in numba's cache saying this umap-learn + numba pair has compiled its kernels there."""
+    from importlib.metadata import version
+    from pathlib import Path
+
+    return Path(os.environ["NUMBA_CACHE_DIR"]) / f"productlens-warm-umap{version('umap-learn')}-numba{version('numba')}"
+
+
+def warm_up_needed() -> bool:
+    """True until :func:`warm_up` has filled numba's disk cache on this machine (for these versions)."""
+    return not _warm_marker().exists()
+
+
 def warm_up() -> float:
     """Compile UMAP's kernels (or load them from numba's disk cache) on a tiny map; return the seconds.
 
     On a machine that has never drawn a map this takes far longer than drawing a small
     catalogue's map; the app runs it in a background thread when its server starts, so
-    the first Explore visit does not pay for it.
+    the first Explore visit does not pay for it. Once the disk cache holds the kernels it
+    is not needed: a map then only loads them.
     """
     import time
 
     started = time.perf_counter()
     project(np.random.default_rng(0).normal(size=(32, 8)).astype(np.float32))
+    try:
+        _warm_marker().parent.mkdir(parents=True, exist_ok=True)
+        _warm_marker().touch()
+    except OSError:  # a read-only cache: warming up again next time is the only cost
+        pass
     return time.perf_counter() - started
 
 

@@ -9,6 +9,7 @@ lives in a sub-folder so that Streamlit never lists it as one.
 from __future__ import annotations
 
 import threading
+import time
 
 import numpy as np
 import streamlit as st
@@ -92,14 +93,26 @@ def embedder() -> Embedder:
     return model
 
 
-@st.cache_resource(show_spinner=False)
-def warm_up_in_background() -> threading.Thread:
-    """Once per server: compile the Explore map's kernels in a background thread.
+# Seconds the warm-up waits, so that the page that started it renders first (they share the interpreter).
+WARM_UP_DELAY_S = 3.0
 
-    A thread, not a process (a fork from the server can deadlock it). A failure
-    here is not shown: the map reports its own error when someone opens it.
+
+@st.cache_resource(show_spinner=False)
+def warm_up_in_background() -> threading.Thread | None:
+    """Once per server, on a machine that has never drawn a map: compile the Explore map's kernels in a
+    background thread, a few seconds after the first page.
+
+    A thread, not a process (a fork from the server can deadlock it). Where numba's disk
+    cache already holds the kernels nothing runs: the warm-up would only load them, and
+    while it did, it slowed the first page of every new server by seconds (the
+    interpreter is shared). A failure here is not shown: the map reports its own error
+    when someone opens it.
     """
+    if not projection.warm_up_needed():
+        return None
+
     def warm_up() -> None:
+        time.sleep(WARM_UP_DELAY_S)
         try:
             projection.warm_up()
         except Exception:  # noqa: BLE001 - best effort; Explore computes and reports for itself
