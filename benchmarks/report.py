@@ -182,6 +182,8 @@ def first_waits() -> str:
         ["first Explore map, on a machine that never drew one (after loading the demo and training)",
          result["first_map_new_machine_seconds"]],
         ["Explore again after a new label (map recomputed)", result["map_after_a_new_label_seconds"]],
+        *([["for comparison: the Activity page (a table, no map) as the first page of a fresh server",
+            result["first_page_fresh_server_seconds"]]] if "first_page_fresh_server_seconds" in result else []),
         ["first map of a fresh server (kernels in the disk cache), opened right after the server started",
          result["first_map_fresh_server_seconds"]],
         ["worst case: new machine, fresh server, Explore opened before the background warm-up finished",
