@@ -328,12 +328,17 @@ def propagation() -> str:
     result = load("propagation")
     if result is None:
         return missing("propagation.py")
-    rows = [[row["propagation"], with_interval(row["val"]), row["val_photos_propagated"],
+    rows = [[row["propagation"], with_interval(row["val"]), percent(row.get("hold_out_accuracy")),
+             row["val_photos_propagated"],
              f"{row['val_propagated_right']} of {row['val_photos_propagated']}" if row["val_photos_propagated"] else ""]
             for row in result["rows"]]
+    ungrouped = result.get("hold_out_accuracy_without_groups")
     return "\n".join([table(["near-duplicate propagation", "val accuracy (95% interval)",
-                             "val photos that took a copied label", "copied label right"], rows), "",
-                      measured_on(result)])
+                             "hold-out accuracy (Train page)", "val photos that took a copied label",
+                             "copied label right"], rows), "",
+                      (f"The hold-out keeps near-identical shots together; without that it said "
+                       f"{percent(ungrouped)} (twins of training photos held out). " if ungrouped else "")
+                      + measured_on(result)])
 
 
 def robustness() -> str:
