@@ -102,9 +102,10 @@ def warm_up() -> float:
 
     started = time.perf_counter()
     project(np.random.default_rng(0).normal(size=(32, 8)).astype(np.float32))
+    marker = _warm_marker()
     try:
-        _warm_marker().parent.mkdir(parents=True, exist_ok=True)
-        _warm_marker().touch()
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.touch()
     except OSError:  # a read-only cache: warming up again next time is the only cost
         pass
     return time.perf_counter() - started

@@ -84,7 +84,11 @@ def near_duplicate_group_ids(vectors: np.ndarray, threshold: float = 0.95) -> np
 def near_duplicate_groups(ids: Sequence[int], vectors: np.ndarray, threshold: float = 0.95) -> list[list[int]]:
     """Groups (size >= 2) of products whose features are at least ``threshold`` similar."""
     ids = np.asarray(ids, dtype=np.int64)
+    if not len(ids):
+        return []
     group_ids = near_duplicate_group_ids(vectors, threshold)
-    groups = [sorted(ids[group_ids == g].tolist()) for g in np.flatnonzero(np.bincount(group_ids) > 1)] \
-        if len(ids) else []
+    # One sort splits every group at once (a mask per group would be quadratic in a big catalogue).
+    order = np.argsort(group_ids, kind="stable")
+    members = np.split(ids[order], np.flatnonzero(np.diff(group_ids[order])) + 1)
+    groups = [sorted(group.tolist()) for group in members if len(group) > 1]
     return sorted(groups, key=lambda g: (-len(g), g[0]))

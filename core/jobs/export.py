@@ -164,7 +164,10 @@ def export_classifier(catalog: Catalog, path: str | os.PathLike, version: ModelV
     path = Path(path)
     if path.suffix != ".keras":
         raise InvalidInputError(f"classifier export must end in .keras, got {path.name}")
-    model, version = build_classifier(catalog, version)
+    return _save_keras(*build_classifier(catalog, version), path)
+
+
+def _save_keras(model, version: ModelVersion, path: Path) -> Path:
     with atomic_path(path) as temporary:
         model.save(temporary)
     atomic_write_bytes(path.with_suffix(".classes.json"), json.dumps(
@@ -187,8 +190,8 @@ def export_classifier_formats(catalog: Catalog, folder: str | os.PathLike,
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    written: dict[str, Path | str] = {"keras": export_classifier(catalog, folder / f"{CLASSIFIER_NAME}.keras", version)}
-    model, version = build_classifier(catalog, version)
+    model, version = build_classifier(catalog, version)  # built once for every format
+    written: dict[str, Path | str] = {"keras": _save_keras(model, version, folder / f"{CLASSIFIER_NAME}.keras")}
     saved_model = folder / f"{CLASSIFIER_NAME}_savedmodel"
     with tempfile.TemporaryDirectory(dir=folder) as scratch:
         staged = Path(scratch) / "savedmodel"

@@ -4,15 +4,18 @@
 attributes ending in ``_``) is a linear softmax head solved in closed form by
 default; :func:`train_version` fits one on the catalogue's current labels and
 stores it as a :class:`~core.storage.ModelVersion`; :func:`predict_catalog`
-stores every product's top-k categories; :func:`cold_start` predicts from
-reference photos before any label exists.
+stores every product's top-k categories, flagging those unlike every labelled
+product (:class:`NoveltyDetector`, "new category?"); :func:`cold_start` predicts
+from reference photos before any label exists.
 """
 
 from core.model.coldstart import cold_start
 from core.model.head import HeadClassifier, NotFittedError
 from core.model.metrics import classification_metrics, compare_versions
+from core.model.novelty import NoveltyDetector
 from core.model.prediction import predict_catalog
 from core.model.training import EmbedderSettings, activate, embedder_for, load_version, train_version
 
-__all__ = ["EmbedderSettings", "HeadClassifier", "NotFittedError", "activate", "classification_metrics",
-           "cold_start", "compare_versions", "embedder_for", "load_version", "predict_catalog", "train_version"]
+__all__ = ["EmbedderSettings", "HeadClassifier", "NotFittedError", "NoveltyDetector", "activate",
+           "classification_metrics", "cold_start", "compare_versions", "embedder_for", "load_version",
+           "predict_catalog", "train_version"]
