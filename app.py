@@ -8,6 +8,7 @@ from core.jobs import load_demo_and_embed
 from pages.shared import (
     can,
     catalog,
+    draw_map_ahead,
     embedder,
     navigation_pages,
     needs_sign_in,
@@ -41,6 +42,7 @@ def home() -> None:
             report, _embedded = load_demo_and_embed(catalog(), embedder(), progress_bar("Loading the demo"))
             remember(f"Imported {len(report.added)} demo photos and computed their features in "
                      f"{time.perf_counter() - started:.0f} s. Next: train a model.")
+            draw_map_ahead()
             st.rerun()
         st.page_link("pages/upload.py", label="Upload photos", icon=":material/upload:")
         return

@@ -11,7 +11,17 @@ import streamlit as st
 from core.errors import ProductLensError
 from core.jobs import cold_start_and_predict, retrain_and_predict
 from core.model import activate, compare_versions
-from pages.shared import can, catalog, embedder, permitted, progress_bar, require_router, show_notices, state
+from pages.shared import (
+    can,
+    catalog,
+    draw_map_ahead,
+    embedder,
+    permitted,
+    progress_bar,
+    require_router,
+    show_notices,
+    state,
+)
 from pages.shared.text import chart_text, plain
 
 require_router()
@@ -54,6 +64,7 @@ if st.button("Retrain now", type="primary", disabled=status["labelled"] == 0 or 
         started = time.perf_counter()
         version = retrain_and_predict(catalog(), embedder(), progress=progress_bar("Retraining"))
         st.session_state[state.TRAINED_VERSION] = version.id
+        draw_map_ahead()
         # The whole wait, honestly: features of photos not embedded yet, the fit, and every prediction.
         propagated = version.metrics.get("n_propagated", 0)
         st.success(f"Model v{version.id} trained in {time.perf_counter() - started:.1f} s (fitting the head: "
@@ -79,6 +90,7 @@ with st.expander("No labels yet? Start from reference photos", expanded=status["
                                                                progress_bar("Cold start"))
                     st.success(f"Model v{version.id} predicts {len(version.classes)} categories from "
                                "reference photos. Review its predictions on the Review page.")
+                    draw_map_ahead()
                     for item in rejected:
                         st.warning(f"{plain(item.name)}: {plain(item.reason)}")
                 except ProductLensError as error:

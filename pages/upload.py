@@ -7,6 +7,7 @@ from core.jobs import import_and_predict
 from pages.shared import (
     can,
     catalog,
+    draw_map_ahead,
     embedder,
     permitted,
     progress_bar,
@@ -45,6 +46,8 @@ if submitted and files and permitted("import"):
     result = import_and_predict(catalog(), [(f.name, f.getvalue()) for f in files], embedder(),
                                 label=label or None, progress=progress_bar("Processing"))
     st.session_state[state.LAST_UPLOAD] = result
+    if result.report.added:
+        draw_map_ahead()
 elif submitted:
     st.warning("Choose at least one file first.")
 

@@ -147,6 +147,35 @@ def test_explore_page_draws_the_map(populated, monkeypatch):
     assert any("click a point to open that product" in c.value for c in at.caption)
 
 
+def test_retraining_draws_the_map_ahead_and_explore_only_reads_it(populated, monkeypatch):
+    """A fresh server's first Explore visit must not pay for UMAP: training drew the map already."""
+    import threading
+
+    import pages.shared
+    from core.curation import projection
+
+    for drawn in (populated / "cache").glob("umap-*.npy"):
+        drawn.unlink()
+    monkeypatch.setattr(pages.shared, "WARM_UP_DELAY_S", 0.0)
+    at = app(populated, monkeypatch)
+    at.switch_page("pages/train.py").run()
+    [b for b in at.button if b.label == "Retrain now"][0].click().run()
+    assert not at.exception, at.exception
+    for thread in threading.enumerate():  # started by the page itself, not by this test
+        if thread.name == "productlens-map-ahead":
+            thread.join(timeout=300)
+    assert list((populated / "cache").glob("umap-*.npy")), "the map is drawn without opening Explore"
+
+    def no_drawing(*_args, **_kwargs):
+        raise AssertionError("Explore drew the map again")
+
+    monkeypatch.setattr(projection, "project", no_drawing)
+    fresh = app(populated, monkeypatch)
+    fresh.switch_page("pages/explore.py").run()
+    assert not fresh.exception, fresh.exception
+    assert any("click a point to open that product" in c.value for c in fresh.caption)
+
+
 def test_activity_page_lists_label_changes(populated, monkeypatch):
     Catalog(populated).set_labels([(1, "Checked-By-Dee")], author="dee")
     at = app(populated, monkeypatch)

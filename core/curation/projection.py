@@ -28,6 +28,10 @@ EXACT_NEIGHBOURS_UP_TO = 20_000
 # Importing umap-learn patches numba's decorators for a moment: one importer at a time, and
 # nobody may see the module half-initialised (a map requested while the warm-up imports it waits).
 _IMPORT_LOCK = threading.Lock()
+# One computation per map: Explore, opened while the map is drawn ahead, waits for it instead of
+# drawing it a second time.
+_MAP_LOCKS: dict[str, threading.Lock] = {}
+_MAP_LOCKS_GUARD = threading.Lock()
 
 
 def _import_umap():
@@ -169,20 +173,29 @@ def umap_projection(catalog: Catalog, embedding_key: str, n_neighbors: int = 15,
     """``(product_ids, coordinates)`` for every product embedded under ``embedding_key``."""
     ids, features = catalog.embeddings(embedding_key)
     cache = _cache_file(catalog, embedding_key, ids, n_neighbors, min_dist, seed)
+    with _MAP_LOCKS_GUARD:
+        lock = _MAP_LOCKS.setdefault(str(cache), threading.Lock())
+    with lock:
+        coordinates = _cached_map(cache, len(ids))
+        if coordinates is None:
+            coordinates = project(features, n_neighbors, min_dist, seed)
+            import io
+
+            buffer = io.BytesIO()
+            np.save(buffer, coordinates)
+            atomic_write_bytes(cache, buffer.getvalue())
+    return ids, coordinates
+
+
+def _cached_map(cache, count: int) -> np.ndarray | None:
     if cache.exists():
         try:
             coordinates = np.load(cache)
-            if coordinates.shape == (len(ids), 2):
-                return ids, coordinates
+            if coordinates.shape == (count, 2):
+                return coordinates
         except (OSError, ValueError):
             pass
-    coordinates = project(features, n_neighbors, min_dist, seed)
-    import io
-
-    buffer = io.BytesIO()
-    np.save(buffer, coordinates)
-    atomic_write_bytes(cache, buffer.getvalue())
-    return ids, coordinates
+    return None
 
 
 def catalogue_map(catalog: Catalog, embedding_key: str, n_neighbors: int = 15, min_dist: float = 0.1):

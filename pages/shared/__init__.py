@@ -123,6 +123,30 @@ def warm_up_in_background() -> threading.Thread | None:
     return thread
 
 
+def draw_map_ahead() -> threading.Thread | None:
+    """After the catalogue's products or model changed: draw the Explore map in a background thread.
+
+    Explore then reads it from the workspace's cache, in this server or in the next one;
+    opened while the thread still works, it waits for the same map instead of drawing it
+    twice. The thread starts a few seconds late, so the page that asked renders first.
+    Large catalogues are left to Explore itself (minutes of work nobody may want).
+    """
+    workspace, key = catalog(), embedding_key()
+    if not 2 <= workspace.count_embeddings(key) <= projection.EXACT_NEIGHBOURS_UP_TO:
+        return None
+
+    def draw() -> None:
+        time.sleep(WARM_UP_DELAY_S)
+        try:
+            projection.umap_projection(workspace, key)
+        except Exception:  # noqa: BLE001 - best effort; Explore computes and reports for itself
+            pass
+
+    thread = threading.Thread(target=draw, name="productlens-map-ahead", daemon=True)
+    thread.start()
+    return thread
+
+
 @st.cache_resource(show_spinner=False)
 def _throttle() -> SignInThrottle:  # one per server: guesses from every session count together
     return SignInThrottle()
