@@ -114,7 +114,13 @@ def command_train(args) -> int:
         embed_catalog(catalog, embedder, progress=update)
         close()
     update, close = _progress_bar("train", not args.quiet)
-    version = train_version(catalog, embedder, _head(args), progress=update, augmented_views=args.views)
+    if args.fine_tune:
+        from core.model import FineTuner, fine_tune_version
+
+        tuner = FineTuner(**({"epochs": args.fine_tune_epochs} if args.fine_tune_epochs else {}))
+        version = fine_tune_version(catalog, embedder, tuner, progress=update)
+    else:
+        version = train_version(catalog, embedder, _head(args), progress=update, augmented_views=args.views)
     close()
     predicted = predict_catalog(catalog, version)
     metrics = version.metrics
@@ -124,7 +130,8 @@ def command_train(args) -> int:
     print(json.dumps({"model_version": version.id, "classes": len(version.classes),
                       "n_train": metrics["n_train"], "n_skipped": metrics.get("n_skipped_without_features", 0),
                       "validation_accuracy": metrics["accuracy"],
-                      "train_seconds": metrics["train_seconds"], "predicted": predicted["predicted"]}))
+                      "train_seconds": metrics["train_seconds"], "predicted": predicted["predicted"],
+                      **({"fine_tune_seconds": metrics["fine_tune_seconds"]} if metrics.get("fine_tuned") else {})}))
     return 0
 
 
@@ -240,7 +247,12 @@ def command_similar(args) -> int:
     else:
         if not Path(args.query).is_file():
             raise ProductLensError(f"{args.query} is neither a product id nor a file")
-        vectors, failures = _embedder(args).embed_sources([Path(args.query)])
+        version = catalog.active_model_version()
+        from core.model import embedder_for
+
+        embedder = embedder_for(version, catalog) if version is not None and version.embedding_key == key \
+            and version.metrics.get("fine_tuned") else _embedder(args)
+        vectors, failures = embedder.embed_sources([Path(args.query)])
         if failures:
             raise ProductLensError(f"{args.query}: {failures[0][1]}")
         query = vectors[0]
@@ -494,6 +506,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub = commands.add_parser("train", help="train a new head version on the current labels, then predict")
     add_model_options(sub, head=True)
+    sub.add_argument("--fine-tune", action="store_true",
+                     help="also fine-tune the top of the backbone (its last convolution) on the labels; slower")
+    sub.add_argument("--fine-tune-epochs", type=_at_least(1), default=None,
+                     help="with --fine-tune: epochs over the labelled photos (default 6)")
     sub.set_defaults(handler=command_train)
 
     sub = commands.add_parser("predict", help="predict every embedded product with a model version")

@@ -3,7 +3,7 @@
 import streamlit as st
 
 from core.curation import catalog_index
-from pages.shared import catalog, embedder, embedding_key, require_router, show_thumbnail, state
+from pages.shared import catalog, embedding_key, features_embedder, require_router, show_thumbnail, state
 from pages.shared.text import plain
 
 require_router()
@@ -40,7 +40,7 @@ if source == "a catalogue product":
 else:
     upload = st.file_uploader("Query photo", type=None, key=state.SIMILAR_UPLOAD)
     if upload is not None:
-        vectors, failures = embedder().embed_sources([upload.getvalue()])
+        vectors, failures = features_embedder().embed_sources([upload.getvalue()])
         if failures:
             st.error(f"{plain(upload.name)}: {plain(failures[0][1])}")
         else:

@@ -9,7 +9,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from core.errors import ProductLensError
-from core.jobs import cold_start_and_predict, retrain_and_predict
+from core.jobs import cold_start_and_predict, fine_tune_and_predict, retrain_and_predict
 from core.model import activate, compare_versions
 from pages.shared import (
     can,
@@ -73,6 +73,23 @@ if st.button("Retrain now", type="primary", disabled=status["labelled"] == 0 or 
                       "twin's label." if propagated else "."))
     except ProductLensError as error:
         st.error(plain(error))
+
+with st.expander("Fine-tune the image network too (minutes, not seconds)"):
+    st.caption("Transfer learning's second stage: the last convolution of the pretrained network learns your "
+               "categories as well, then every photo's features are computed again with it. The frozen "
+               "ImageNet features stay the default (the README's accuracy table says why); "
+               "*Retrain now* goes back to them.")
+    if st.button("Fine-tune and retrain", disabled=status["labelled"] == 0 or not training) \
+            and permitted("train"):
+        try:
+            started = time.perf_counter()
+            version = fine_tune_and_predict(catalog(), embedder(), progress=progress_bar("Fine-tuning"))
+            st.session_state[state.TRAINED_VERSION] = version.id
+            draw_map_ahead()
+            st.success(f"Model v{version.id} fine-tuned and activated in {time.perf_counter() - started:.0f} s "
+                       f"(fine-tuning itself: {version.metrics['fine_tune_seconds']:.0f} s).")
+        except ProductLensError as error:
+            st.error(plain(error))
 
 with st.expander("No labels yet? Start from reference photos", expanded=status["labelled"] == 0):
     st.caption("One or a few reference photos per category (e.g. the catalogue packshot), as a zip with one "
@@ -152,7 +169,8 @@ for version in reversed(versions):
     row[0].markdown(f"**v{version.id}**" + (" · active" if version.is_active else ""))
     row[1].caption(version.created_at[:19].replace("T", " "))
     accuracy = version.metrics.get("accuracy")
-    row[2].caption(f"{len(version.classes)} categories · " + ("n/a" if accuracy is None else f"{accuracy:.1%}"))
+    row[2].caption(f"{len(version.classes)} categories · " + ("n/a" if accuracy is None else f"{accuracy:.1%}")
+                   + (" · fine-tuned" if version.metrics.get("fine_tuned") else ""))
     if not version.is_active and row[3].button("Activate", key=f"activate-{version.id}", disabled=not training) \
             and permitted("activate"):
         try:

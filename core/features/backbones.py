@@ -167,8 +167,13 @@ def _efficientnet_lite(name: str, weights, image_size: int, pooling: str, weight
     else:
         classifier = build_efficientnet_lite(name, image_size)
     model = keras.Model(classifier.input, classifier.get_layer("avg_pool").output, name=name)
-    # A local weights file is for the plain feature model: loaded before folding.
-    _load_weights_file(model, weights_path)
+    # A local weights file is for the plain feature model, loaded before folding; or it is the
+    # finished extractor's own (a fine-tuned backbone, core.model.fine_tuning), loaded at the end.
+    finished_extractor_weights = False
+    try:
+        _load_weights_file(model, weights_path)
+    except BackboneUnavailableError:
+        finished_extractor_weights = True
     # Inference never updates BatchNormalization: folding it into the convolutions
     # gives the same features faster on CPU (benchmarks/throughput.py measures it).
     folded_classifier = build_efficientnet_lite(name, image_size, folded=True)
@@ -177,7 +182,9 @@ def _efficientnet_lite(name: str, weights, image_size: int, pooling: str, weight
     if pooling == "multi":
         from core.features.pooling import multi_level_model
 
-        return multi_level_model(folded_classifier, name)
+        folded = multi_level_model(folded_classifier, name)
+    if finished_extractor_weights:
+        _load_weights_file(folded, weights_path)
     return folded
 
 

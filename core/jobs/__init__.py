@@ -11,10 +11,11 @@ from core.jobs.export import export_classifier, export_embeddings, export_labels
 from core.jobs.pipeline import (
     UploadResult,
     cold_start_and_predict,
+    fine_tune_and_predict,
     import_and_predict,
     load_demo_and_embed,
     retrain_and_predict,
 )
 
 __all__ = ["UploadResult", "cold_start_and_predict", "evaluate", "export_classifier", "export_embeddings",
-           "export_labels", "import_and_predict", "load_demo_and_embed", "retrain_and_predict"]
+           "export_labels", "fine_tune_and_predict", "import_and_predict", "load_demo_and_embed", "retrain_and_predict"]

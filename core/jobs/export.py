@@ -138,7 +138,7 @@ def build_classifier(catalog: Catalog, version: ModelVersion | int | None = None
     from keras import layers, ops
 
     version, head = load_version(catalog, version)
-    embedder = embedder_for(version)
+    embedder = embedder_for(version, catalog)
     views = embedder.views if version.prediction_key != version.embedding_key else 0
     size = embedder.image_size
     feature_model = embedder.model

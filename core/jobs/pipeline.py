@@ -7,14 +7,15 @@ what a progress bar needs.
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
-from core.errors import NotFoundError
+from core.errors import BackboneUnavailableError, NotFoundError
 from core.features.embeddings import Embedder, EmbedReport, embed_catalog
 from core.model.head import HeadClassifier
 from core.model.prediction import predict_catalog
-from core.model.training import train_version
+from core.model.training import embedder_for, train_version
 from core.storage import ingest
 from core.storage.catalog import Catalog, ModelVersion
 
@@ -57,14 +58,37 @@ def import_and_predict(catalog: Catalog, files: Iterable[tuple[str, bytes]], emb
     result.embedded = embed_catalog(catalog, embedder, product_ids=product_ids,
                                     progress=_stage(progress, 0.3, 0.95, "embedding"))
     active = catalog.active_model_version()
-    if active is not None and active.embedding_key == embedder.key:
-        try:
+    try:
+        if active is not None and active.embedding_key != embedder.key:
+            if active.metrics.get("fine_tuned"):
+                # The active model sees through its own fine-tuned backbone: the new photos need its features.
+                embed_catalog(catalog, version_embedder(catalog, active), product_ids=product_ids,
+                              progress=_stage(progress, 0.95, 0.99, "features for the fine-tuned model"))
+            else:  # trained on another backbone's features: its own retrain predicts these photos
+                active = None
+        if active is not None:
             result.predicted = predict_catalog(catalog, active, product_ids=product_ids)["predicted"]
-        except NotFoundError as error:  # the photos are in; only their predictions wait for a working model
-            result.prediction_error = str(error)
+    except (NotFoundError, BackboneUnavailableError) as error:
+        # The photos are in; only their predictions wait for a working model.
+        result.prediction_error = str(error)
     if progress:
         progress(1.0, "done")
     return result
+
+
+_VERSION_EMBEDDERS: dict[tuple[str, int], Embedder] = {}
+_VERSION_EMBEDDERS_LOCK = threading.Lock()
+
+
+def version_embedder(catalog: Catalog, version: ModelVersion) -> Embedder:
+    """The embedder of ``version``'s features, built once per process (the newest two are kept)."""
+    key = (str(catalog.workspace), version.id)
+    with _VERSION_EMBEDDERS_LOCK:
+        if key not in _VERSION_EMBEDDERS:
+            while len(_VERSION_EMBEDDERS) >= 2:
+                _VERSION_EMBEDDERS.pop(next(iter(_VERSION_EMBEDDERS)))
+            _VERSION_EMBEDDERS[key] = embedder_for(version, catalog)
+        return _VERSION_EMBEDDERS[key]
 
 
 def retrain_and_predict(catalog: Catalog, embedder: Embedder, head: HeadClassifier | None = None,
@@ -101,6 +125,28 @@ def cold_start_and_predict(catalog: Catalog, embedder: Embedder, references, pro
     if progress:
         progress(1.0, "done")
     return version, rejected
+
+
+def fine_tune_and_predict(catalog: Catalog, embedder: Embedder, tuner=None, progress: JobProgress | None = None
+                          ) -> ModelVersion:
+    """Fine-tune the top of ``embedder``'s backbone on the current labels (see
+    :mod:`core.model.fine_tuning`), then predict every product with the new version."""
+    from core.model.fine_tuning import fine_tune_version
+
+    # fine_tune_version reports its steps by name; each gets its share of one bar.
+    shares = {"activations": (0.0, 0.3), "classifier": (0.3, 0.35), "fine-tuning": (0.35, 0.6),
+              "embedding": (0.6, 0.9)}
+
+    def steps(done, total, message):
+        if progress:
+            start, end = shares.get(message, (0.9, 0.97))
+            _stage(progress, start, end, message)(done, total)
+
+    version = fine_tune_version(catalog, embedder, tuner, progress=steps)
+    predict_catalog(catalog, version)
+    if progress:
+        progress(1.0, "done")
+    return version
 
 
 def load_demo_and_embed(catalog: Catalog, embedder: Embedder, progress: JobProgress | None = None

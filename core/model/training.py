@@ -13,6 +13,7 @@ from __future__ import annotations
 import time
 import uuid
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
@@ -123,7 +124,8 @@ def train_version(catalog: Catalog, embedder: Embedder, head: HeadClassifier | N
                   product_ids: Sequence[int] | None = None, progress: ProgressCallback | None = None,
                   activate: bool = True, augmented_views: int | None = None,
                   propagation_threshold: float | None = DEFAULT_PROPAGATION_THRESHOLD,
-                  propagation_margin: float = DEFAULT_PROPAGATION_MARGIN) -> ModelVersion:
+                  propagation_margin: float = DEFAULT_PROPAGATION_MARGIN, extra_metrics: dict | None = None,
+                  extra_params: dict | None = None) -> ModelVersion:
     """Fit a head on the current labels and store it as the new (active) model version.
 
     ``augmented_views`` (default: the embedder's ``views``) random-crop views per
@@ -133,6 +135,8 @@ def train_version(catalog: Catalog, embedder: Embedder, head: HeadClassifier | N
     :mod:`core.model.view_scatter`: one row per product); otherwise as extra rows.
     Unlabelled near-identical shots of labelled products train too (see
     :func:`propagated_labels`; ``propagation_threshold=None`` turns it off).
+    ``extra_metrics`` and ``extra_params`` are stored with the version (e.g. how its
+    backbone was fine-tuned).
     """
     from core.features.embeddings import embed_catalog
     from core.model.view_scatter import ViewScatter
@@ -187,7 +191,8 @@ def train_version(catalog: Catalog, embedder: Embedder, head: HeadClassifier | N
     params = {"embedder": asdict(EmbedderSettings.of(embedder)), "head": head.get_params(),
               "augmented_views": augmented_views, "prediction_key": embedder.prediction_key,
               "views_summarised": summarised, "propagation_threshold": propagation_threshold,
-              "propagation_margin": propagation_margin}
+              "propagation_margin": propagation_margin, **(extra_params or {})}
+    metrics.update(extra_metrics or {})
     version_id = catalog.add_model_version(embedder.key, list(head.classes_), metrics, params, relative,
                                            activate=activate)
     return catalog.model_version(version_id)
@@ -215,8 +220,19 @@ def load_version(catalog: Catalog, version: ModelVersion | int | None = None) ->
     return version, HeadClassifier.load(catalog.model_path(version), version.classes)
 
 
-def embedder_for(version: ModelVersion) -> Embedder:
-    return EmbedderSettings(**version.params["embedder"]).embedder()
+def embedder_for(version: ModelVersion, catalog: Catalog | None = None) -> Embedder:
+    """The embedder whose features ``version`` was trained on.
+
+    A fine-tuned backbone's weights file lives in the workspace's ``models/``: with
+    ``catalog``, a workspace that moved (restored from a backup elsewhere) still finds it.
+    """
+    settings = dict(version.params["embedder"])
+    weights = settings.get("weights")
+    if catalog is not None and weights not in (None, "imagenet") and not Path(weights).is_file():
+        moved = catalog.workspace / "models" / Path(weights).name
+        if moved.is_file():
+            settings["weights"] = str(moved)
+    return EmbedderSettings(**settings).embedder()
 
 
 def activate(catalog: Catalog, version_id: int) -> ModelVersion:

@@ -17,6 +17,7 @@ import streamlit as st
 from core.curation import projection
 from core.errors import AccessDeniedError, CatalogError
 from core.features import Embedder
+from core.jobs.pipeline import version_embedder
 from core.security import Account, SignInThrottle, require
 from core.settings import workspace_dir
 from core.storage import Catalog, thumbnail
@@ -251,6 +252,14 @@ def show_thumbnail(product_id: int, width="stretch") -> None:
     path = thumbnail(catalog(), int(product_id))
     if path:
         st.image(str(path), width=width)
+
+
+def features_embedder() -> Embedder:
+    """The embedder that computes the features :func:`embedding_key` names (a fine-tuned model's own)."""
+    version = catalog().active_model_version()
+    if version is not None and version.embedding_key != embedder().key and version.metrics.get("fine_tuned"):
+        return version_embedder(catalog(), version)
+    return embedder()
 
 
 def embedding_key() -> str:

@@ -1,0 +1,93 @@
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from core.errors import TrainingError
+from core.features.embeddings import Embedder, embed_catalog
+from core.jobs import import_and_predict
+from core.model.fine_tuning import FineTuner, TopOfNetwork, cached_activations, fine_tune_version
+from core.model.prediction import predict_catalog
+from core.model.training import embedder_for
+from core.storage.catalog import Catalog
+from core.storage.demo import load_demo
+
+
+@pytest.fixture(scope="module")
+def demo_workspace(tmp_path_factory, embedder):
+    workspace = tmp_path_factory.mktemp("fine-tuning")
+    catalog = Catalog(workspace)
+    load_demo(catalog)
+    embed_catalog(catalog, embedder)
+    return workspace
+
+
+def test_the_top_of_the_network_finishes_the_forward_pass_from_cached_activations(demo_workspace, embedder):
+    """The split must be exact: features from activations + the top equal the whole backbone's."""
+    catalog = Catalog(demo_workspace)
+    products = catalog.products()[:6]
+    top = TopOfNetwork(embedder)
+    pixels = np.stack([embedder.load_pixels(catalog.image_path(product)) for product in products])
+    whole = embedder.embed_pixels(pixels, flip_tta=False)
+    np.testing.assert_allclose(top.features(top.activations(pixels)), whole, atol=2e-3)
+
+
+def test_activations_are_computed_once_per_photo(demo_workspace, embedder, monkeypatch):
+    catalog = Catalog(demo_workspace)
+    top = TopOfNetwork(embedder)
+    ids = [product.id for product in catalog.products()[:3]]
+    kept, passes = cached_activations(catalog, top, ids)
+    assert kept == ids and len(passes) == 2 + embedder.views  # photo, mirror, crop views
+    assert all(len(slot) == 3 for pass_ in passes for slot in pass_)
+    monkeypatch.setattr(top, "activations", lambda _pixels: pytest.fail("recomputed a cached photo"))
+    _, again = cached_activations(catalog, top, ids)
+    np.testing.assert_array_equal(again[1][0], passes[1][0])
+
+
+def test_fine_tuning_stores_a_version_whose_backbone_reproduces_its_features(demo_workspace, embedder):
+    catalog = Catalog(demo_workspace)
+    before = catalog.active_model_version()
+    version = fine_tune_version(catalog, embedder, FineTuner(epochs=3, classifier_epochs=3))
+    assert version.is_active and (before is None or version.id != before.id)
+    assert version.metrics["fine_tuned"] and len(version.metrics["fine_tune_loss"]) == 3
+    assert version.params["base_embedding"] == embedder.key and version.embedding_key != embedder.key
+    # The convolution moved away from ImageNet's; the rest of the backbone did not.
+    tuned = embedder_for(version)
+    original, changed = embedder.model, tuned.model
+    assert not np.allclose(original.get_layer("top_conv").get_weights()[0],
+                           changed.get_layer("top_conv").get_weights()[0])
+    np.testing.assert_array_equal(original.get_layer("stem_conv").get_weights()[0],
+                                  changed.get_layer("stem_conv").get_weights()[0])
+    # A fresh embedder built from the stored file gives the features the version was trained on.
+    ids, _ = catalog.embeddings(version.embedding_key)
+    assert len(ids) == catalog.count_products()
+    # (labelled products' features came from their cached float16 activations, the others from embedding)
+    unlabelled = [int(pid) for pid in ids if int(pid) not in catalog.current_labels()]
+    chosen = [int(pid) for pid in ids[:3]] + unlabelled[:2]
+    fresh = tuned.embed_sources([catalog.image_path(pid) for pid in chosen])[0]
+    stored = catalog.embeddings(version.embedding_key, chosen)[1]
+    cosine = (fresh * stored).sum(axis=1) / np.linalg.norm(fresh, axis=1) / np.linalg.norm(stored, axis=1)
+    assert cosine.min() > 0.9995, cosine
+    result = predict_catalog(catalog, version)
+    assert result["predicted"] == catalog.count_products()
+    labels = catalog.current_labels()
+    predictions = catalog.predictions(version.id)
+    right = sum(predictions[pid]["label"] == label for pid, label in labels.items())
+    assert right >= 0.9 * len(labels), f"{right} of {len(labels)} own labels"
+
+    # An upload while the fine-tuned version is active: embedded with its backbone too, and predicted.
+    mirrored = io.BytesIO()
+    Image.open(catalog.image_path(int(ids[0]))).transpose(Image.FLIP_LEFT_RIGHT).save(mirrored, "PNG")
+    upload = import_and_predict(catalog, [("mirrored.png", mirrored.getvalue())], embedder)
+    assert upload.prediction_error is None and upload.predicted == 1
+    new_ids, _ = catalog.embeddings(version.embedding_key, upload.product_ids)
+    assert new_ids.tolist() == upload.product_ids
+    assert upload.product_ids[0] in catalog.predictions(version.id)
+
+
+def test_fine_tuning_needs_an_efficientnet_lite_with_multi_pooling():
+    with pytest.raises(TrainingError, match="multi pooling"):
+        TopOfNetwork(Embedder(backbone="efficientnet_lite0", weights=None, pooling="avg"))
+    with pytest.raises(ValueError, match="learning_rate"):
+        FineTuner(learning_rate=2.0)
