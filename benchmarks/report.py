@@ -345,6 +345,35 @@ def propagation() -> str:
                       + measured_on(result)])
 
 
+def fine_tuning() -> str:
+    result = load("fine_tuning")
+    if result is None:
+        return missing("fine_tuning.py")
+    rows = [[row["name"], with_interval(row["classifier"]), with_interval(row["similar_products"]),
+             row["seconds"]] for row in result["rows"]]
+    tuned = next(row for row in result["rows"] if "fine_tune_seconds" in row)
+    return "\n".join([table(["features", "val fine accuracy (95% interval)",
+                             "similar products: nearest train photo's category right", "seconds, whole step"],
+                            rows), "",
+                      f"The fine-tuned row's {tuned['seconds']} s: activations of {result['train_photos']} "
+                      f"labelled photos (6 passes each) {tuned['activations_seconds']} s (computed once, then "
+                      f"read from the workspace cache), fine-tuning {tuned['fine_tune_seconds']} s (loss per "
+                      f"epoch {', '.join(str(loss) for loss in tuned['fine_tune_loss'])}), the catalogue's "
+                      f"features with the tuned network {tuned['fine_tuned_embedding_seconds']} s, the head "
+                      f"{tuned['head_seconds']} s. " + measured_on(result)])
+
+
+def ray_throughput() -> str:
+    result = load("ray_throughput")
+    if result is None:
+        return missing("ray_throughput.py")
+    rows = [[row["engine"], row["photos"], row["seconds"], row["photos_per_second"], f"{row['vs_in_process']:.2f}×"]
+            for row in result["rows"]]
+    return "\n".join([table(["engine", "photos", "seconds", "photos/s", "vs in-process"], rows), "",
+                      f"Default embedder ({result['backbone']}, {result['views']} crop views); Ray rows include "
+                      "starting Ray and each worker's backbone. " + measured_on(result)])
+
+
 def robustness() -> str:
     result = load("robustness")
     if result is None:
@@ -360,7 +389,8 @@ SECTIONS = {"grocery-benchmark": grocery, "ablation": ablation, "label-efficienc
             "label-errors": label_errors, "coldstart": coldstart, "near-duplicates": near_duplicates,
             "speed": speed, "throughput": throughput, "precision": precision, "app-latency": app_latency,
             "first-waits": first_waits, "robustness": robustness, "open-set": open_set,
-            "propagation": propagation}
+            "propagation": propagation, "fine-tuning": fine_tuning,
+            "ray-throughput": ray_throughput}
 
 
 def update_readme(readme: Path, sections: dict[str, str]) -> None:

@@ -80,9 +80,14 @@ def command_embed(args) -> int:
     catalog = _catalog(args, create=False)
     if catalog.count_products() == 0:
         raise ProductLensError("the catalogue is empty: run `python -m core import PATH` first")
-    update, close = _progress_bar("embed", not args.quiet)
-    report = embed_catalog(catalog, _embedder(args), progress=update)
-    close()
+    if args.engine == "ray":
+        from core.features.ray_embedding import embed_catalog_on_ray
+
+        report = embed_catalog_on_ray(catalog, _embedder(args), address=args.address, workers=args.workers)
+    else:
+        update, close = _progress_bar("embed", not args.quiet)
+        report = embed_catalog(catalog, _embedder(args), progress=update)
+        close()
     for product_id, reason in report.failed:
         print(f"failed: product {product_id}: {reason}")
     result = {"embedding": report.key, "computed": report.computed, "cached": report.cached,
@@ -502,6 +507,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub = commands.add_parser("embed", help="compute backbone features for products that lack them")
     add_model_options(sub)
+    sub.add_argument("--engine", choices=("local", "ray"), default="local",
+                     help="local: this process (default); ray: a pool of Ray workers (pip install -r "
+                          "requirements-scale.txt)")
+    sub.add_argument("--address", default=None,
+                     help="with --engine ray: an existing Ray cluster (default: start Ray on this machine)")
+    sub.add_argument("--workers", type=_at_least(1), default=2,
+                     help="with --engine ray: embedding workers, one CPU each (default 2)")
     sub.set_defaults(handler=command_embed)
 
     sub = commands.add_parser("train", help="train a new head version on the current labels, then predict")

@@ -285,3 +285,23 @@ def test_train_says_which_labelled_products_it_had_to_skip(tmp_path, demo_dir):
     trained = run("train", "--views", "0", "--quiet", workspace=workspace)
     assert "skipped: 1 labelled products without features" in trained.stderr
     assert last_json(trained)["n_train"] == 15 and last_json(trained)["n_skipped"] == 1
+
+
+def test_embed_on_ray_and_fine_tune_from_the_command_line(tmp_path, demo_dir):
+    """`embed --engine ray` stores the same features as `embed`; `train --fine-tune` makes a fine-tuned version."""
+    workspace = tmp_path / "ws"
+    photos = [str(path) for category in ("Banana", "Lemon") for path in sorted((demo_dir / category).glob("*.jpg"))[:3]]
+    run("import", *photos, workspace=workspace)
+    embedded = last_json(run("embed", "--engine", "ray", "--workers", "1", "--quiet", workspace=workspace))
+    assert embedded["computed"] == 6 and embedded["failed"] == 0
+    catalog = Catalog(workspace)
+    key = embedded["embedding"]
+    ids, on_ray = catalog.embeddings(key)
+    assert len(ids) == 6
+    catalog.set_labels([(int(pid), "Banana" if index < 3 else "Lemon") for index, pid in enumerate(ids)])
+    trained = last_json(run("train", "--fine-tune", "--fine-tune-epochs", "1", "--quiet", workspace=workspace))
+    assert trained["fine_tune_seconds"] >= 0 and trained["predicted"] == 6
+    version = Catalog(workspace).active_model_version()
+    assert version.metrics["fine_tuned"] and "+weights:backbone-" in version.embedding_key
+    # In-process embedding finds nothing left to do under the key Ray filled.
+    assert last_json(run("embed", "--quiet", workspace=workspace))["computed"] == 0
