@@ -1,6 +1,6 @@
 """Embedding throughput: the in-process path next to Ray with 1 and 2 local workers, in one run.
 
-The first ``--photos`` grocery train photos (default 300; the whole split takes about
+The first ``--photos`` grocery train photos (default 600; the whole split takes about
 9 minutes per row on 2 cores) are imported into three throw-away workspaces and embedded
 with the default embedder (photo, mirror and crop views): once in this process, then by
 ``embed_catalog_on_ray`` with 1 and with 2 workers. Ray rows count the whole call
@@ -30,7 +30,7 @@ def main() -> None:
     from core.storage.catalog import Catalog
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--photos", type=int, default=300)
+    parser.add_argument("--photos", type=int, default=600)
     args = parser.parse_args()
     photos = sorted((DEFAULT_DATASET / "train").rglob("*.jpg"))[:args.photos]
     scratch = Path(tempfile.mkdtemp(prefix="productlens-ray-"))

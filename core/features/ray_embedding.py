@@ -6,16 +6,17 @@ SHA-256) rows, ``map_batches`` on a pool of actors that each build the backbone 
 and embed whole batches (the photo, its mirror and its crop views, exactly as the
 in-process path does), the results written as Parquet shards and then stored in
 the catalogue by this process, the only one that writes it. Without an address, Ray
-starts on this machine; with one (``ray://host:10001`` or ``host:6379``), the job joins
-an existing cluster, whose nodes need ProductLens's requirements installed and the
-workspace's ``images/`` folder at the same path (a shared file system); ProductLens's
-own code travels with the job. Each photo is independent work, so N workers give up
-to N times the photos per second. Ray is an optional dependency
-(``requirements-scale.txt``).
+starts on this machine (its CPUs shared out among the workers); with one
+(``ray://host:10001`` or ``host:6379``), the job joins an existing cluster, whose nodes
+need ProductLens's requirements installed and the workspace's ``images/`` folder at the
+same path (a shared file system); ProductLens's own code travels with the job. Each
+photo is independent work, so N workers give up to N times the photos per second. Ray
+is an optional dependency (``requirements-scale.txt``).
 """
 
 from __future__ import annotations
 
+import os
 import time
 import uuid
 from dataclasses import asdict
@@ -35,7 +36,7 @@ class _EmbeddingActor:
     def __init__(self, settings: dict, threads: int):
         import tensorflow as tf
 
-        # One actor per CPU: TensorFlow's own thread pools would otherwise fight over the same cores.
+        # As many threads as CPUs given to the actor: TensorFlow's pools would otherwise fight over the cores.
         tf.config.threading.set_intra_op_parallelism_threads(threads)
         tf.config.threading.set_inter_op_parallelism_threads(1)
         self.embedder = Embedder(**settings)
@@ -61,7 +62,7 @@ class _EmbeddingActor:
                 "error": np.array([errors.get(row, "") for row in range(len(sources))], dtype=object)}
 
 
-def _start_ray(address: str | None, workers: int):
+def _start_ray(address: str | None, cpus: int):
     try:
         import ray
     except ImportError:
@@ -76,21 +77,25 @@ def _start_ray(address: str | None, workers: int):
         if address:
             ray.init(address=address, runtime_env=runtime_env, log_to_driver=False)
         else:
-            ray.init(num_cpus=workers, include_dashboard=False, runtime_env=runtime_env, log_to_driver=False)
+            ray.init(num_cpus=cpus, include_dashboard=False, runtime_env=runtime_env, log_to_driver=False)
     except Exception as error:  # noqa: BLE001 - Ray raises many kinds; the user needs one line
         raise ProductLensError(f"could not start Ray{f' at {address}' if address else ''}: {error}") from None
     return ray, True
 
 
 def embed_catalog_on_ray(catalog: Catalog, embedder: Embedder, address: str | None = None, workers: int = 2,
-                         batch_size: int = 16, product_ids: Sequence[int] | None = None) -> EmbedReport:
+                         batch_size: int = 16, product_ids: Sequence[int] | None = None,
+                         cpus_per_worker: int | None = None) -> EmbedReport:
     """Embed every product (or ``product_ids``) without features under ``embedder.key`` on Ray.
 
-    ``workers`` actors (one CPU each) on a local Ray, or on the cluster at ``address``.
-    Returns the same report as the in-process path.
+    ``workers`` actors on a local Ray, or on the cluster at ``address``, each using
+    ``cpus_per_worker`` CPUs (default: this machine's CPUs shared out among the workers
+    on a local Ray, 2 on a cluster). Returns the same report as the in-process path.
     """
     if workers < 1 or batch_size < 1:
         raise ValueError(f"workers and batch_size must be at least 1, got {workers} and {batch_size}")
+    if cpus_per_worker is None:
+        cpus_per_worker = 2 if address else max(1, (os.cpu_count() or 1) // workers)
     key = embedder.prediction_key if embedder.views else embedder.key
     missing = catalog.missing_embeddings(key)
     if product_ids is not None:
@@ -107,12 +112,13 @@ def embed_catalog_on_ray(catalog: Catalog, embedder: Embedder, address: str | No
 
     settings = asdict(EmbedderSettings.of(embedder))
     settings["batch_size"] = embedder.batch_size
-    ray, started_here = _start_ray(address, workers)
+    ray, started_here = _start_ray(address, workers * cpus_per_worker)
     shards = catalog.workspace / "cache" / f"ray-embeddings-{uuid.uuid4().hex[:12]}"
     try:
         dataset = ray.data.from_items(rows, override_num_blocks=max(1, min(len(rows) // batch_size, 4 * workers)))
-        embedded = dataset.map_batches(_EmbeddingActor, fn_constructor_kwargs={"settings": settings, "threads": 1},
-                                       batch_size=batch_size, batch_format="numpy", num_cpus=1, concurrency=workers)
+        actor_settings = {"settings": settings, "threads": cpus_per_worker}
+        embedded = dataset.map_batches(_EmbeddingActor, fn_constructor_kwargs=actor_settings, batch_size=batch_size,
+                                       batch_format="numpy", num_cpus=cpus_per_worker, concurrency=workers)
         embedded.write_parquet(str(shards))
         _register(catalog, embedder, shards, report)
     finally:
