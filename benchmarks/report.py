@@ -374,6 +374,17 @@ def ray_throughput() -> str:
                       "starting Ray and each worker's backbone. " + measured_on(result)])
 
 
+def ann() -> str:
+    result = load("ann")
+    if result is None:
+        return missing("ann.py")
+    rows = [[row["index"], row["build_seconds"], row["query_ms"], f"{row['recall_at_10']:.3f}", row["memory_mb"]]
+            for row in result["rows"]]
+    return "\n".join([table(["index", "build s", "one query, ms", "recall@10 vs exact", "memory MB"], rows), "",
+                      f"{result['products']:,} products × {result['dim']} dimensions, {result['queries']} queries. "
+                      + measured_on(result)])
+
+
 def robustness() -> str:
     result = load("robustness")
     if result is None:
@@ -390,7 +401,7 @@ SECTIONS = {"grocery-benchmark": grocery, "ablation": ablation, "label-efficienc
             "speed": speed, "throughput": throughput, "precision": precision, "app-latency": app_latency,
             "first-waits": first_waits, "robustness": robustness, "open-set": open_set,
             "propagation": propagation, "fine-tuning": fine_tuning,
-            "ray-throughput": ray_throughput}
+            "ray-throughput": ray_throughput, "ann": ann}
 
 
 def update_readme(readme: Path, sections: dict[str, str]) -> None:

@@ -19,7 +19,8 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from core.curation.similarity import near_duplicate_groups
+from core.curation.ann import APPROXIMATE_FROM
+from core.curation.similarity import catalog_index, near_duplicate_groups, neighbour_groups
 from core.errors import InvalidInputError
 from core.storage.catalog import ANY, Catalog, LabelConflict
 
@@ -29,25 +30,34 @@ from core.storage.catalog import ANY, Catalog, LabelConflict
 DEFAULT_THRESHOLD = 0.92
 
 
-def duplicate_groups(catalog: Catalog, embedding_key: str, threshold: float = DEFAULT_THRESHOLD) -> list[dict]:
+def duplicate_groups(catalog: Catalog, embedding_key: str, threshold: float = DEFAULT_THRESHOLD,
+                     approximate_from: int | None = None) -> list[dict]:
     """Groups of near-identical products, largest first.
 
     Each group: ``product_ids``, ``filenames``, ``labels`` (None = unlabelled),
     ``min_similarity`` (the lowest similarity of any two members: below the
     threshold when the group is a chain of look-alikes) and
-    ``majority_label``.
+    ``majority_label``. From ``approximate_from`` products on (default
+    :data:`~core.curation.ann.APPROXIMATE_FROM`) the links come from each product's
+    nearest neighbours in the kept HNSW graph instead of all pairs.
     """
     if not 0.0 < threshold <= 1.0:
         raise InvalidInputError(f"threshold must be in (0, 1], got {threshold}")
-    ids, vectors = catalog.embeddings(embedding_key)
-    if len(ids) == 0:
-        return []
-    groups = near_duplicate_groups(ids, vectors, threshold=threshold)
+    if catalog.count_embeddings(embedding_key) >= (APPROXIMATE_FROM if approximate_from is None
+                                                    else approximate_from):
+        # All pairs grow with the square of the catalogue: each product's nearest neighbours instead.
+        groups = neighbour_groups(catalog, embedding_key, catalog_index(catalog, embedding_key, approximate_from),
+                                  threshold)
+    else:
+        ids, vectors = catalog.embeddings(embedding_key)
+        groups = near_duplicate_groups(ids, vectors, threshold=threshold) if len(ids) else []
     if not groups:
         return []
-    position = {int(pid): i for i, pid in enumerate(ids)}
-    normalised = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
-    products = {p.id: p for p in catalog.products(sorted({pid for group in groups for pid in group}))}
+    members = sorted({pid for group in groups for pid in group})
+    member_ids, member_vectors = catalog.embeddings(embedding_key, members)
+    position = {int(pid): i for i, pid in enumerate(member_ids)}
+    normalised = member_vectors / np.maximum(np.linalg.norm(member_vectors, axis=1, keepdims=True), 1e-12)
+    products = {p.id: p for p in catalog.products(members)}
     labels = catalog.current_labels()
     result = []
     for group in groups:

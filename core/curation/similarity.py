@@ -4,8 +4,10 @@ Notation: vectors are L2-normalised backbone embeddings, so the dot product is
 the cosine similarity ``s`` in [-1, 1]. :class:`ExactIndex` answers k-nearest-
 neighbour queries by brute force (a matrix product: fast up to ~100k products
 on a CPU); anything with the same ``fit``/``query`` interface, such as an
-approximate index, can replace it. :func:`near_duplicate_groups` links every pair
-with ``s >= threshold`` and returns the connected groups.
+approximate index (:mod:`core.curation.ann`), can replace it; :func:`catalog_index`
+picks one by the catalogue's size. :func:`near_duplicate_groups` links every pair
+with ``s >= threshold`` and returns the connected groups; :func:`neighbour_groups` does
+the same from each product's nearest neighbours, for catalogues where all pairs are too many.
 """
 
 from __future__ import annotations
@@ -49,11 +51,47 @@ class ExactIndex:
         return self.ids_[top], np.take_along_axis(scores, top, axis=1)
 
 
-def catalog_index(catalog: Catalog, embedding_key: str) -> ExactIndex:
-    ids, vectors = catalog.embeddings(embedding_key)
-    if len(ids) == 0:
+def catalog_index(catalog: Catalog, embedding_key: str, approximate_from: int | None = None):
+    """The index similar products are searched in: exact up to ``approximate_from`` products (default
+    :data:`~core.curation.ann.APPROXIMATE_FROM`), above that the workspace's kept HNSW graph."""
+    from core.curation.ann import APPROXIMATE_FROM, persistent_index
+
+    count = catalog.count_embeddings(embedding_key)
+    if count == 0:
         raise NotFoundError(f"no embeddings under '{embedding_key}': run `embed` first")
+    if count >= (APPROXIMATE_FROM if approximate_from is None else approximate_from):
+        return persistent_index(catalog, embedding_key)
+    ids, vectors = catalog.embeddings(embedding_key)
     return ExactIndex().fit(ids, vectors)
+
+
+def neighbour_groups(catalog: Catalog, embedding_key: str, index, threshold: float, k: int = 10,
+                     chunk: int = 20_000) -> list[list[int]]:
+    """:func:`near_duplicate_groups` from each product's ``k`` nearest neighbours in ``index`` instead of all
+    pairs: linear in the catalogue, vectors read a chunk at a time. A group whose members each have more
+    than ``k`` near-identical shots may be split."""
+    from scipy import sparse
+    from scipy.sparse.csgraph import connected_components
+
+    ids = np.asarray(catalog.embedded_product_ids(embedding_key), dtype=np.int64)
+    if not len(ids):
+        return []
+    position = {int(pid): row for row, pid in enumerate(ids)}
+    rows, columns = [], []
+    for start in range(0, len(ids), chunk):
+        chunk_ids, vectors = catalog.embeddings(embedding_key, ids[start:start + chunk].tolist())
+        found, similarities = index.query(vectors, k=k + 1)
+        for pid, neighbours, scores in zip(chunk_ids.tolist(), found, similarities):
+            for neighbour in neighbours[(scores >= threshold) & (neighbours != pid)].tolist():
+                if neighbour in position:
+                    rows.append(position[pid])
+                    columns.append(position[neighbour])
+    graph = sparse.csr_matrix((np.ones(len(rows), np.float32), (rows, columns)), shape=(len(ids), len(ids)))
+    group_ids = connected_components(graph, directed=False)[1]
+    order = np.argsort(group_ids, kind="stable")
+    members = np.split(ids[order], np.flatnonzero(np.diff(group_ids[order])) + 1)
+    groups = [sorted(group.tolist()) for group in members if len(group) > 1]
+    return sorted(groups, key=lambda g: (-len(g), g[0]))
 
 
 def close_pairs(vectors: np.ndarray, threshold: float, block: int = 2048):

@@ -84,7 +84,7 @@ def _start_ray(address: str | None, cpus: int):
 
 
 def embed_catalog_on_ray(catalog: Catalog, embedder: Embedder, address: str | None = None, workers: int = 2,
-                         batch_size: int = 16, product_ids: Sequence[int] | None = None,
+                         batch_size: int = 64, product_ids: Sequence[int] | None = None,
                          cpus_per_worker: int | None = None) -> EmbedReport:
     """Embed every product (or ``product_ids``) without features under ``embedder.key`` on Ray.
 

@@ -613,6 +613,12 @@ class Catalog:
         vectors = np.frombuffer(b"".join(row["vector"] for row in rows), dtype=np.float16)
         return ids, vectors.reshape(len(rows), -1).astype(np.float32)
 
+    def embedded_product_ids(self, embedding_key: str) -> list[int]:
+        """Ids of the live products that have a vector under ``embedding_key``, without reading the vectors."""
+        rows = self.connection.execute(f"SELECT product_id FROM embeddings WHERE backbone = ? AND product_id {_LIVE} "
+                                       "ORDER BY product_id", (embedding_key,)).fetchall()
+        return [int(row[0]) for row in rows]
+
     def count_embeddings(self, embedding_key: str) -> int:
         return int(self.connection.execute(
             "SELECT COUNT(*) FROM embeddings WHERE backbone = ?", (embedding_key,)).fetchone()[0])

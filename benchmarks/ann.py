@@ -1,0 +1,105 @@
+"""Similar-product search at catalogue scale: exact vs approximate indexes, recall and speed.
+
+Vectors: the grocery photos' real default features (photos and crop views), and as many
+synthetic products as ``--products`` asks for beyond them, each a real vector with noise
+added (cosine about 0.9 to its source, so near-identical shots exist as in a real
+catalogue). For each index: build seconds, one query's milliseconds (mean of 200 queries
+of catalogue products, one at a time, as the Similar page asks), recall@10 against exact
+search, and the memory the index holds. Rows: the exact matrix product (today's default
+below ``APPROXIMATE_FROM``), ProductLens's ``ApproximateIndex`` (hnswlib), and faiss's
+HNSW on 8-bit scalar-quantised vectors where faiss-cpu is installed.
+
+    python benchmarks/ann.py [--products 100000]
+Writes ``benchmarks/results/ann.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import numpy as np
+
+from _grocery import grocery_features
+from _results import write_result
+
+
+def catalogue_vectors(count: int, seed: int = 0) -> np.ndarray:
+    data = grocery_features()
+    real = np.concatenate([data.train.features, data.val.features, *data.train.views]).astype(np.float32)
+    real /= np.linalg.norm(real, axis=1, keepdims=True)
+    rng = np.random.default_rng(seed)
+    vectors = np.empty((count, real.shape[1]), np.float32)
+    taken = min(count, len(real))
+    vectors[:taken] = real[:taken]
+    for start in range(taken, count, 10_000):
+        stop = min(count, start + 10_000)
+        source = real[rng.integers(0, len(real), stop - start)]
+        noisy = source + rng.normal(scale=0.5 / np.sqrt(real.shape[1]), size=source.shape).astype(np.float32)
+        vectors[start:stop] = noisy / np.linalg.norm(noisy, axis=1, keepdims=True)
+    return vectors
+
+
+def measure(name: str, build, vectors: np.ndarray, queries: np.ndarray, truth: np.ndarray | None, k: int = 10):
+    started = time.perf_counter()
+    index, memory = build()
+    build_seconds = time.perf_counter() - started
+    found = []
+    started = time.perf_counter()
+    for query in queries:
+        found.append(index(query[None, :], k)[0])
+    query_ms = (time.perf_counter() - started) / len(queries) * 1000
+    found = np.stack(found)
+    recall = 1.0 if truth is None else float(np.mean([len(set(a) & set(b)) / k for a, b in zip(found, truth)]))
+    row = {"index": name, "build_seconds": round(build_seconds, 1), "query_ms": round(query_ms, 2),
+           "recall_at_10": round(recall, 4), "memory_mb": round(memory / 2**20)}
+    print(json.dumps(row), flush=True)
+    return row, found
+
+
+def main() -> None:
+    from core.curation.ann import ApproximateIndex
+    from core.curation.similarity import ExactIndex
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--products", type=int, default=100_000)
+    args = parser.parse_args()
+    vectors = catalogue_vectors(args.products)
+    ids = np.arange(len(vectors))
+    queries = vectors[np.random.default_rng(1).choice(len(vectors), 200, replace=False)]
+    rows = []
+
+    def exact():
+        index = ExactIndex().fit(ids, vectors)
+        return (lambda q, k: index.query(q, k)[0]), index.vectors_.nbytes
+
+    row, truth = measure("exact (matrix product)", exact, vectors, queries, None)
+    rows.append(row)
+
+    def graph():
+        index = ApproximateIndex().fit(ids, vectors)
+        return (lambda q, k: index.query(q, k)[0]), index.index_.get_max_elements() * (vectors.shape[1] * 4 + 16 * 8)
+
+    rows.append(measure("hnswlib HNSW, M 16, ef 64 (ProductLens)", graph, vectors, queries, truth)[0])
+    try:
+        import faiss
+    except ImportError:
+        faiss = None
+    if faiss is not None:
+        def quantised():
+            index = faiss.IndexHNSWSQ(vectors.shape[1], faiss.ScalarQuantizer.QT_8bit, 16,
+                                      faiss.METRIC_INNER_PRODUCT)
+            index.train(vectors[:20_000])
+            index.add(vectors)
+            index.hnsw.efSearch = 64
+            return (lambda q, k: index.search(q, k)[1]), len(vectors) * (vectors.shape[1] + 16 * 8)
+
+        rows.append(measure("faiss HNSW, 8-bit scalar quantised, M 16, ef 64", quantised, vectors, queries,
+                            truth)[0])
+    write_result("ann", {"rows": rows, "products": int(len(vectors)), "dim": int(vectors.shape[1]),
+                         "queries": int(len(queries))})
+
+
+if __name__ == "__main__":
+    main()

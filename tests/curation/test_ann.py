@@ -1,0 +1,93 @@
+import numpy as np
+import pytest
+
+from core.curation import duplicates
+from core.curation.ann import ApproximateIndex, persistent_index
+from core.curation.similarity import ExactIndex, catalog_index
+from core.features.embeddings import embed_catalog
+from core.storage import ingest
+from core.storage.catalog import Catalog
+from core.storage.demo import load_demo
+
+
+def clustered(n: int, dim: int = 64, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(40, dim))
+    return (centres[rng.integers(0, 40, n)] + 0.5 * rng.normal(size=(n, dim))).astype(np.float32)
+
+
+def recall_at(k: int, approximate: np.ndarray, exact: np.ndarray) -> float:
+    return float(np.mean([len(set(a) & set(e)) / k for a, e in zip(approximate, exact)]))
+
+
+def test_the_graph_finds_what_exact_search_finds():
+    vectors = clustered(3000)
+    ids = np.arange(1000, 4000)
+    graph = ApproximateIndex().fit(ids, vectors)
+    exact = ExactIndex().fit(ids, vectors)
+    found, similarities = graph.query(vectors[:300], k=10)
+    expected, expected_similarities = exact.query(vectors[:300], k=10)
+    assert recall_at(10, found, expected) >= 0.95
+    assert (found[:, 0] == ids[:300]).all() and np.allclose(similarities[:, 0], 1.0, atol=1e-5)
+    np.testing.assert_allclose(similarities[:, :3], expected_similarities[:, :3], atol=1e-4)
+
+
+def test_the_graph_grows_forgets_and_survives_a_save(tmp_path):
+    vectors = clustered(2000, seed=1)
+    graph = ApproximateIndex().fit(np.arange(1500), vectors[:1500])
+    graph.add(np.arange(1500, 2000), vectors[1500:])
+    assert len(graph) == 2000
+    found, _ = graph.query(vectors[1500:1600], k=1)
+    assert (found[:, 0] == np.arange(1500, 1600)).all(), "added products are found"
+    graph.remove([1500, 1501])
+    found, _ = graph.query(vectors[1500:1502], k=5)
+    assert not np.isin(found, [1500, 1501]).any() and len(graph) == 1998
+    graph.save(tmp_path / "graph.hnsw")
+    loaded = ApproximateIndex.load(tmp_path / "graph.hnsw", dim=64)
+    np.testing.assert_array_equal(loaded.query(vectors[:50], k=5)[0], graph.query(vectors[:50], k=5)[0])
+    assert len(loaded) == 1998
+    with pytest.raises(RuntimeError, match="fit"):
+        ApproximateIndex().query(vectors[:1])
+
+
+@pytest.fixture(scope="module")
+def demo_catalogue(tmp_path_factory, embedder):
+    workspace = tmp_path_factory.mktemp("ann")
+    catalog = Catalog(workspace)
+    load_demo(catalog)
+    embed_catalog(catalog, embedder)
+    return workspace
+
+
+def test_the_kept_graph_adds_only_new_products_and_drops_archived_ones(demo_catalogue, embedder, monkeypatch,
+                                                                        demo_dir):
+    catalog = Catalog(demo_catalogue)
+    index = catalog_index(catalog, embedder.key, approximate_from=10)
+    assert isinstance(index, ApproximateIndex) and len(index) == catalog.count_products()
+    ids, vectors = catalog.embeddings(embedder.key)
+    exact = ExactIndex().fit(ids, vectors)
+    assert recall_at(5, index.query(vectors, k=5)[0], exact.query(vectors, k=5)[0]) >= 0.95
+
+    # A new photo (a crop of a demo photo) and an archived product: the next load brings the graph up to date.
+    from PIL import Image
+
+    cropped = demo_catalogue / "cropped.png"
+    photo = Image.open(sorted((demo_dir / "Banana").glob("*.jpg"))[0])
+    photo.crop((0, 0, photo.width * 3 // 4, photo.height * 3 // 4)).save(cropped)
+    new_id = ingest.import_paths(catalog, [cropped]).product_ids[0]
+    embed_catalog(catalog, embedder)
+    archived = int(ids[3])
+    catalog.archive_products([archived], reason="duplicate")
+    monkeypatch.setattr(ApproximateIndex, "fit", lambda *_: pytest.fail("the kept graph was rebuilt"))
+    updated = persistent_index(catalog, embedder.key)
+    found, _ = updated.query(catalog.embeddings(embedder.key, [new_id])[1], k=3)
+    assert found[0, 0] == new_id
+    assert archived not in updated.query(vectors, k=10)[0]
+
+
+def test_near_duplicates_from_neighbours_match_all_pairs(demo_catalogue, embedder):
+    catalog = Catalog(demo_catalogue)
+    exact = duplicates.duplicate_groups(catalog, embedder.key, threshold=0.8)
+    approximate = duplicates.duplicate_groups(catalog, embedder.key, threshold=0.8, approximate_from=10)
+    assert exact, "the demo has look-alikes at 0.8"
+    assert [g["product_ids"] for g in approximate] == [g["product_ids"] for g in exact]
