@@ -176,6 +176,21 @@ def test_retraining_draws_the_map_ahead_and_explore_only_reads_it(populated, mon
     assert any("click a point to open that product" in c.value for c in fresh.caption)
 
 
+def test_train_page_fine_tunes_and_lists_the_version_as_fine_tuned(populated, monkeypatch, tmp_path):
+    import shutil
+
+    workspace = tmp_path / "copy"  # the fine-tuned version stays out of the other tests' workspace
+    shutil.copytree(populated, workspace)
+    at = app(workspace, monkeypatch)
+    at.switch_page("pages/train.py").run()
+    [b for b in at.button if b.label == "Fine-tune and retrain"][0].click().run()
+    assert not at.exception, at.exception
+    version = Catalog(workspace).active_model_version()
+    assert version.metrics["fine_tuned"], "the new active version is the fine-tuned one"
+    assert any(f"Model v{version.id} fine-tuned and activated" in s.value for s in at.success)
+    assert any("fine-tuned" in c.value for c in at.caption), "the version list marks it"
+
+
 def test_activity_page_lists_label_changes(populated, monkeypatch):
     Catalog(populated).set_labels([(1, "Checked-By-Dee")], author="dee")
     at = app(populated, monkeypatch)

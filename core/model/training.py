@@ -224,14 +224,13 @@ def embedder_for(version: ModelVersion, catalog: Catalog | None = None) -> Embed
     """The embedder whose features ``version`` was trained on.
 
     A fine-tuned backbone's weights file lives in the workspace's ``models/``: with
-    ``catalog``, a workspace that moved (restored from a backup elsewhere) still finds it.
+    ``catalog`` it is always read from there, by name (a workspace that moved, restored
+    from a backup elsewhere, still finds it; a doctored catalogue cannot point elsewhere).
     """
     settings = dict(version.params["embedder"])
     weights = settings.get("weights")
-    if catalog is not None and weights not in (None, "imagenet") and not Path(weights).is_file():
-        moved = catalog.workspace / "models" / Path(weights).name
-        if moved.is_file():
-            settings["weights"] = str(moved)
+    if catalog is not None and weights not in (None, "imagenet"):
+        settings["weights"] = str(catalog.workspace / "models" / Path(str(weights)).name)
     return EmbedderSettings(**settings).embedder()
 
 

@@ -28,8 +28,9 @@ def test_the_graph_finds_what_exact_search_finds():
     found, similarities = graph.query(vectors[:300], k=10)
     expected, expected_similarities = exact.query(vectors[:300], k=10)
     assert recall_at(10, found, expected) >= 0.95
-    assert (found[:, 0] == ids[:300]).all() and np.allclose(similarities[:, 0], 1.0, atol=1e-5)
-    np.testing.assert_allclose(similarities[:, :3], expected_similarities[:, :3], atol=1e-4)
+    # (8-bit quantised vectors: similarities within a few thousandths)
+    assert (found[:, 0] == ids[:300]).all() and np.allclose(similarities[:, 0], 1.0, atol=5e-3)
+    np.testing.assert_allclose(similarities[:, :3], expected_similarities[:, :3], atol=1e-2)
 
 
 def test_the_graph_grows_forgets_and_survives_a_save(tmp_path):
@@ -43,7 +44,7 @@ def test_the_graph_grows_forgets_and_survives_a_save(tmp_path):
     found, _ = graph.query(vectors[1500:1502], k=5)
     assert not np.isin(found, [1500, 1501]).any() and len(graph) == 1998
     graph.save(tmp_path / "graph.hnsw")
-    loaded = ApproximateIndex.load(tmp_path / "graph.hnsw", dim=64)
+    loaded = ApproximateIndex.load(tmp_path / "graph.hnsw")
     np.testing.assert_array_equal(loaded.query(vectors[:50], k=5)[0], graph.query(vectors[:50], k=5)[0])
     assert len(loaded) == 1998
     with pytest.raises(RuntimeError, match="fit"):

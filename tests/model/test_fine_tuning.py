@@ -91,3 +91,17 @@ def test_fine_tuning_needs_an_efficientnet_lite_with_multi_pooling():
         TopOfNetwork(Embedder(backbone="efficientnet_lite0", weights=None, pooling="avg"))
     with pytest.raises(ValueError, match="learning_rate"):
         FineTuner(learning_rate=2.0)
+
+
+def test_a_version_reads_a_fine_tuned_backbone_only_from_its_own_workspace(tmp_path):
+    """Restored elsewhere it still finds the file; a doctored catalogue cannot point outside ``models/``."""
+    catalog = Catalog(tmp_path / "ws")
+    settings = {"backbone": "efficientnet_lite0", "image_size": 288, "crop": "full", "flip_tta": True,
+                "weights": "/somewhere/else/backbone-1.weights.h5", "pooling": "multi", "views": 0}
+    version = catalog.model_version(catalog.add_model_version(
+        "k", ["a", "b"], {"fine_tuned": True}, {"embedder": settings}, "models/head.keras", activate=False))
+    assert embedder_for(version, catalog).weights == str(catalog.workspace / "models" / "backbone-1.weights.h5")
+    settings["weights"] = "../../etc/passwd"
+    doctored = catalog.model_version(catalog.add_model_version(
+        "k", ["a", "b"], {}, {"embedder": settings}, "models/head.keras", activate=False))
+    assert embedder_for(doctored, catalog).weights == str(catalog.workspace / "models" / "passwd")
