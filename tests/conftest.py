@@ -66,3 +66,16 @@ def embedder():
     from core.features.embeddings import Embedder
 
     return Embedder()
+
+
+def embedded_demo(tmp_path_factory, embedder, name: str) -> Path:
+    """A new workspace holding the demo catalogue with its features computed (for module-scoped fixtures)."""
+    from core.features.embeddings import embed_catalog
+    from core.storage.catalog import Catalog
+    from core.storage.demo import load_demo
+
+    workspace = tmp_path_factory.mktemp(name)
+    catalog = Catalog(workspace)
+    load_demo(catalog)
+    embed_catalog(catalog, embedder)
+    return workspace

@@ -10,14 +10,12 @@ import re
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from conftest import REPO
+from conftest import REPO, embedded_demo
 from core.curation import review
-from core.features.embeddings import embed_catalog
 from core.model.head import HeadClassifier
 from core.model.prediction import predict_catalog
 from core.model.training import train_version
 from core.storage.catalog import Catalog
-from core.storage.demo import load_demo
 
 PAGES = ["pages/upload.py", "pages/review.py", "pages/train.py", "pages/explore.py", "pages/activity.py",
          "pages/suspicious.py", "pages/duplicates.py", "pages/similar.py", "pages/team.py"]
@@ -33,10 +31,8 @@ def app(workspace, monkeypatch) -> AppTest:
 
 @pytest.fixture(scope="module")
 def populated(tmp_path_factory, embedder):
-    workspace = tmp_path_factory.mktemp("app-populated")
+    workspace = embedded_demo(tmp_path_factory, embedder, "app-populated")
     catalog = Catalog(workspace)
-    load_demo(catalog)
-    embed_catalog(catalog, embedder)
     version = train_version(catalog, embedder, HeadClassifier(), augmented_views=0)
     predict_catalog(catalog, version)
     return workspace

@@ -1,13 +1,13 @@
 import numpy as np
 import pytest
 
+from conftest import embedded_demo
 from core.curation import duplicates
 from core.curation.ann import ApproximateIndex, persistent_index
 from core.curation.similarity import ExactIndex, catalog_index
 from core.features.embeddings import embed_catalog
 from core.storage import ingest
 from core.storage.catalog import Catalog
-from core.storage.demo import load_demo
 
 
 def clustered(n: int, dim: int = 64, seed: int = 0) -> np.ndarray:
@@ -53,11 +53,7 @@ def test_the_graph_grows_forgets_and_survives_a_save(tmp_path):
 
 @pytest.fixture(scope="module")
 def demo_catalogue(tmp_path_factory, embedder):
-    workspace = tmp_path_factory.mktemp("ann")
-    catalog = Catalog(workspace)
-    load_demo(catalog)
-    embed_catalog(catalog, embedder)
-    return workspace
+    return embedded_demo(tmp_path_factory, embedder, "ann")
 
 
 def test_the_kept_graph_adds_only_new_products_and_drops_archived_ones(demo_catalogue, embedder, monkeypatch,

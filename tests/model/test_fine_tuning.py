@@ -4,23 +4,19 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import embedded_demo
 from core.errors import TrainingError
-from core.features.embeddings import Embedder, embed_catalog
+from core.features.embeddings import Embedder
 from core.jobs import import_and_predict
 from core.model.fine_tuning import FineTuner, TopOfNetwork, cached_activations, fine_tune_version
 from core.model.prediction import predict_catalog
 from core.model.training import embedder_for
 from core.storage.catalog import Catalog
-from core.storage.demo import load_demo
 
 
 @pytest.fixture(scope="module")
 def demo_workspace(tmp_path_factory, embedder):
-    workspace = tmp_path_factory.mktemp("fine-tuning")
-    catalog = Catalog(workspace)
-    load_demo(catalog)
-    embed_catalog(catalog, embedder)
-    return workspace
+    return embedded_demo(tmp_path_factory, embedder, "fine-tuning")
 
 
 def test_the_top_of_the_network_finishes_the_forward_pass_from_cached_activations(demo_workspace, embedder):
