@@ -8,7 +8,13 @@ from conftest import embedded_demo
 from core.errors import TrainingError
 from core.features.embeddings import Embedder
 from core.jobs import import_and_predict
-from core.model.fine_tuning import FineTuner, TopOfNetwork, cached_activations, fine_tune_version
+from core.model.fine_tuning import (
+    FineTuner,
+    TopOfNetwork,
+    balanced_sample,
+    cached_activations,
+    fine_tune_version,
+)
 from core.model.prediction import predict_catalog
 from core.model.training import embedder_for
 from core.storage.catalog import Catalog
@@ -47,6 +53,7 @@ def test_fine_tuning_stores_a_version_whose_backbone_reproduces_its_features(dem
     version = fine_tune_version(catalog, embedder, FineTuner(epochs=3, classifier_epochs=3))
     assert version.is_active and (before is None or version.id != before.id)
     assert version.metrics["fine_tuned"] and len(version.metrics["fine_tune_loss"]) == 3
+    assert version.metrics["n_fine_tuned"] == len(catalog.current_labels())
     assert version.params["base_embedding"] == embedder.key and version.embedding_key != embedder.key
     # The convolution moved away from ImageNet's; the rest of the backbone did not.
     tuned = embedder_for(version)
@@ -101,3 +108,12 @@ def test_a_version_reads_a_fine_tuned_backbone_only_from_its_own_workspace(tmp_p
     doctored = catalog.model_version(catalog.add_model_version(
         "k", ["a", "b"], {}, {"embedder": settings}, "models/head.keras", activate=False))
     assert embedder_for(doctored, catalog).weights == str(catalog.workspace / "models" / "passwd")
+
+
+def test_a_big_catalogue_fine_tunes_on_a_balanced_sample():
+    labels = {pid: ("common" if pid < 900 else "rare") for pid in range(1000)}
+    chosen = balanced_sample(labels, 200)
+    assert len(chosen) == 200 and len(set(chosen)) == 200
+    assert sum(labels[pid] == "rare" for pid in chosen) == 100, "the rare category gets its share first"
+    assert balanced_sample(labels, 2000) == sorted(labels)
+    assert balanced_sample(labels, 200) == chosen, "the same sample every time"
