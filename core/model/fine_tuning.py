@@ -77,7 +77,7 @@ class TopOfNetwork:
         _check_fine_tunable(embedder)
         # A backbone of its own: the one passed in may be embedding an upload meanwhile (the app shares it).
         self.embedder = _copy(embedder)
-        self._members = _members(embedder.model)
+        self._members = _members(self.embedder.model)
         if not self._members:
             raise TrainingError(f"no top convolution found in {embedder.key}")
         self._trunk = None
