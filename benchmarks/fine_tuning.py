@@ -50,7 +50,7 @@ def classifier_accuracy(catalog, version, val) -> dict:
 
 
 def main() -> None:
-    from core.model.fine_tuning import FineTuner, fine_tune_version
+    from core.model.fine_tuning import FineTuner, _cache_folder, fine_tune_version
     from core.model.training import train_version
 
     data = grocery_features()
@@ -65,6 +65,8 @@ def main() -> None:
     print(json.dumps(rows[-1]), flush=True)
 
     tuner = FineTuner()
+    cache = _cache_folder(catalog, embedder)
+    cached_before = len(list(cache.glob("*.npz"))) if cache.exists() else 0
     started = time.perf_counter()
     tuned = fine_tune_version(catalog, embedder, tuner, activate=False)
     metrics = tuned.metrics
@@ -74,6 +76,7 @@ def main() -> None:
                  "similar_products": nearest_neighbour_accuracy(catalog, tuned.embedding_key, data.train, data.val),
                  "seconds": round(time.perf_counter() - started, 1),
                  "activations_seconds": metrics["activations_seconds"],
+                 "activations_cached_before": cached_before,
                  "fine_tune_seconds": metrics["fine_tune_seconds"],
                  "fine_tuned_embedding_seconds": metrics["fine_tuned_embedding_seconds"],
                  "head_seconds": metrics["train_seconds"], "fine_tune_loss": metrics["fine_tune_loss"]})

@@ -356,8 +356,12 @@ def fine_tuning() -> str:
                              "similar products: nearest train photo's category right", "seconds, whole step"],
                             rows), "",
                       f"The fine-tuned row's {tuned['seconds']} s: activations of {result['train_photos']} "
-                      f"labelled photos (6 passes each) {tuned['activations_seconds']} s (computed once, then "
-                      f"read from the workspace cache), fine-tuning {tuned['fine_tune_seconds']} s (loss per "
+                      f"labelled photos (6 passes each) {tuned['activations_seconds']} s "
+                      + (f"({tuned['activations_cached_before']} of them read from the workspace cache, where an "
+                         "earlier run computed them; computing them is about as long as embedding the photos), "
+                         if tuned.get("activations_cached_before") else "(computed, then kept in the workspace "
+                         "cache for the next fine-tune), ")
+                      + f"fine-tuning {tuned['fine_tune_seconds']} s (loss per "
                       f"epoch {', '.join(str(loss) for loss in tuned['fine_tune_loss'])}), the catalogue's "
                       f"features with the tuned network {tuned['fine_tuned_embedding_seconds']} s, the head "
                       f"{tuned['head_seconds']} s. " + measured_on(result)])
