@@ -25,9 +25,9 @@ THUMBNAILS_PER_ROW = 6
 THUMBNAIL_WIDTH = 96
 
 
-@st.cache_data(show_spinner="Comparing every pair of products…", max_entries=4)
+@st.cache_data(show_spinner="Finding near-identical products…", max_entries=4)
 def _groups(key: str, threshold: float, catalogue_state: tuple):
-    # Every pair is compared (seconds for a few thousand products): recomputed only when the
+    # Seconds for a few thousand products (every pair; nearest neighbours in big catalogues): recomputed only when the
     # threshold or the catalogue (products, archive, labels) changed, not on every click.
     return duplicates.duplicate_groups(catalog(), key, threshold)
 

@@ -12,8 +12,8 @@ COLUMNS = 5
 
 
 @st.cache_resource(show_spinner=False, max_entries=2)
-def _index(key: str, embedded: int):
-    # Rebuilt when the number of embedded products changes.
+def _index(key: str, embedded: int, archived: int):
+    # Rebuilt when products are embedded or archived (an archived duplicate is no answer).
     return catalog_index(catalog(), key)
 
 
@@ -51,7 +51,7 @@ if query is None:
 
 # One more than asked for: a catalogue product is not its own neighbour (an uploaded photo that is
 # already in the catalogue does show it, as the exact match it is).
-neighbour_ids, scores = _index(key, embedded).query(query, k=k + 1)
+neighbour_ids, scores = _index(key, embedded, len(catalog().archived())).query(query, k=k + 1)
 results = [(int(pid), float(score)) for pid, score in zip(neighbour_ids[0], scores[0])
            if not (source == "a catalogue product" and int(pid) == chosen)][:k]
 labels = catalog().current_labels()

@@ -255,6 +255,23 @@ def test_similar_products_page_lists_neighbours_but_not_the_product_itself(popul
     assert max(values) < 1.0, "no exact self-match"
 
 
+def test_similar_products_leave_out_a_product_archived_since_the_last_search(populated, monkeypatch, tmp_path):
+    import shutil
+
+    workspace = tmp_path / "copy"  # archiving stays out of the other tests' workspace
+    shutil.copytree(populated, workspace)
+    at = app(workspace, monkeypatch)
+    at.switch_page("pages/similar.py").run()
+    at.selectbox(key="similar_product").set_value(5).run()
+    first = [c.value for c in at.caption if "#" in c.value and "·" in c.value][0]
+    nearest = int(first.split(" · #")[1].split(" ")[0])
+    Catalog(workspace).archive_products([nearest], reason="duplicate")
+    at.run()
+    assert not at.exception, at.exception
+    scores = [c.value for c in at.caption if "#" in c.value and "·" in c.value]
+    assert scores and not any(f" · #{nearest} " in score for score in scores), scores[:2]
+
+
 def test_user_text_is_shown_as_plain_text_not_markdown(populated, monkeypatch):
     from pages.shared.text import plain
 

@@ -87,11 +87,7 @@ def neighbour_groups(catalog: Catalog, embedding_key: str, index, threshold: flo
                     rows.append(position[pid])
                     columns.append(position[neighbour])
     graph = sparse.csr_matrix((np.ones(len(rows), np.float32), (rows, columns)), shape=(len(ids), len(ids)))
-    group_ids = connected_components(graph, directed=False)[1]
-    order = np.argsort(group_ids, kind="stable")
-    members = np.split(ids[order], np.flatnonzero(np.diff(group_ids[order])) + 1)
-    groups = [sorted(group.tolist()) for group in members if len(group) > 1]
-    return sorted(groups, key=lambda g: (-len(g), g[0]))
+    return _groups(ids, connected_components(graph, directed=False)[1])
 
 
 def close_pairs(vectors: np.ndarray, threshold: float, block: int = 2048):
@@ -124,7 +120,11 @@ def near_duplicate_groups(ids: Sequence[int], vectors: np.ndarray, threshold: fl
     ids = np.asarray(ids, dtype=np.int64)
     if not len(ids):
         return []
-    group_ids = near_duplicate_group_ids(vectors, threshold)
+    return _groups(ids, near_duplicate_group_ids(vectors, threshold))
+
+
+def _groups(ids: np.ndarray, group_ids: np.ndarray) -> list[list[int]]:
+    """The groups of two or more ``ids`` sharing a group id, largest first."""
     # One sort splits every group at once (a mask per group would be quadratic in a big catalogue).
     order = np.argsort(group_ids, kind="stable")
     members = np.split(ids[order], np.flatnonzero(np.diff(group_ids[order])) + 1)
