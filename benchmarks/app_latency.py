@@ -74,7 +74,7 @@ def fresh_copies(paths: list[Path], folder: Path) -> list[Path]:
 
 
 def human_labels(catalog) -> int:
-    return int(catalog.connection.execute("SELECT COUNT(*) FROM labels WHERE source = 'human'").fetchone()[0])
+    return catalog.count_label_events("human")
 
 
 def labels_per_minute(page, url: str, catalog, how: str, cards: int) -> float:

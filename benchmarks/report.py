@@ -389,6 +389,37 @@ def ann() -> str:
                       + measured_on(result)])
 
 
+def database() -> str:
+    result = load("database")
+    if result is None:
+        return missing("database.py")
+    reads = list(result["rows"][0]["reads_ms"])
+    header = ["step"] + [row["database"] for row in result["rows"]]
+    rows = [[f"{name}, ms"] + [row["reads_ms"][name] for row in result["rows"]] for name in reads]
+    rows.append(["one correction with its optimistic check, ms"] + [row["one_correction_ms"]
+                                                                     for row in result["rows"]])
+    rows.append(["corrections/s, 4 processes on the same 200 products"] + [
+        f"{row['concurrent']['per_second']} ({row['concurrent']['conflicts']} refused as stale)"
+        for row in result["rows"]])
+    for part in result["rows"][0]["fill_seconds"]:
+        rows.append([f"writing every product's {part}, s"] + [row["fill_seconds"][part] for row in result["rows"]])
+    return "\n".join([table(header, rows), "",
+                      f"{result['products']:,} products ({result['labelled']:,} labelled), one {result['dim']}-d "
+                      f"float16 vector and one model version's top-3 predictions each; SQLAlchemy "
+                      f"{result['sqlalchemy']}, psycopg 3. " + measured_on(result)])
+
+
+def reduced_vectors() -> str:
+    result = load("reduced_vectors")
+    if result is None:
+        return missing("reduced_vectors.py")
+    rows = [[row["vectors"], f"{row['bytes_per_vector']:,}", with_interval(row["val"]),
+             with_interval(row["similar_products"]), row["million_products_gb"]] for row in result["rows"]]
+    return "\n".join([table(["stored vectors", "bytes per product", "val fine accuracy",
+                             "similar products (nearest train photo's category)", "GB at 1M products"], rows), "",
+                      measured_on(result)])
+
+
 def robustness() -> str:
     result = load("robustness")
     if result is None:
@@ -405,7 +436,8 @@ SECTIONS = {"grocery-benchmark": grocery, "ablation": ablation, "label-efficienc
             "speed": speed, "throughput": throughput, "precision": precision, "app-latency": app_latency,
             "first-waits": first_waits, "robustness": robustness, "open-set": open_set,
             "propagation": propagation, "fine-tuning": fine_tuning,
-            "ray-throughput": ray_throughput, "ann": ann}
+            "ray-throughput": ray_throughput, "ann": ann, "database": database,
+            "reduced-vectors": reduced_vectors}
 
 
 def update_readme(readme: Path, sections: dict[str, str]) -> None:

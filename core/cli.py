@@ -46,7 +46,7 @@ def _progress_bar(description: str, enabled: bool = True):
 def _catalog(args, create=True):
     from core.storage import Catalog
 
-    return Catalog(args.workspace, create=create)
+    return Catalog(args.workspace, create=create, database=args.database)
 
 
 def _embedder(args):
@@ -181,7 +181,11 @@ def command_status(args) -> int:
     from core.storage.catalog import DATABASE_NAME
 
     # An existing catalogue is only read (status must work on a read-only or full disk).
-    catalog = _catalog(args, create=not (settings.workspace_dir(args.workspace) / DATABASE_NAME).exists())
+    from core.storage.database import SQLITE, database_url
+
+    on_sqlite = database_url(args.database) == SQLITE
+    new_file = not (settings.workspace_dir(args.workspace) / DATABASE_NAME).exists()
+    catalog = _catalog(args, create=not on_sqlite or new_file)
     status = catalog.status()
     if args.json:
         print(json.dumps(status))
@@ -338,7 +342,7 @@ def command_backup(args) -> int:
 def command_restore(args) -> int:
     from core.storage import restore
 
-    catalog = restore(args.archive, settings.workspace_dir(args.workspace))
+    catalog = restore(args.archive, settings.workspace_dir(args.workspace), database=args.database)
     print(json.dumps(catalog.status()))
     return 0
 
@@ -473,6 +477,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m core", description="ProductLens: sort product photos "
                                      "into categories with a pretrained CNN and a trainable head.")
     parser.add_argument("--workspace", help="workspace folder (default: $PRODUCTLENS_WORKSPACE or ./workspace)")
+    parser.add_argument("--database", help="where the catalogue's rows live: 'sqlite' (the workspace's catalog.sqlite) "
+                        "or a PostgreSQL URL postgresql://user@host:5432/name (default: $PRODUCTLENS_DATABASE, "
+                        "else sqlite); photos and models stay in the workspace folder")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     def add_backbone_options(sub):
@@ -584,7 +591,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("archive", help="archive file to write, e.g. productlens-backup.zip")
     sub.set_defaults(handler=command_backup)
 
-    sub = commands.add_parser("restore", help="unpack a backup into a new, empty workspace (--workspace)")
+    sub = commands.add_parser("restore", help="unpack a backup into a new, empty workspace "
+                                  "(--workspace); with --database, its rows go into that empty PostgreSQL database")
     sub.add_argument("archive", help="archive written by `backup`")
     sub.set_defaults(handler=command_restore)
 
@@ -651,7 +659,7 @@ def main(argv: list[str] | None = None) -> int:
         # Only errors a user can fix end in one line; anything else is a bug and keeps its traceback.
         print(f"error: {error}", file=sys.stderr)
         return 2
-    except sqlite3.DatabaseError as error:  # a damaged or unwritable catalogue read outside a transaction
+    except sqlite3.DatabaseError as error:  # a damaged or unwritable catalogue file read directly
         print(f"error: {storage_error_message(error, _database_path(args))}", file=sys.stderr)
         return 2
     except OSError as error:

@@ -79,3 +79,39 @@ def embedded_demo(tmp_path_factory, embedder, name: str) -> Path:
     load_demo(catalog)
     embed_catalog(catalog, embedder)
     return workspace
+
+
+# -- both databases -------------------------------------------------------------
+# A test that uses the ``database`` fixture (directly or through
+# ``pytestmark = pytest.mark.usefixtures("database")``) runs once on SQLite and once on
+# a real PostgreSQL server, unless it is marked ``sqlite_only`` (it checks a SQLite file).
+def pytest_generate_tests(metafunc):
+    if "database" in metafunc.fixturenames:
+        sqlite_only = metafunc.definition.get_closest_marker("sqlite_only") is not None
+        metafunc.parametrize("database", ["sqlite"] if sqlite_only else ["sqlite", "postgresql"], indirect=True)
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    import postgres_server
+
+    try:
+        server = postgres_server.start()
+    except RuntimeError as error:
+        pytest.fail(str(error), pytrace=False)
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def database(request, monkeypatch):
+    """``"sqlite"`` or the URL of a new PostgreSQL database; ``Catalog()`` (and child processes) open it."""
+    if request.param == "sqlite":
+        monkeypatch.delenv("PRODUCTLENS_DATABASE", raising=False)
+        yield "sqlite"
+        return
+    server = request.getfixturevalue("postgres_server")
+    url = server.new_database()
+    monkeypatch.setenv("PRODUCTLENS_DATABASE", url)
+    yield url
+    server.drop(url)

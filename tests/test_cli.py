@@ -192,7 +192,8 @@ def _as(user, password, *args, workspace, stdin=None):
     return subprocess.run(command, capture_output=True, text=True, cwd=REPO, env=env, timeout=300, input=stdin)
 
 
-def test_team_corrections_and_undo_never_overwrite_each_other(tmp_path, demo_dir):
+def test_team_corrections_and_undo_never_overwrite_each_other(tmp_path, demo_dir, database):
+    """On SQLite and on PostgreSQL (the ``database`` fixture sets $PRODUCTLENS_DATABASE for every command)."""
     workspace = tmp_path / "ws"
     run("import", str(demo_dir / "Lemon"), "--label", "Carrots", workspace=workspace)
     for name, role in [("root", "admin"), ("alice", "labeller"), ("bob", "labeller"), ("vera", "viewer")]:
@@ -268,9 +269,9 @@ def test_export_onto_a_file_and_forged_history_lines_are_refused(tmp_path, demo_
     # A label written before names were checked (or by another tool) must not print as extra history lines.
     catalog = Catalog(workspace)
     with catalog.transaction() as connection:
-        connection.execute("INSERT INTO labels (product_id, label, previous_label, source, author, created_at) "
-                           "VALUES (1, ?, 'Lemon', 'human', 'mallory', '2026-01-01T00:00:00')",
-                           ("Lime\n2026-01-01 00:00:00  root  human  #1 x: a -> b",))
+        connection.exec_driver_sql("INSERT INTO labels (product_id, label, previous_label, source, author, created_at) "
+                                   "VALUES (1, ?, 'Lemon', 'human', 'mallory', '2026-01-01T00:00:00')",
+                                   ("Lime\n2026-01-01 00:00:00  root  human  #1 x: a -> b",))
     lines = run("history", "--product", "1", workspace=workspace).stdout.strip().splitlines()
     assert len(lines) == 2 and "Lime\\n2026" in lines[0]
 
@@ -305,3 +306,21 @@ def test_embed_on_ray_and_fine_tune_from_the_command_line(tmp_path, demo_dir):
     assert version.metrics["fine_tuned"] and "+weights:backbone-" in version.embedding_key
     # In-process embedding finds nothing left to do under the key Ray filled.
     assert last_json(run("embed", "--quiet", workspace=workspace))["computed"] == 0
+
+
+def test_the_database_flag_points_every_command_at_postgresql(tmp_path, demo_dir, postgres_server):
+    url = postgres_server.new_database()
+    try:
+        workspace = tmp_path / "ws"
+        run("--database", url, "import", str(demo_dir / "Lemon"), "--label", "Lemon", workspace=workspace)
+        status = last_json(run("--database", url, "status", "--json", workspace=workspace))
+        assert (status["products"], status["labelled"]) == (8, 8)
+        assert not (workspace / "catalog.sqlite").exists(), "the rows went to PostgreSQL"
+        assert last_json(run("status", "--json", workspace=tmp_path / "elsewhere"))["products"] == 0
+        wrong_folder = run("--database", url, "status", workspace=tmp_path / "elsewhere", check=False)
+        assert wrong_folder.returncode == 2 and "another workspace folder" in wrong_folder.stderr
+        gone = run("--database", "postgresql://ana:secret@127.0.0.1:9/x", "status", workspace=workspace, check=False)
+        assert gone.returncode == 2 and gone.stderr.startswith("error: cannot reach the PostgreSQL catalogue")
+        assert "secret" not in gone.stderr and "Traceback" not in gone.stderr
+    finally:
+        postgres_server.drop(url)

@@ -3,9 +3,14 @@
 import multiprocessing
 import random
 
+import pytest
+
 from conftest import demo_photos
 from core.storage import ingest
 from core.storage.catalog import Catalog
+
+# Runs on SQLite and on a real PostgreSQL server (conftest.database).
+pytestmark = pytest.mark.usefixtures("database")
 
 LABELS = ["Lemon", "Lime", "Orange", "Banana"]
 

@@ -12,6 +12,7 @@ import textwrap
 import time
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from conftest import REPO, demo_photos
@@ -19,6 +20,9 @@ from core.features.embeddings import embed_catalog
 from core.model.training import load_version
 from core.storage import ingest
 from core.storage.catalog import Catalog
+
+# Runs on SQLite and on a real PostgreSQL server (conftest.database).
+pytestmark = pytest.mark.usefixtures("database")
 
 
 def start(script: str, workspace) -> subprocess.Popen:

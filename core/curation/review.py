@@ -217,13 +217,9 @@ def undo_last_action(catalog: Catalog, author: str | None = None) -> tuple[int, 
     overwritten, it comes back as a conflict. Repeated calls step further back; an
     action that was undone is not undone twice. Returns ``(changed, conflicts)``.
     """
-    query = ("SELECT action FROM labels l WHERE action IS NOT NULL AND source != 'import' "
-             "AND action NOT LIKE 'undo:%' AND author IS ? "
-             "AND NOT EXISTS (SELECT 1 FROM labels u WHERE u.action = 'undo:' || l.action)")
-    row = catalog.connection.execute(query + " ORDER BY id DESC LIMIT 1", (author,)).fetchone()
-    if row is None:
+    action = catalog.last_action(author)
+    if action is None:
         return 0, []
-    events = catalog.connection.execute(
-        "SELECT product_id, label, previous_label FROM labels WHERE action = ? ORDER BY id", (row[0],)).fetchall()
+    events = [(event.product_id, event.label, event.previous_label) for event in catalog.action_events(action)]
     return catalog.change_labels([(pid, previous, label) for pid, label, previous in events], source="human",
-                                 author=author, action=f"undo:{row[0]}")
+                                 author=author, action=f"undo:{action}")

@@ -41,7 +41,7 @@ def evaluate(train_dir: str | Path, test_dir: str | Path, embedder: Embedder | N
         return (lambda done, total, _message: progress(name, done, total)) if progress else None
 
     with tempfile.TemporaryDirectory(prefix="productlens-evaluate-") as temporary:
-        catalog = Catalog(workspace or temporary)
+        catalog = Catalog(workspace or temporary, database=None if workspace else "sqlite")
         train_report = ingest.import_paths(catalog, [train_dir], progress=stage("import train"))
         # Test labels stay out of the catalogue so they can never leak into training.
         test_report = ingest.import_paths(catalog, [test_dir], progress=stage("import test"), apply_labels=False)

@@ -1,7 +1,8 @@
 """Back up a whole workspace into one archive, and restore it.
 
-:func:`backup` writes a zip holding a consistent snapshot of ``catalog.sqlite``
-(SQLite's online backup, so people can keep working meanwhile), the stored
+:func:`backup` writes a zip holding a consistent snapshot of the catalogue as a
+SQLite file (SQLite's online backup, or a PostgreSQL catalogue's rows copied in
+one repeatable-read transaction; people keep working meanwhile), the stored
 photos and the model files. :func:`restore` unpacks such an archive into a new,
 empty workspace after checking every part of it (see :func:`restore`).
 """
@@ -23,6 +24,7 @@ from core import settings
 from core.errors import CatalogError
 from core.storage.atomic import atomic_path
 from core.storage.catalog import _SCHEMA, DATABASE_NAME, SCHEMA_VERSION, Catalog, is_inside
+from core.storage.database import SQLITE, database_url
 from core.storage.images import FORMAT_EXTENSIONS
 
 _FOLDERS = ("images", "models")
@@ -33,8 +35,7 @@ def backup(catalog: Catalog, archive: str | os.PathLike) -> Path:
     archive.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as scratch, atomic_path(archive) as temporary:
         snapshot = Path(scratch) / DATABASE_NAME
-        with sqlite3.connect(snapshot) as target:
-            catalog.connection.backup(target)
+        catalog.write_sqlite_snapshot(snapshot)
         with zipfile.ZipFile(temporary, "w", compression=zipfile.ZIP_STORED) as bundle:
             bundle.write(snapshot, DATABASE_NAME, compress_type=zipfile.ZIP_DEFLATED)
             for folder in _FOLDERS:
@@ -44,8 +45,12 @@ def backup(catalog: Catalog, archive: str | os.PathLike) -> Path:
     return archive
 
 
-def restore(archive: str | os.PathLike, workspace: str | os.PathLike) -> Catalog:
+def restore(archive: str | os.PathLike, workspace: str | os.PathLike, database: str | None = None) -> Catalog:
     """Unpack ``archive`` into the new, empty folder ``workspace`` and open it.
+
+    ``database``: a PostgreSQL URL to hold the restored rows instead of the
+    workspace's ``catalog.sqlite`` (the database must hold no catalogue yet); this is
+    how a SQLite catalogue moves to PostgreSQL: ``backup``, then ``restore --database``.
 
     Nothing in the archive is trusted. Before anything lands in ``workspace`` the
     whole backup is checked in a staging folder: sizes (the restore limit and the
@@ -87,7 +92,21 @@ def restore(archive: str | os.PathLike, workspace: str | os.PathLike) -> Catalog
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
-    return Catalog(workspace)
+    restored = Catalog(workspace, database=SQLITE)  # brings an older backup's schema up to date
+    if database_url(database) == SQLITE:
+        return restored
+    try:
+        target = Catalog(workspace, database=database)
+        target.copy_rows_from(restored)
+    except BaseException:
+        restored.close()
+        shutil.rmtree(workspace, ignore_errors=True)  # it was a new, empty folder: leave nothing half-restored
+        raise
+    restored.close()
+    # The rows now live in PostgreSQL; a stale copy beside the photos would only mislead.
+    for suffix in ("", "-wal", "-shm"):
+        restored.database_path.with_name(DATABASE_NAME + suffix).unlink(missing_ok=True)
+    return target
 
 
 # A member this much larger than its compressed size is a zip bomb, not photos (already compressed) or a catalogue.

@@ -1,6 +1,7 @@
-"""The product catalogue: one SQLite file plus content-addressed image files.
+"""The product catalogue: rows in SQLite (default) or PostgreSQL, plus content-addressed image files.
 
-A *workspace* directory holds ``catalog.sqlite``, ``images/`` (each photo stored
+A *workspace* directory holds ``catalog.sqlite`` (unless the rows live in
+PostgreSQL, see :mod:`core.storage.database`), ``images/`` (each photo stored
 once under its sha256, so uploading the same photo twice gives one product),
 ``models/`` (head versions) and ``exports/``. Notation used across ``core``:
 a *product* is one stored photo (``product_id``); its *label* is the category a
@@ -16,21 +17,24 @@ from __future__ import annotations
 
 import datetime as _dt
 import errno
+import functools
 import hashlib
 import json
 import os
 import sqlite3
 import threading
 import uuid
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Iterable, Iterator, Sequence
 
 import numpy as np
+from sqlalchemy import bindparam, text
 
 from core import settings
 from core.errors import CatalogError, InvalidInputError, NotFoundError
+from core.storage import database as _database
 from core.storage.atomic import atomic_write_bytes
 
 SCHEMA_VERSION = 4
@@ -44,6 +48,7 @@ _MIGRATIONS = {
 ROLES = ("viewer", "labeller", "admin")
 LABEL_SOURCES = ("human", "import", "model-accepted")
 DATABASE_NAME = "catalog.sqlite"
+CATALOGUE_ID_FILE = "catalogue-id"  # beside the photos of a PostgreSQL catalogue
 MAX_LABEL_LENGTH = 200
 
 _SCHEMA = """
@@ -221,69 +226,116 @@ class Catalog:
     writes nothing until asked to, so ``status``, ``history`` and ``backup`` work
     on a read-only or full disk. A damaged, truncated or foreign ``catalog.sqlite``
     is a :class:`CatalogError` saying what to do, never a half-opened catalogue.
+
+    ``database``: ``"sqlite"`` (the workspace's ``catalog.sqlite``) or a PostgreSQL
+    URL; by default ``$PRODUCTLENS_DATABASE``, else SQLite (see
+    :mod:`core.storage.database`). Photos and models are files in the workspace
+    either way.
     """
 
-    def __init__(self, workspace: str | os.PathLike | None = None, create: bool = True):
+    def __init__(self, workspace: str | os.PathLike | None = None, create: bool = True,
+                 database: str | None = None):
         self.workspace = settings.workspace_dir(workspace).resolve()
         self.database_path = self.workspace / DATABASE_NAME
+        self.database_url = _database.database_url(database)
+        self.is_sqlite = self.database_url == _database.SQLITE
         if self.workspace.exists() and not self.workspace.is_dir():
             raise CatalogError(f"workspace {self.workspace} exists and is not a directory")
-        if not self.database_path.exists() and not create:
-            raise CatalogError(f"no catalogue in {self.workspace}: run `python -m core import PATH` first")
-        if self.database_path.exists() and self.database_path.stat().st_size == 0 and _holds_data(self.workspace):
-            # An empty file beside photos and models is a lost catalogue, not a new one.
-            raise CatalogError(f"{self.database_path} is empty (0 bytes) but the workspace holds photos or models: "
-                               "restore it from a backup (`python -m core restore`) instead of starting over")
+        if self.is_sqlite:
+            if not self.database_path.exists() and not create:
+                raise CatalogError(f"no catalogue in {self.workspace}: run `python -m core import PATH` first")
+            if (self.database_path.exists() and self.database_path.stat().st_size == 0
+                    and _holds_data(self.workspace)):
+                # An empty file beside photos and models is a lost catalogue, not a new one.
+                raise CatalogError(f"{self.database_path} is empty (0 bytes) but the workspace holds photos or "
+                                   "models: restore it from a backup (`python -m core restore`) instead of "
+                                   "starting over")
         self._local = threading.local()
-        self._read_only = not create and not (os.access(self.database_path, os.W_OK)
-                                              and os.access(self.workspace, os.W_OK))
-        with _translated_errors(self.database_path):
+        self._read_only = self.is_sqlite and not create and not (os.access(self.database_path, os.W_OK)
+                                                                 and os.access(self.workspace, os.W_OK))
+        self._engine = _database.open_engine(self.database_url, self.database_path, self._read_only)
+        with self._translated_errors():
             if create:
                 for sub in ("images", "models", "exports"):
                     (self.workspace / sub).mkdir(parents=True, exist_ok=True)
             self._initialise(create)
+            if not self.is_sqlite:
+                self._check_workspace_folder(create)
             if create:
                 self.discard_partial_files()
 
-    # -- connection handling -------------------------------------------------
     @property
-    def connection(self) -> sqlite3.Connection:
+    def database_name(self) -> str:
+        """Where the rows are, for messages: the SQLite file, or the PostgreSQL URL without its password."""
+        return str(self.database_path) if self.is_sqlite else _database.display_url(self.database_url)
+
+    # -- connection handling -------------------------------------------------
+    def _connection(self):
         connection = getattr(self._local, "connection", None)
         if connection is None:
-            if self._read_only:
-                # A read-only file (or folder) cannot host WAL's shared-memory file: read it as immutable.
-                uri = f"{self.database_path.as_uri()}?mode=ro&immutable=1"
-                connection = sqlite3.connect(uri, uri=True, timeout=30.0, isolation_level=None)
-            else:
-                connection = sqlite3.connect(self.database_path, timeout=30.0, isolation_level=None)
-            connection.row_factory = sqlite3.Row
-            connection.execute("PRAGMA busy_timeout=30000")
-            connection.execute("PRAGMA foreign_keys=ON")
-            if not self._read_only:
-                connection.execute("PRAGMA synchronous=NORMAL")
+            connection = self._engine.connect()
             self._local.connection = connection
+            self._local.depth = 0
         return connection
 
-    @contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
-        """``BEGIN IMMEDIATE`` … ``COMMIT``: writers queue instead of failing on a lock.
+    def _in_transaction(self) -> bool:
+        return bool(getattr(self._local, "depth", 0))
 
-        A write the disk refuses (read-only, full, damaged) is a one-line
-        :class:`CatalogError`; the transaction is rolled back, so nothing is half-written.
+    def _execute(self, sql: str, parameters: dict | list | None = None):
+        """Run one statement inside :meth:`transaction` (a write); returns SQLAlchemy's result."""
+        if not self._in_transaction():
+            raise RuntimeError("writes run inside Catalog.transaction()")
+        return self._connection().execute(_statement(sql), parameters or {})
+
+    def _rows(self, sql: str, parameters: dict | None = None, mappings: bool = True) -> list:
+        """All rows of a query (dict-like with ``mappings``, else tuples); outside a transaction it reads
+        the latest committed data and holds nothing afterwards."""
+        connection = self._connection()
+        with self._translated_errors():
+            try:
+                result = connection.execute(_statement(sql), parameters or {})
+                rows = result.mappings().all() if mappings else result.all()
+            finally:
+                if not self._in_transaction():
+                    connection.rollback()  # ends SQLAlchemy's implicit transaction: no snapshot is kept
+        return rows
+
+    def _row(self, sql: str, parameters: dict | None = None):
+        rows = self._rows(sql, parameters)
+        return rows[0] if rows else None
+
+    def _value(self, sql: str, parameters: dict | None = None):
+        rows = self._rows(sql, parameters, mappings=False)
+        return rows[0][0] if rows else None
+
+    @contextmanager
+    def transaction(self) -> Iterator:
+        """One write transaction that queues behind other writers (SQLite ``BEGIN IMMEDIATE``, a
+        PostgreSQL advisory lock); yields the SQLAlchemy connection.
+
+        A write the disk or server refuses (read-only, full, damaged, gone) is a
+        one-line :class:`CatalogError`; the transaction is rolled back, so nothing
+        is half-written. Nested use joins the outer transaction.
         """
-        connection = self.connection
-        if connection.in_transaction:  # nested use joins the outer transaction
-            yield connection
-            return
-        with _translated_errors(self.database_path):
-            connection.execute("BEGIN IMMEDIATE")
+        connection = self._connection()
+        if self._local.depth:
+            self._local.depth += 1
             try:
                 yield connection
-            except BaseException:
-                if connection.in_transaction:
-                    connection.execute("ROLLBACK")
-                raise
-            connection.execute("COMMIT")
+            finally:
+                self._local.depth -= 1
+            return
+        with self._translated_errors():
+            if connection.in_transaction():
+                connection.rollback()
+            connection.info["write"] = True
+            self._local.depth = 1
+            try:
+                with connection.begin():
+                    yield connection
+            finally:
+                self._local.depth = 0
+                connection.info["write"] = False
 
     def close(self) -> None:
         connection = getattr(self._local, "connection", None)
@@ -291,8 +343,12 @@ class Catalog:
             connection.close()
             self._local.connection = None
 
+    @contextmanager
+    def _translated_errors(self) -> Iterator[None]:
+        with _translated_errors(self.database_path, None if self.is_sqlite else self.database_name):
+            yield
+
     def _initialise(self, create: bool) -> None:
-        connection = self.connection
         version = self.schema_version()
         if version is not None and version > SCHEMA_VERSION:
             raise CatalogError(
@@ -300,44 +356,77 @@ class Catalog:
                 f"{version}, this version knows {SCHEMA_VERSION}): upgrade ProductLens"
             )
         if version == SCHEMA_VERSION:
-            if create and connection.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
-                connection.execute("PRAGMA journal_mode=WAL")
+            if create and self.is_sqlite and self._value("PRAGMA journal_mode") != "wal":
+                self._value("PRAGMA journal_mode=WAL")
             return  # up to date: opening writes nothing
         if version is None and not create:
-            raise CatalogError(f"{self.database_path} is not a ProductLens catalogue (no schema version): "
+            raise CatalogError(f"{self.database_name} is not a ProductLens catalogue (no schema version): "
                                "restore it from a backup or choose another --workspace")
         if self._read_only:
             raise CatalogError(f"{self.database_path} needs upgrading (schema {version} to {SCHEMA_VERSION}) "
                                "but is read-only: open it once with write access")
-        connection.execute("PRAGMA journal_mode=WAL")
-        if version is not None:
-            # Keep the pre-migration database: an upgrade must never cost a label.
-            connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-            backup = self.database_path.with_name(f"{DATABASE_NAME}.schema{version}.bak")
-            with sqlite3.connect(backup) as target:
-                connection.backup(target)
-        with self.transaction() as connection:
+        if self.is_sqlite:
+            self._value("PRAGMA journal_mode=WAL")
+            if version is not None:
+                # Keep the pre-migration database: an upgrade must never cost a label.
+                self._value("PRAGMA wal_checkpoint(TRUNCATE)")
+                backup = self.database_path.with_name(f"{DATABASE_NAME}.schema{version}.bak")
+                with closing(sqlite3.connect(backup)) as target:
+                    self._connection().connection.driver_connection.backup(target)
+        # (PostgreSQL runs DDL in the transaction: a failed upgrade leaves the old schema untouched.)
+        with self.transaction():
             if version is not None:
                 for target_version in range(version + 1, SCHEMA_VERSION + 1):
                     for statement in _MIGRATIONS[target_version]:
-                        connection.execute(statement)
-            for statement in _SCHEMA.split(";"):
+                        self._execute(statement)
+            dialect = _database.SQLITE if self.is_sqlite else "postgresql"
+            for statement in _database.schema_for(dialect, _SCHEMA).split(";"):
                 if statement.strip():
-                    connection.execute(statement)
-            connection.execute("INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+                    self._execute(statement)
+            self._execute("INSERT INTO meta VALUES ('schema_version', :version) "
+                          "ON CONFLICT (key) DO UPDATE SET value = excluded.value", {"version": str(SCHEMA_VERSION)})
+
+    def _check_workspace_folder(self, create: bool) -> None:
+        """A PostgreSQL catalogue is used with one workspace folder, the one holding its photos.
+
+        The database and the folder each keep the catalogue's id: a server or command
+        pointed at the right database but another folder (a colleague's default
+        ``./workspace``) would otherwise store photos where nobody else finds them.
+        """
+        marker = self.workspace / CATALOGUE_ID_FILE
+        folder_id = marker.read_text().strip() if marker.is_file() else None
+        database_id = self._value("SELECT value FROM meta WHERE key = 'catalogue_id'")
+        if database_id is not None and folder_id == database_id:
+            return
+        if database_id is not None and (folder_id is not None or self._value("SELECT COUNT(*) FROM products")):
+            raise CatalogError(f"{self.database_name} is the catalogue of another workspace folder (its photos are "
+                               f"not in {self.workspace}): use the folder that holds them, shared by every server "
+                               "and command using this database")
+        if not create or self._read_only:
+            return
+        with self.transaction():
+            database_id = self._value("SELECT value FROM meta WHERE key = 'catalogue_id'") or folder_id \
+                or uuid.uuid4().hex
+            self._execute("INSERT INTO meta VALUES ('catalogue_id', :id) ON CONFLICT (key) DO NOTHING",
+                          {"id": database_id})
+        atomic_write_bytes(marker, database_id.encode())
 
     def schema_version(self) -> int | None:
         """The workspace's schema version, None for a new workspace."""
-        connection = self.connection
-        if connection.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meta'").fetchone() is None:
+        if self.is_sqlite:
+            exists = self._value("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meta'")
+        else:
+            exists = self._value("SELECT 1 FROM information_schema.tables "
+                                 "WHERE table_schema = current_schema() AND table_name = 'meta'")
+        if exists is None:
             return None
-        row = connection.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
-        if row is None:
+        value = self._value("SELECT value FROM meta WHERE key = 'schema_version'")
+        if value is None:
             return None
         try:
-            return int(row["value"])
+            return int(value)
         except (TypeError, ValueError):
-            raise CatalogError(f"{self.database_path} has an invalid schema version ({row['value']!r}): "
+            raise CatalogError(f"{self.database_name} has an invalid schema version ({value!r}): "
                                "restore it from a backup") from None
 
     def discard_partial_files(self, max_age_seconds: float = 600.0) -> int:
@@ -361,7 +450,42 @@ class Catalog:
         return removed
 
     def integrity_ok(self) -> bool:
-        return self.connection.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        """SQLite's integrity check (PostgreSQL checks its own pages: always True there)."""
+        return not self.is_sqlite or self._value("PRAGMA integrity_check") == "ok"
+
+    def write_sqlite_snapshot(self, path: str | os.PathLike) -> None:
+        """A consistent copy of every row as a SQLite catalogue file at ``path`` (what a backup holds).
+
+        SQLite: its online backup, so people can keep working meanwhile; PostgreSQL:
+        the rows of one repeatable-read transaction copied into a new file.
+        """
+        path = Path(path)
+        if self.is_sqlite:
+            with self._translated_errors(), closing(sqlite3.connect(path)) as target:
+                self._connection().connection.driver_connection.backup(target)
+            return
+        import tempfile
+
+        with tempfile.TemporaryDirectory(prefix="productlens-snapshot-") as scratch:
+            snapshot = Catalog(scratch, database=_database.SQLITE)
+            snapshot.copy_rows_from(self)
+            with closing(sqlite3.connect(snapshot.database_path)) as source, closing(sqlite3.connect(path)) as target:
+                source.backup(target)
+            snapshot.close()
+
+    def copy_rows_from(self, source: "Catalog", chunk_size: int = 1000) -> None:
+        """Copy every row of ``source`` into this empty catalogue, ids included.
+
+        Moves a catalogue between SQLite and PostgreSQL (``restore --database``, and
+        backups of a PostgreSQL catalogue); photos and models are files and do not move.
+        """
+        if self._value("SELECT COUNT(*) FROM products") or self._value("SELECT COUNT(*) FROM model_versions") \
+                or self.has_accounts():
+            raise CatalogError(f"{self.database_name} already holds a catalogue: copy into an empty database")
+        options = {} if source.is_sqlite else {"isolation_level": "REPEATABLE READ"}  # one consistent snapshot
+        with source._translated_errors(), source._engine.connect().execution_options(**options) as reader:
+            with reader.begin(), self.transaction() as writer:
+                _database.copy_rows(reader, writer, chunk_size)
 
     # -- products --------------------------------------------------------------
     def image_path(self, product: Product | int) -> Path:
@@ -396,81 +520,87 @@ class Catalog:
         """
         label = clean_label(label)
         sha256 = hashlib.sha256(data).hexdigest()
-        existing = self.connection.execute("SELECT id FROM products WHERE sha256 = ?", (sha256,)).fetchone()
-        if existing:
+        existing = self._value("SELECT id FROM products WHERE sha256 = :sha256", {"sha256": sha256})
+        if existing is not None:
             # Uploading an archived photo again is a deliberate "I want it back".
-            with self.transaction() as connection:
-                connection.execute("DELETE FROM archived WHERE product_id = ?", (int(existing["id"]),))
-            return int(existing["id"]), False
+            with self.transaction():
+                self._execute("DELETE FROM archived WHERE product_id = :id", {"id": int(existing)})
+            return int(existing), False
         relative = Path("images") / sha256[:2] / f"{sha256}{extension}"
         target = self.workspace / relative
         # File first, row second: a crash in between leaves an unreferenced file,
         # never a row that points at nothing.
         if not target.exists():
-            with _translated_errors(self.database_path):  # a full or read-only disk: one line, batch stops
+            with self._translated_errors():  # a full or read-only disk: one line, batch stops
                 atomic_write_bytes(target, data)
-        with self.transaction() as connection:
-            existing = connection.execute("SELECT id FROM products WHERE sha256 = ?", (sha256,)).fetchone()
-            if existing:
-                return int(existing["id"]), False
-            cursor = connection.execute(
-                "INSERT INTO products (sha256, filename, source, stored_path, format, width, height, "
-                "size_bytes, added_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (sha256, filename, source, relative.as_posix(), image_format, width, height, len(data), utc_now()),
-            )
-            product_id = int(cursor.lastrowid)
+        with self.transaction():
+            existing = self._value("SELECT id FROM products WHERE sha256 = :sha256", {"sha256": sha256})
+            if existing is not None:
+                return int(existing), False
+            product_id = int(self._execute(
+                "INSERT INTO products (sha256, filename, source, stored_path, format, width, height, size_bytes, "
+                "added_at) VALUES (:sha256, :filename, :source, :stored_path, :format, :width, :height, :size, "
+                ":added_at) RETURNING id",
+                {"sha256": sha256, "filename": filename, "source": source, "stored_path": relative.as_posix(),
+                 "format": image_format, "width": width, "height": height, "size": len(data),
+                 "added_at": utc_now()}).scalar_one())
             if label is not None:
-                connection.execute(
+                self._execute(
                     "INSERT INTO labels (product_id, label, previous_label, source, author, created_at, action) "
-                    "VALUES (?, ?, NULL, 'import', NULL, ?, ?)", (product_id, label, utc_now(), action))
+                    "VALUES (:product_id, :label, NULL, 'import', NULL, :now, :action)",
+                    {"product_id": product_id, "label": label, "now": utc_now(), "action": action})
             return product_id, True
 
     def get_product(self, product_id: int) -> Product:
-        row = self.connection.execute("SELECT * FROM products WHERE id = ?", (int(product_id),)).fetchone()
+        row = self._row("SELECT * FROM products WHERE id = :id", {"id": int(product_id)})
         if row is None:
             raise NotFoundError(f"no product with id {product_id}")
-        return Product(**dict(row))
+        return Product(**row)
 
     def products(self, product_ids: Sequence[int] | None = None) -> list[Product]:
         if product_ids is None:
-            rows = self.connection.execute(f"SELECT * FROM products WHERE id {_LIVE} ORDER BY id").fetchall()
+            rows = self._rows(f"SELECT * FROM products WHERE id {_LIVE} ORDER BY id")
         else:
             rows = []
             ids = [int(i) for i in product_ids]
             for start in range(0, len(ids), 500):
-                chunk = ids[start:start + 500]
-                rows += self.connection.execute(
-                    f"SELECT * FROM products WHERE id IN ({','.join('?' * len(chunk))})", chunk).fetchall()
+                rows += self._rows("SELECT * FROM products WHERE id IN :ids", {"ids": ids[start:start + 500]})
             order = {pid: i for i, pid in enumerate(ids)}
             rows.sort(key=lambda row: order[row["id"]])
-        return [Product(**dict(row)) for row in rows]
+        return [Product(**row) for row in rows]
 
     def product_ids(self) -> list[int]:
-        return [row[0] for row in self.connection.execute(f"SELECT id FROM products WHERE id {_LIVE} ORDER BY id")]
+        return [int(row[0]) for row in self._rows(f"SELECT id FROM products WHERE id {_LIVE} ORDER BY id",
+                                                  mappings=False)]
 
     def count_products(self) -> int:
-        return int(self.connection.execute(f"SELECT COUNT(*) FROM products WHERE id {_LIVE}").fetchone()[0])
+        return int(self._value(f"SELECT COUNT(*) FROM products WHERE id {_LIVE}"))
 
     def archive_products(self, product_ids: Sequence[int], reason: str, kept_product_id: int | None = None,
                          author: str | None = None) -> int:
         """Take products out of the catalogue without deleting anything; return how many."""
         now = utc_now()
-        with self.transaction() as connection:
-            before = connection.total_changes
-            connection.executemany(
-                "INSERT OR IGNORE INTO archived (product_id, kept_product_id, reason, author, created_at) "
-                "VALUES (?, ?, ?, ?, ?)",
-                [(int(pid), kept_product_id, reason, author, now) for pid in product_ids])
-            return connection.total_changes - before
+        rows = [{"id": int(pid), "kept": kept_product_id, "reason": reason, "author": author, "now": now}
+                for pid in product_ids]
+        if not rows:
+            return 0
+        with self.transaction():
+            before = int(self._value("SELECT COUNT(*) FROM archived"))
+            self._execute("INSERT INTO archived (product_id, kept_product_id, reason, author, created_at) "
+                          "VALUES (:id, :kept, :reason, :author, :now) ON CONFLICT (product_id) DO NOTHING", rows)
+            return int(self._value("SELECT COUNT(*) FROM archived")) - before
 
     def restore_products(self, product_ids: Sequence[int]) -> int:
-        with self.transaction() as connection:
-            before = connection.total_changes
-            connection.executemany("DELETE FROM archived WHERE product_id = ?", [(int(pid),) for pid in product_ids])
-            return connection.total_changes - before
+        ids = sorted({int(pid) for pid in product_ids})
+        restored = 0
+        with self.transaction():
+            for start in range(0, len(ids), 500):
+                restored += self._execute("DELETE FROM archived WHERE product_id IN :ids",
+                                          {"ids": ids[start:start + 500]}).rowcount
+        return restored
 
     def archived(self) -> list[dict]:
-        return [dict(row) for row in self.connection.execute("SELECT * FROM archived ORDER BY created_at, product_id")]
+        return [dict(row) for row in self._rows("SELECT * FROM archived ORDER BY created_at, product_id")]
 
     # -- label verdicts ------------------------------------------------------------
     def set_label_verdicts(self, product_ids: Sequence[int], author: str | None = None,
@@ -480,37 +610,37 @@ class Catalog:
         With ``seen`` (product id → the label the person looked at), a product whose
         label changed since is left out: nobody vouches for a label they never saw.
         """
-        with self.transaction() as connection:
+        with self.transaction():
             rows = []
             for pid in product_ids:
-                current = connection.execute("SELECT label FROM labels WHERE product_id = ? ORDER BY id DESC LIMIT 1",
-                                             (int(pid),)).fetchone()
-                label = None if current is None else current["label"]
+                label = self.current_label(int(pid))
                 if label is None or (seen is not None and seen.get(int(pid), label) != label):
                     continue
-                rows.append((int(pid), label, author, utc_now()))
-            connection.executemany("INSERT OR REPLACE INTO label_verdicts VALUES (?, ?, ?, ?)", rows)
+                rows.append({"id": int(pid), "label": label, "author": author, "now": utc_now()})
+            if rows:
+                self._execute("INSERT INTO label_verdicts VALUES (:id, :label, :author, :now) "
+                              "ON CONFLICT (product_id) DO UPDATE SET label = excluded.label, "
+                              "author = excluded.author, created_at = excluded.created_at", rows)
         return len(rows)
 
     def label_verdicts(self) -> dict[int, str]:
         """``{product_id: label a person confirmed}``."""
-        return {int(row[0]): row[1] for row in self.connection.execute("SELECT product_id, label FROM label_verdicts")}
+        return {int(row[0]): row[1] for row in self._rows("SELECT product_id, label FROM label_verdicts",
+                                                          mappings=False)}
 
     # -- labels ----------------------------------------------------------------
     def current_labels_with_source(self) -> dict[int, tuple[str, str]]:
         """``{product_id: (label, source)}`` for every labelled product."""
-        rows = self.connection.execute(_CURRENT_LABELS).fetchall()
-        return {int(row["product_id"]): (row["label"], row["source"]) for row in rows if row["label"] is not None}
+        rows = self._rows(_CURRENT_LABELS, mappings=False)
+        return {int(pid): (label, source) for pid, label, source in rows if label is not None}
 
     def current_labels(self) -> dict[int, str]:
         """``{product_id: label}`` for every product whose latest label is not cleared."""
         return {pid: label for pid, (label, _source) in self.current_labels_with_source().items()}
 
     def current_label(self, product_id: int) -> str | None:
-        row = self.connection.execute(
-            "SELECT label FROM labels WHERE product_id = ? ORDER BY id DESC LIMIT 1", (int(product_id),)
-        ).fetchone()
-        return None if row is None else row["label"]
+        return self._value("SELECT label FROM labels WHERE product_id = :id ORDER BY id DESC LIMIT 1",
+                           {"id": int(product_id)})
 
     def set_labels(self, assignments: Iterable[tuple[int, str | None]], source: str = "human",
                    author: str | None = None, only_if_unlabelled: bool = False, action: str | None = None) -> int:
@@ -533,20 +663,19 @@ class Catalog:
         what the person was looking at (:data:`ANY` to skip the check). If the
         product's label changed since, nobody's work is overwritten: the change
         is skipped and returned as a :class:`LabelConflict`. The check and the
-        write happen in one ``BEGIN IMMEDIATE`` transaction, so two people can
-        never both win.
+        write happen in one write transaction that queues behind every other
+        writer, so two people can never both win.
         """
         if source not in LABEL_SOURCES:
             raise ValueError(f"label source must be one of {LABEL_SOURCES}, got {source!r}")
         action = action or uuid.uuid4().hex
         changed, conflicts = 0, []
         now = utc_now()
-        with self.transaction() as connection:
+        with self.transaction():
             for product_id, label, seen in changes:
                 label = clean_label(label)
-                row = connection.execute(
-                    "SELECT label, author, created_at FROM labels WHERE product_id = ? ORDER BY id DESC LIMIT 1",
-                    (int(product_id),)).fetchone()
+                row = self._row("SELECT label, author FROM labels WHERE product_id = :id ORDER BY id DESC LIMIT 1",
+                                {"id": int(product_id)})
                 previous = None if row is None else row["label"]
                 if seen is not ANY and clean_label(seen) != previous:
                     conflicts.append(LabelConflict(int(product_id), seen, previous, label,
@@ -554,108 +683,121 @@ class Catalog:
                     continue
                 if previous == label or (only_if_unlabelled and previous is not None):
                     continue
-                connection.execute(
+                self._execute(
                     "INSERT INTO labels (product_id, label, previous_label, source, author, created_at, action) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    (int(product_id), label, previous, source, author, now, action),
-                )
+                    "VALUES (:id, :label, :previous, :source, :author, :now, :action)",
+                    {"id": int(product_id), "label": label, "previous": previous, "source": source,
+                     "author": author, "now": now, "action": action})
                 changed += 1
         return changed, conflicts
 
     def label_history(self, product_id: int | None = None, limit: int | None = None) -> list[LabelEvent]:
         query = "SELECT * FROM labels"
-        parameters: list = []
+        parameters: dict = {}
         if product_id is not None:
-            query += " WHERE product_id = ?"
-            parameters.append(int(product_id))
+            query += " WHERE product_id = :id"
+            parameters["id"] = int(product_id)
         query += " ORDER BY id DESC"
         if limit:
-            query += " LIMIT ?"
-            parameters.append(int(limit))
-        return [LabelEvent(**dict(row)) for row in self.connection.execute(query, parameters)]
+            query += " LIMIT :limit"
+            parameters["limit"] = int(limit)
+        return [LabelEvent(**row) for row in self._rows(query, parameters)]
+
+    def last_action(self, author: str | None) -> str | None:
+        """``author``'s latest labelling action that is not an import, an undo, or already undone."""
+        return self._value(
+            "SELECT action FROM labels l WHERE action IS NOT NULL AND source != 'import' "
+            "AND action NOT LIKE 'undo:%' AND author IS NOT DISTINCT FROM CAST(:author AS TEXT) "
+            "AND NOT EXISTS (SELECT 1 FROM labels u WHERE u.action = 'undo:' || l.action) "
+            "ORDER BY id DESC LIMIT 1", {"author": author})
+
+    def action_events(self, action: str) -> list[LabelEvent]:
+        """The label events of one action, oldest first."""
+        return [LabelEvent(**row) for row in self._rows("SELECT * FROM labels WHERE action = :action ORDER BY id",
+                                                        {"action": action})]
+
+    def count_label_events(self, source: str) -> int:
+        return int(self._value("SELECT COUNT(*) FROM labels WHERE source = :source", {"source": source}))
 
     def categories(self) -> list[str]:
         return sorted(set(self.current_labels().values()))
 
     # -- embeddings ------------------------------------------------------------
     def missing_embeddings(self, embedding_key: str) -> list[int]:
-        rows = self.connection.execute(
-            "SELECT id FROM products WHERE id NOT IN (SELECT product_id FROM embeddings WHERE backbone = ?) "
-            f"AND id {_LIVE} ORDER BY id", (embedding_key,)).fetchall()
-        return [row[0] for row in rows]
+        rows = self._rows("SELECT id FROM products WHERE id NOT IN (SELECT product_id FROM embeddings "
+                          f"WHERE backbone = :key) AND id {_LIVE} ORDER BY id", {"key": embedding_key}, mappings=False)
+        return [int(row[0]) for row in rows]
 
     def store_embeddings(self, embedding_key: str, product_ids: Sequence[int], vectors: np.ndarray) -> None:
         vectors = np.asarray(vectors, dtype=np.float16)
-        with self.transaction() as connection:
-            connection.executemany(
-                "INSERT OR REPLACE INTO embeddings (product_id, backbone, dim, vector) VALUES (?, ?, ?, ?)",
-                [(int(pid), embedding_key, int(vec.shape[0]), vec.tobytes()) for pid, vec in zip(product_ids, vectors)],
-            )
+        rows = [{"id": int(pid), "key": embedding_key, "dim": int(vec.shape[0]), "vector": vec.tobytes()}
+                for pid, vec in zip(product_ids, vectors)]
+        if not rows:
+            return
+        with self.transaction():
+            self._execute("INSERT INTO embeddings (product_id, backbone, dim, vector) VALUES (:id, :key, :dim, "
+                          ":vector) ON CONFLICT (product_id, backbone) DO UPDATE SET dim = excluded.dim, "
+                          "vector = excluded.vector", rows)
 
     def embeddings(self, embedding_key: str, product_ids: Sequence[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Return ``(product_ids, vectors)`` (float32) of the products that have vectors under ``embedding_key``."""
-        query = "SELECT product_id, dim, vector FROM embeddings WHERE backbone = ?"
+        query = "SELECT product_id, vector FROM embeddings WHERE backbone = :key"
         if product_ids is None:
-            rows = self.connection.execute(query + f" AND product_id {_LIVE} ORDER BY product_id",
-                                           (embedding_key,)).fetchall()
+            rows = self._rows(query + f" AND product_id {_LIVE} ORDER BY product_id", {"key": embedding_key},
+                              mappings=False)
         else:
-            # Ask SQLite for just these rows: an upload of 50 photos must not read a 100k catalogue.
+            # Ask the database for just these rows: an upload of 50 photos must not read a 100k catalogue.
             ids = sorted({int(pid) for pid in product_ids})
             rows = []
             for start in range(0, len(ids), 500):
-                chunk = ids[start:start + 500]
-                rows += self.connection.execute(
-                    query + f" AND product_id IN ({','.join('?' * len(chunk))}) ORDER BY product_id",
-                    [embedding_key, *chunk]).fetchall()
+                rows += self._rows(query + " AND product_id IN :ids ORDER BY product_id",
+                                   {"key": embedding_key, "ids": ids[start:start + 500]}, mappings=False)
         if not rows:
             return np.zeros(0, dtype=np.int64), np.zeros((0, 0), dtype=np.float32)
-        ids = np.array([row["product_id"] for row in rows], dtype=np.int64)
-        vectors = np.frombuffer(b"".join(row["vector"] for row in rows), dtype=np.float16)
+        ids = np.array([row[0] for row in rows], dtype=np.int64)
+        vectors = np.frombuffer(b"".join(bytes(row[1]) for row in rows), dtype=np.float16)
         return ids, vectors.reshape(len(rows), -1).astype(np.float32)
 
     def embedded_product_ids(self, embedding_key: str) -> list[int]:
         """Ids of the live products that have a vector under ``embedding_key``, without reading the vectors."""
-        rows = self.connection.execute(f"SELECT product_id FROM embeddings WHERE backbone = ? AND product_id {_LIVE} "
-                                       "ORDER BY product_id", (embedding_key,)).fetchall()
+        rows = self._rows(f"SELECT product_id FROM embeddings WHERE backbone = :key AND product_id {_LIVE} "
+                          "ORDER BY product_id", {"key": embedding_key}, mappings=False)
         return [int(row[0]) for row in rows]
 
     def count_embeddings(self, embedding_key: str) -> int:
-        return int(self.connection.execute(
-            "SELECT COUNT(*) FROM embeddings WHERE backbone = ?", (embedding_key,)).fetchone()[0])
+        return int(self._value("SELECT COUNT(*) FROM embeddings WHERE backbone = :key", {"key": embedding_key}))
 
     # -- model versions ----------------------------------------------------------
     def add_model_version(self, embedding_key: str, classes: Sequence[str], metrics: dict, params: dict,
                           path: str, activate: bool = True) -> int:
-        with self.transaction() as connection:
-            cursor = connection.execute(
+        with self.transaction():
+            version_id = int(self._execute(
                 "INSERT INTO model_versions (backbone, classes, metrics, params, path, created_at, is_active) "
-                "VALUES (?, ?, ?, ?, ?, ?, 0)",
-                (embedding_key, json.dumps(list(classes)), json.dumps(metrics), json.dumps(params), path, utc_now()),
-            )
-            version_id = int(cursor.lastrowid)
+                "VALUES (:key, :classes, :metrics, :params, :path, :now, 0) RETURNING id",
+                {"key": embedding_key, "classes": json.dumps(list(classes)), "metrics": json.dumps(metrics),
+                 "params": json.dumps(params), "path": path, "now": utc_now()}).scalar_one())
             if activate:
                 self.activate_model_version(version_id)
         return version_id
 
     def activate_model_version(self, version_id: int) -> None:
-        with self.transaction() as connection:
-            if connection.execute("SELECT 1 FROM model_versions WHERE id = ?", (int(version_id),)).fetchone() is None:
+        with self.transaction():
+            if self._value("SELECT 1 FROM model_versions WHERE id = :id", {"id": int(version_id)}) is None:
                 raise NotFoundError(f"no model version {version_id}")
-            connection.execute("UPDATE model_versions SET is_active = (id = ?)", (int(version_id),))
+            self._execute("UPDATE model_versions SET is_active = CASE WHEN id = :id THEN 1 ELSE 0 END",
+                          {"id": int(version_id)})
 
     def model_versions(self) -> list[ModelVersion]:
-        rows = self.connection.execute("SELECT * FROM model_versions ORDER BY id").fetchall()
-        return [_model_row(row) for row in rows]
+        return [_model_row(row) for row in self._rows("SELECT * FROM model_versions ORDER BY id")]
 
     def model_version(self, version_id: int) -> ModelVersion:
-        row = self.connection.execute("SELECT * FROM model_versions WHERE id = ?", (int(version_id),)).fetchone()
+        row = self._row("SELECT * FROM model_versions WHERE id = :id", {"id": int(version_id)})
         if row is None:
             raise NotFoundError(f"no model version {version_id}")
         return _model_row(row)
 
     def active_model_version(self) -> ModelVersion | None:
-        row = self.connection.execute(
-            "SELECT * FROM model_versions WHERE is_active = 1 ORDER BY id DESC LIMIT 1").fetchone()
+        row = self._row("SELECT * FROM model_versions WHERE is_active = 1 ORDER BY id DESC LIMIT 1")
         return None if row is None else _model_row(row)
 
     # -- predictions -------------------------------------------------------------
@@ -664,64 +806,70 @@ class Catalog:
         """``new_category``: per product, whether it looks like no labelled product (None: not judged)."""
         now = utc_now()
         flags = [None] * len(product_ids) if new_category is None else list(new_category)
-        with self.transaction() as connection:
-            connection.executemany(
-                "INSERT OR REPLACE INTO predictions (product_id, model_id, top_label, confidence, labels, "
-                "probabilities, created_at, new_category) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                [
-                    (int(pid), int(model_id), labels[0], float(probs[0]), json.dumps(list(labels)),
-                     json.dumps([round(float(p), 6) for p in probs]), now, None if new is None else int(bool(new)))
-                    for pid, labels, probs, new in zip(product_ids, top_labels, top_probabilities, flags)
-                ],
-            )
+        rows = [
+            {"id": int(pid), "model": int(model_id), "top": labels[0], "confidence": float(probs[0]),
+             "labels": json.dumps(list(labels)), "probabilities": json.dumps([round(float(p), 6) for p in probs]),
+             "now": now, "new": None if new is None else int(bool(new))}
+            for pid, labels, probs, new in zip(product_ids, top_labels, top_probabilities, flags)
+        ]
+        if not rows:
+            return
+        with self.transaction():
+            self._execute(
+                "INSERT INTO predictions (product_id, model_id, top_label, confidence, labels, probabilities, "
+                "created_at, new_category) VALUES (:id, :model, :top, :confidence, :labels, :probabilities, :now, "
+                ":new) ON CONFLICT (product_id, model_id) DO UPDATE SET top_label = excluded.top_label, "
+                "confidence = excluded.confidence, labels = excluded.labels, "
+                "probabilities = excluded.probabilities, created_at = excluded.created_at, "
+                "new_category = excluded.new_category", rows)
 
     def predictions(self, model_id: int) -> dict[int, dict]:
-        rows = self.connection.execute(
-            "SELECT product_id, top_label, confidence, labels, probabilities, new_category FROM predictions "
-            "WHERE model_id = ?", (int(model_id),)).fetchall()
+        rows = self._rows("SELECT product_id, top_label, confidence, labels, probabilities, new_category "
+                          "FROM predictions WHERE model_id = :model", {"model": int(model_id)}, mappings=False)
         return {
-            int(row["product_id"]): {
-                "label": row["top_label"], "confidence": row["confidence"],
-                "labels": json.loads(row["labels"]), "probabilities": json.loads(row["probabilities"]),
-                "new_category": None if row["new_category"] is None else bool(row["new_category"]),
+            int(pid): {
+                "label": top, "confidence": confidence, "labels": json.loads(labels),
+                "probabilities": json.loads(probabilities), "new_category": None if new is None else bool(new),
             }
-            for row in rows
+            for pid, top, confidence, labels, probabilities, new in rows
         }
 
     # -- accounts ------------------------------------------------------------------
     # Rows only; hashing, roles and permissions live in core.security.accounts.
     def add_user(self, name: str, password_hash: str, role: str) -> None:
-        with self.transaction() as connection:
-            if connection.execute("SELECT 1 FROM users WHERE name = ?", (name,)).fetchone():
+        with self.transaction():
+            if self._value("SELECT 1 FROM users WHERE name = :name", {"name": name}) is not None:
                 raise InvalidInputError(f"an account named {name!r} already exists "
                                         "(use `users passwd` or `users role`)")
-            connection.execute("INSERT INTO users VALUES (?, ?, ?, ?)", (name, password_hash, role, utc_now()))
+            self._execute("INSERT INTO users VALUES (:name, :hash, :role, :now)",
+                          {"name": name, "hash": password_hash, "role": role, "now": utc_now()})
 
     def update_user(self, name: str, password_hash: str | None = None, role: str | None = None) -> None:
-        with self.transaction() as connection:
-            if connection.execute("SELECT 1 FROM users WHERE name = ?", (name,)).fetchone() is None:
+        with self.transaction():
+            if self._value("SELECT 1 FROM users WHERE name = :name", {"name": name}) is None:
                 raise NotFoundError(f"no account named {name!r}")
             if password_hash is not None:
-                connection.execute("UPDATE users SET password_hash = ? WHERE name = ?", (password_hash, name))
+                self._execute("UPDATE users SET password_hash = :hash WHERE name = :name",
+                              {"hash": password_hash, "name": name})
             if role is not None:
-                connection.execute("UPDATE users SET role = ? WHERE name = ?", (role, name))
+                self._execute("UPDATE users SET role = :role WHERE name = :name", {"role": role, "name": name})
 
     def remove_user(self, name: str) -> None:
-        with self.transaction() as connection:
-            if connection.execute("DELETE FROM users WHERE name = ?", (name,)).rowcount == 0:
+        with self.transaction():
+            if self._execute("DELETE FROM users WHERE name = :name", {"name": name}).rowcount == 0:
                 raise NotFoundError(f"no account named {name!r}")
 
     def users(self) -> list[dict]:
         """Every account: ``name, role, created_at`` (never the password hash)."""
-        return [dict(row) for row in self.connection.execute("SELECT name, role, created_at FROM users ORDER BY name")]
+        return [dict(row) for row in self._rows("SELECT name, role, created_at FROM users ORDER BY name")]
 
     def user_password_hash(self, name: str) -> tuple[str, str] | None:
         """``(password_hash, role)`` of an account, None if there is no such account."""
-        row = self.connection.execute("SELECT password_hash, role FROM users WHERE name = ?", (name,)).fetchone()
+        row = self._row("SELECT password_hash, role FROM users WHERE name = :name", {"name": name})
         return None if row is None else (row["password_hash"], row["role"])
 
     def has_accounts(self) -> bool:
-        return self.connection.execute("SELECT 1 FROM users LIMIT 1").fetchone() is not None
+        return self._value("SELECT 1 FROM users LIMIT 1") is not None
 
     # -- summary -----------------------------------------------------------------
     def status(self) -> dict:
@@ -752,16 +900,30 @@ def _holds_data(workspace: Path) -> bool:
 
 
 @contextmanager
-def _translated_errors(database_path: Path) -> Iterator[None]:
-    """Storage failures as one-line errors that say what to do."""
+def _translated_errors(database_path: Path, server: str | None = None) -> Iterator[None]:
+    """Storage failures as one-line errors that say what to do (``server``: a PostgreSQL catalogue's URL)."""
+    from sqlalchemy.exc import DBAPIError
+
     try:
         yield
-    except sqlite3.DatabaseError as error:
-        raise CatalogError(storage_error_message(error, database_path)) from None
+    except (sqlite3.DatabaseError, DBAPIError) as error:
+        original = getattr(error, "orig", None) or error
+        if server is not None:
+            raise CatalogError(server_error_message(original, server)) from None
+        raise CatalogError(storage_error_message(original, database_path)) from None
     except OSError as error:
         if error.errno in _DISK_ERRNOS:
             raise CatalogError(storage_error_message(error, database_path)) from None
         raise
+
+
+def server_error_message(error: BaseException, server: str) -> str:
+    """What went wrong with a PostgreSQL catalogue, in one line (never the password)."""
+    text = " ".join(str(error).split())
+    if "connection" in text.lower() and ("refused" in text.lower() or "failed" in text.lower()
+                                         or "timeout" in text.lower()):
+        return f"cannot reach the PostgreSQL catalogue at {server}: is the server running? ({text[:200]})"
+    return f"the PostgreSQL catalogue at {server} refused the request ({text[:300]})"
 
 
 _DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM}
@@ -804,7 +966,16 @@ def clean_label(label: str | None) -> str | None:
     return label
 
 
-def _model_row(row: sqlite3.Row) -> ModelVersion:
+@functools.lru_cache(maxsize=1024)
+def _statement(sql: str):
+    # Every query is written once with named parameters; SQLAlchemy renders it for SQLite or psycopg.
+    statement = text(sql)
+    if ":ids" in sql:  # a list of ids: rendered as IN (..., ...)
+        statement = statement.bindparams(bindparam("ids", expanding=True))
+    return statement
+
+
+def _model_row(row) -> ModelVersion:
     # The column keeps its historical name "backbone"; it has always held an embedding key.
     return ModelVersion(id=int(row["id"]), embedding_key=row["backbone"], classes=json.loads(row["classes"]),
                         metrics=json.loads(row["metrics"]), params=json.loads(row["params"]), path=row["path"],

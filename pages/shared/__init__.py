@@ -20,7 +20,7 @@ from core.features import Embedder
 from core.jobs.pipeline import version_embedder
 from core.security import Account, SignInThrottle, require
 from core.settings import workspace_dir
-from core.storage import Catalog, thumbnail
+from core.storage import Catalog, database_url, thumbnail
 from pages.shared import state
 from pages.shared.text import plain
 
@@ -67,15 +67,15 @@ def require_router() -> None:
 
 
 @st.cache_resource(show_spinner=False)
-def _catalog(workspace: str) -> Catalog:
-    return Catalog(workspace)
+def _catalog(workspace: str, database: str) -> Catalog:
+    return Catalog(workspace, database=database)
 
 
 def catalog() -> Catalog:
     """The workspace's catalogue; a damaged one stops the page with a short message (no server paths)."""
     workspace = str(workspace_dir().resolve())
     try:
-        return _catalog(workspace)
+        return _catalog(workspace, database_url())
     except CatalogError as error:
         message = str(error).replace(workspace + "/", "").replace(workspace, "the workspace folder")
         st.error(f"The workspace cannot be opened: {plain(message)}. Ask whoever runs this server.")

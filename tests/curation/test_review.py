@@ -5,6 +5,9 @@ from core.curation import review
 from core.storage import ingest
 from core.storage.catalog import Catalog
 
+# Runs on SQLite and on a real PostgreSQL server (conftest.database).
+pytestmark = pytest.mark.usefixtures("database")
+
 
 @pytest.fixture
 def catalog(workspace, demo_dir):

@@ -149,8 +149,8 @@ def test_csv_cells_cannot_run_as_spreadsheet_formulas(tmp_path, demo_dir):
     ids = catalog.product_ids()
     catalog.set_labels(zip(ids, hostile))
     with catalog.transaction() as connection:  # a NUL in a name from an older version or another tool
-        connection.execute("UPDATE products SET filename = ? WHERE id = ?", ("nul\x00byte.jpg", ids[-1]))
-        connection.execute("UPDATE products SET filename = ? WHERE id = ?", ("\t=1+1.jpg", ids[-2]))
+        connection.exec_driver_sql("UPDATE products SET filename = ? WHERE id = ?", ("nul\x00byte.jpg", ids[-1]))
+        connection.exec_driver_sql("UPDATE products SET filename = ? WHERE id = ?", ("\t=1+1.jpg", ids[-2]))
     path = export.export_labels(catalog, tmp_path / "labels.csv")
     raw = path.read_bytes()
     assert b"\x00" not in raw

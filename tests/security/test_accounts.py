@@ -16,6 +16,9 @@ from core.security import (
 )
 from core.storage import Catalog
 
+# Runs on SQLite and on a real PostgreSQL server (conftest.database).
+pytestmark = pytest.mark.usefixtures("database")
+
 
 @pytest.fixture()
 def catalog(tmp_path):
@@ -28,9 +31,13 @@ def test_passwords_are_stored_as_argon2id_hashes_and_checked(catalog):
     add_user(catalog, "alice", "correct horse", "labeller")
     stored, role = catalog.user_password_hash("alice")
     assert stored.startswith("$argon2id$") and "correct horse" not in stored and role == "labeller"
-    raw = catalog.database_path.read_bytes() + (catalog.database_path.with_name("catalog.sqlite-wal").read_bytes()
-                                                if catalog.database_path.with_name("catalog.sqlite-wal").exists()
-                                                else b"")
+    if catalog.is_sqlite:
+        wal = catalog.database_path.with_name("catalog.sqlite-wal")
+        raw = catalog.database_path.read_bytes() + (wal.read_bytes() if wal.exists() else b"")
+    else:
+        with catalog.transaction() as connection:
+            raw = repr(connection.exec_driver_sql("SELECT * FROM users").all()).encode()
+        assert b"$argon2id$" in raw
     assert b"correct horse" not in raw
     assert authenticate(catalog, "alice", "correct horse") == Account("alice", "labeller")
     for name, password in [("alice", "wrong password"), ("nobody", "correct horse"), ("alice", "")]:
@@ -56,7 +63,7 @@ def test_roles_allow_what_the_issue_says():
 
 def test_account_names_and_passwords_are_checked(tmp_path, catalog):
     with pytest.raises(InvalidInputError, match="first account must be an admin"):
-        add_user(Catalog(tmp_path / "other"), "alice", "long enough", "labeller")
+        add_user(Catalog(tmp_path / "other", database="sqlite"), "alice", "long enough", "labeller")
     for name in ["", "a b", "x" * 65, "bad\nname", "esc\x1b[31m"]:
         with pytest.raises(InvalidInputError):
             add_user(catalog, name, "long enough", "viewer")

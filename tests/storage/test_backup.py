@@ -163,6 +163,38 @@ def test_a_doctored_catalogue_already_in_a_workspace_cannot_reach_outside_it(tmp
     ingest.import_paths(catalog, [demo_dir / "Lemon"])
     product = catalog.product_ids()[0]
     with catalog.transaction() as connection:
-        connection.execute("UPDATE products SET stored_path = '../../etc/passwd' WHERE id = ?", (product,))
+        connection.exec_driver_sql("UPDATE products SET stored_path = '../../etc/passwd' WHERE id = ?", (product,))
     with pytest.raises(CatalogError, match="outside images/"):
         catalog.image_path(product)
+
+
+def test_a_postgresql_catalogue_backs_up_and_moves_between_databases(tmp_path, demo_dir, postgres_server):
+    source_url, target_url = postgres_server.new_database(), postgres_server.new_database()
+    try:
+        catalog = Catalog(tmp_path / "ws", database=source_url)
+        ingest.import_paths(catalog, [demo_dir / "Lemon", demo_dir / "Banana"], label="Fruit")
+        catalog.set_labels([(catalog.product_ids()[0], "Lemon")], author="ana")
+        catalog.archive_products([catalog.product_ids()[1]], reason="duplicate")
+        catalog.store_embeddings("test", catalog.product_ids()[:2], [[0.5, -1.0], [2.0, 0.25]])
+        archive = backup(catalog, tmp_path / "backup.zip")
+
+        as_sqlite = restore(archive, tmp_path / "on-sqlite", database="sqlite")
+        as_postgres = restore(archive, tmp_path / "on-postgres", database=target_url)
+        assert as_sqlite.is_sqlite and not as_postgres.is_sqlite
+        assert not (tmp_path / "on-postgres" / "catalog.sqlite").exists(), "the rows moved into PostgreSQL"
+        for restored in (as_sqlite, as_postgres):
+            assert restored.current_labels() == catalog.current_labels()
+            assert restored.label_history() == catalog.label_history()
+            assert restored.archived() == catalog.archived()
+            assert [p.sha256 for p in restored.products()] == [p.sha256 for p in catalog.products()]
+            assert restored.embeddings("test")[1].tolist() == catalog.embeddings("test")[1].tolist()
+        # New rows continue after the copied ids.
+        product = as_postgres.product_ids()[-1]
+        as_postgres.set_labels([(product, "Banana")], author="bo")
+        assert as_postgres.label_history(limit=1)[0].id == max(e.id for e in catalog.label_history()) + 1
+        with pytest.raises(CatalogError, match="catalogue of another workspace folder"):
+            restore(archive, tmp_path / "again", database=target_url)
+        assert not (tmp_path / "again").exists(), "a refused restore leaves nothing behind"
+    finally:
+        postgres_server.drop(source_url)
+        postgres_server.drop(target_url)

@@ -9,6 +9,9 @@ from core.errors import CatalogError
 from core.storage import images
 from core.storage.catalog import SCHEMA_VERSION, Catalog
 
+# Every test here runs on SQLite and on a real PostgreSQL server (conftest.database).
+pytestmark = pytest.mark.usefixtures("database")
+
 
 def add(catalog, path):
     data = path.read_bytes()
@@ -77,6 +80,7 @@ def test_embeddings_round_trip_as_float16(workspace):
     assert catalog.missing_embeddings("other") == ids
 
 
+@pytest.mark.sqlite_only
 def test_database_is_in_wal_mode_and_persists(workspace):
     catalog = Catalog(workspace)
     product, _ = add(catalog, demo_photos("Lemon")[0])
@@ -88,6 +92,7 @@ def test_database_is_in_wal_mode_and_persists(workspace):
     assert mode == "wal"
 
 
+@pytest.mark.sqlite_only
 def test_newer_schema_is_refused(workspace):
     Catalog(workspace).close()
     with sqlite3.connect(workspace / "catalog.sqlite") as connection:
@@ -96,6 +101,7 @@ def test_newer_schema_is_refused(workspace):
         Catalog(workspace)
 
 
+@pytest.mark.sqlite_only
 def test_missing_catalogue_is_a_clear_error(tmp_path):
     with pytest.raises(CatalogError, match="import"):
         Catalog(tmp_path / "nothing-here", create=False)
@@ -110,6 +116,7 @@ def test_status_counts(workspace):
     assert status["active_model"] is None
 
 
+@pytest.mark.sqlite_only
 def test_a_schema_1_workspace_is_migrated_without_losing_labels(workspace):
     workspace.mkdir(parents=True)
     fixture = (Path(__file__).parents[1] / "fixtures" / "schema_v1.sql").read_text()
@@ -136,3 +143,43 @@ def test_a_label_verdict_only_vouches_for_the_label_the_person_saw(workspace):
     catalog.set_labels([(second, "Lime")], author="bo")  # after ana loaded the page showing "Lemon"
     marked = catalog.set_label_verdicts([first, second], author="ana", seen={first: "Lemon", second: "Lemon"})
     assert marked == 1 and catalog.label_verdicts() == {first: "Lemon"}, "bo's Lime was never checked by ana"
+
+
+def test_rows_live_where_the_database_setting_says(workspace, database):
+    catalog = Catalog(workspace)
+    add(catalog, demo_photos("Lemon")[0])
+    assert catalog.is_sqlite == (database == "sqlite")
+    assert (workspace / "catalog.sqlite").exists() == (database == "sqlite")
+    assert catalog.image_path(1).is_file(), "photos are files in the workspace on either database"
+
+
+def test_an_older_schema_is_migrated_in_place_without_losing_labels(workspace):
+    catalog = Catalog(workspace)
+    product, _ = add(catalog, demo_photos("Lemon")[0])
+    catalog.set_labels([(product, "Lemon")], author="ana")
+    with catalog.transaction() as connection:  # what a schema-3 catalogue looked like
+        connection.exec_driver_sql("ALTER TABLE predictions DROP COLUMN new_category")
+        connection.exec_driver_sql("UPDATE meta SET value = '3' WHERE key = 'schema_version'")
+    catalog.close()
+    migrated = Catalog(workspace)
+    assert migrated.schema_version() == SCHEMA_VERSION
+    assert migrated.current_labels() == {product: "Lemon"}
+    version = migrated.add_model_version("test", ["Lemon"], {}, {}, "models/none.keras")
+    migrated.store_predictions(version, [product], [["Lemon"]], np.array([[0.9]]), new_category=[True])
+    assert migrated.predictions(version)[product]["new_category"] is True, "the migration's column is usable"
+
+
+def test_ids_keep_growing_and_the_active_version_is_unique(workspace):
+    catalog = Catalog(workspace)
+    ids = [add(catalog, photo)[0] for photo in demo_photos("Lemon")[:3]]
+    assert ids == sorted(ids) and len(set(ids)) == 3
+    first = catalog.add_model_version("test", ["Lemon"], {"accuracy": 0.5}, {}, "models/a.keras")
+    second = catalog.add_model_version("test", ["Lemon"], {"accuracy": 0.6}, {}, "models/b.keras")
+    assert catalog.active_model_version().id == second
+    catalog.activate_model_version(first)
+    assert [v.is_active for v in catalog.model_versions()] == [True, False]
+    assert catalog.archive_products(ids[:2], reason="duplicate", kept_product_id=ids[2]) == 2
+    assert catalog.archive_products(ids[:2], reason="duplicate") == 0, "archiving twice changes nothing"
+    assert catalog.product_ids() == ids[2:]
+    assert catalog.restore_products(ids) == 2 and catalog.product_ids() == ids
+
