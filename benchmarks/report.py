@@ -60,13 +60,32 @@ def grocery() -> str:
     result = load("grocery")
     if result is None:
         return missing("grocery.py")
+    top = [with_interval(result["top_level"])] if "top_level" in result else []
     return "\n".join([table(
-        ["settings", "fine accuracy (95% interval)", "coarse accuracy (95% interval)", "train / val photos",
-         "classes", "embed photos/s", "embed s", "head training s", "peak memory"],
-        [[result["settings"], with_interval(result["fine"]), with_interval(result["coarse"]),
+        ["settings", "fine accuracy (95% interval)", "coarse accuracy (95% interval)"]
+        + (["Fruit / Vegetables / Packages"] if top else [])
+        + ["train / val photos", "classes", "embed photos/s", "embed s", "head training s", "peak memory"],
+        [[result["settings"], with_interval(result["fine"]), with_interval(result["coarse"]), *top,
           f"{result['n_train']} / {result['n_test']}", result["n_classes"], f"{result['images_per_second']:.1f}",
           f"{result['embed_seconds']:.0f}", f"{result['train_seconds']:.1f}", f"{result['peak_memory_mb']:.0f} MB"]]),
-        "", *_calibration_lines(result.get("calibration")), measured_on(result)])
+        "", *_coverage_lines(result.get("coverage")), *_calibration_lines(result.get("calibration")),
+        measured_on(result)])
+
+
+def _coverage_lines(coverage: list | None) -> list[str]:
+    """The "Fruit › ?" fallback on val: how many photos keep a fine answer at each threshold, and how right."""
+    if not coverage:
+        return []
+    rows = [[f"{row['threshold']:.0%}", percent(row["fine_coverage"]),
+             with_interval(row["fine"]) if row["fine"]["n"] else "–",
+             f"{row['answered'] - row['fine_answered']}", f"{row['n'] - row['answered']}",
+             with_interval(row["answers"]) if row["answers"]["n"] else "–"] for row in coverage]
+    return ["Coarse and fine levels come from the model itself: a coarse category's probability is the sum of "
+            "its fine categories'. Below a confidence threshold the app answers with the coarse category it is "
+            "sure of (\"Fruit › Apple › ?\") instead of a fine guess; on val:", "",
+            table(["threshold", "photos with a fine answer", "fine answers right",
+                   "coarse answers (\"Fruit › ?\")", "no answer (\"?\")", "every answer right at its level"],
+                  rows), ""]
 
 
 def _calibration_lines(calibration: dict | None) -> list[str]:

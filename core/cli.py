@@ -231,6 +231,28 @@ def command_history(args) -> int:
     return 0
 
 
+def command_categories(args) -> int:
+    from core.curation import category_rows
+
+    catalog = _catalog(args, create=False)
+    if args.category is not None or args.parent is not None:
+        if args.category is None or args.parent is None:
+            raise InvalidInputError("give a CATEGORY and its --parent ('' makes it a top-level category)")
+        account = _acting_account(catalog, args, "rename")
+        catalog.set_category_parents([(args.category, args.parent or None)], author=account.name)
+    rows = category_rows(catalog)
+    if args.json:
+        print(json.dumps(rows))
+    else:
+        if not rows:
+            print("no categories yet: import labelled photos, or a category,parent CSV")
+        for row in rows:
+            print(f"{'  ' * row['level']}{_text(row['category'])}  ({row['products']} products"
+                  + (f", {row['products_below']} with the categories under it" if row["products_below"]
+                     != row["products"] else "") + ")")
+    return 0
+
+
 def _text(value) -> str:
     """User text for a terminal line: control characters (newlines, escape sequences) escaped."""
     text = str(value)
@@ -609,6 +631,14 @@ def build_parser() -> argparse.ArgumentParser:
                      "otherwise report who changed it and exit with code 3")
     add_identity_options(sub)
     sub.set_defaults(handler=command_label)
+
+    sub = commands.add_parser("categories", help="list categories as a tree; CATEGORY --parent P sets a parent "
+                              "(admin; also from folder trees and a category,parent CSV on import)")
+    sub.add_argument("category", nargs="?", metavar="CATEGORY", help="the category to move")
+    sub.add_argument("--parent", metavar="PARENT", help="its new parent ('' makes it a top-level category)")
+    sub.add_argument("--json", action="store_true", help="print one JSON list")
+    add_identity_options(sub)
+    sub.set_defaults(handler=command_categories)
 
     sub = commands.add_parser("undo", help="revert your most recent labelling action (never a later change "
                               "by someone else: those are reported, exit code 3)")

@@ -25,6 +25,8 @@ require_router()
 PAGE_SIZE = 12
 COLUMNS = 4
 SUGGESTIONS = 3  # buttons on a card; the focused card shows every suggestion the model kept (keys 1-9)
+UNSURE_HELP = ("The model is not sure enough of the exact category, only of the coarser one shown (the "
+               "category tree, under Manage categories); the buttons below are its best guesses.")
 KEYS = [("1 – 9", "give the focused card its 1st … 9th suggestion"), ("Enter", "accept the focused card's prediction"),
         ("← → ↑ ↓", "move between cards (→ on the last card opens the next page)"),
         ("X", "select the focused card for a bulk action"), ("Z", "undo your last action"),
@@ -36,6 +38,8 @@ if table.empty:
     st.info("No products yet: upload photos or load the demo catalogue on the Home page.")
     st.stop()
 categories = catalog().categories()
+tree = catalog().category_parents()
+tree = set(tree) | set(tree.values())  # every category that has a parent or is one
 
 
 @st.cache_resource(show_spinner=False, max_entries=1)
@@ -114,11 +118,15 @@ with st.expander("Filters and order", expanded=False):
                                         help="Products unlike every labelled one: label a few with the new "
                                              "category (select them, then Relabel), and retrain.")
     confidence = st.slider("Confidence", 0.0, 1.0, (0.0, 1.0), 0.05, key=state.REVIEW_CONFIDENCE)
+    tree_nodes = sorted({node for nodes in table["within"] for node in nodes} & set(tree))
+    under = st.multiselect("Under category (any level)", tree_nodes, key=state.REVIEW_UNDER,
+                           help="Products whose label or prediction lies under these categories of the tree "
+                                "(set parents under Manage categories).") if tree else []
 
 selected = review.select(table, order=order, predicted=predicted, confidence_range=confidence,
                          labelled={"all": None, "unlabelled": False, "labelled": True}[status],
                          disagreements_only=disagreements, features=_features(key, catalog().count_embeddings(key)),
-                         new_category_only=new_only,
+                         new_category_only=new_only, under=under,
                          page_size=PAGE_SIZE)
 pages = max(1, -(-len(selected) // PAGE_SIZE))
 if st.session_state.get(state.REVIEW_PAGE, 1) > pages:
@@ -151,7 +159,10 @@ for index, row in enumerate(visible.itertuples()):
         st.text(row.filename)
         st.caption(plain(row.origin))
         current = row.label if isinstance(row.label, str) else None
-        if row.predicted_label:
+        if row.predicted_label and row.answer != row.predicted_label:  # too unsure of the fine category
+            st.markdown(f"Predicted **{plain(row.answer)}**", help=UNSURE_HELP)
+            st.caption(f"Best guess {plain(row.predicted_label)} · {row.confidence:.0%}")
+        elif row.predicted_label:
             st.markdown(f"Predicted **{plain(row.predicted_label)}** · {row.confidence:.0%}")
             if row.new_category == True:  # noqa: E712 - a numpy bool, or None where not judged
                 st.caption(NEW_CATEGORY, help=NEW_CATEGORY_HELP)
@@ -221,6 +232,22 @@ with st.expander("Manage categories (admins)"):
             try:
                 changed, conflicts = review.rename_category(catalog(), old, new, author())
                 remember(f"Moved {changed} products from {plain(old)} to {plain(new)}.", conflicts)
+                st.rerun()
+            except ProductLensError as error:
+                st.error(plain(error))
+    with st.form("parent"):
+        st.caption("Category tree: give a category a parent (Fruit › Apple › Granny-Smith). Imports also take it "
+                   "from nested folders and from a CSV with the columns category,parent.")
+        columns = st.columns(2)
+        child = columns[0].selectbox("Category", sorted(set(categories) | tree), index=None, key="parent-child")
+        parent = columns[1].selectbox("Parent (type a new one, or leave empty for the top level)",
+                                      sorted(set(categories) | tree), index=None, accept_new_options=True,
+                                      key="parent-parent")
+        if st.form_submit_button("Set parent", disabled=not can("rename")) and child and permitted("rename"):
+            try:
+                catalog().set_category_parents([(child, parent)], author=author())
+                remember(f"{plain(child)} is now under {plain(parent)}." if parent
+                         else f"{plain(child)} is now a top-level category.")
                 st.rerun()
             except ProductLensError as error:
                 st.error(plain(error))

@@ -10,7 +10,7 @@ import streamlit as st
 
 from core.errors import ProductLensError
 from core.jobs import cold_start_and_predict, fine_tune_and_predict, retrain_and_predict
-from core.model import activate, compare_versions
+from core.model import Taxonomy, activate, compare_versions, confusion_at_level
 from pages.shared import (
     can,
     catalog,
@@ -27,9 +27,9 @@ from pages.shared.text import chart_text, plain
 require_router()
 
 
-def confusion_figure(metrics: dict) -> go.Figure:
-    classes = [chart_text(name) for name in metrics["classes"]]  # Plotly renders HTML in axis labels
-    figure = go.Figure(go.Heatmap(z=metrics["confusion_matrix"], x=classes, y=classes, colorscale="Teal",
+def confusion_figure(classes: list[str], matrix: list[list[int]]) -> go.Figure:
+    classes = [chart_text(name) for name in classes]  # Plotly renders HTML in axis labels
+    figure = go.Figure(go.Heatmap(z=matrix, x=classes, y=classes, colorscale="Teal",
                                   hovertemplate="true %{y}<br>predicted %{x}<br>%{z} products<extra></extra>"))
     figure.update_layout(xaxis_title="predicted", yaxis_title="true", yaxis_autorange="reversed",
                          height=max(400, 14 * len(classes)), margin=dict(l=0, r=0, t=10, b=0))
@@ -151,7 +151,20 @@ if metrics.get("confusion_matrix"):
     matrix_column, calibration_column = st.columns([3, 2])
     with matrix_column:
         st.subheader("Confusion matrix (validation products)")
-        st.plotly_chart(confusion_figure(metrics), key="confusion")
+        classes, matrix = metrics["classes"], metrics["confusion_matrix"]
+        taxonomy = Taxonomy(catalog().category_parents())
+        depth = taxonomy.levels(classes)
+        if depth > 1:
+            level = st.radio("Level of the category tree", list(range(depth)), index=depth - 1, horizontal=True,
+                             key=state.TRAIN_LEVEL,
+                             format_func=lambda level: "finest" if level == depth - 1 else f"level {level}")
+            classes, matrix = confusion_at_level(classes, matrix, taxonomy, level)
+            accuracies = {row["level"]: row for row in metrics.get("levels", [])}
+            if accuracies:
+                st.caption("Validation accuracy by level (coarse levels from the model's own probabilities): "
+                           + " · ".join(f"level {row['level']} {row['accuracy']:.1%}"
+                                        for row in accuracies.values() if row["accuracy"] is not None))
+        st.plotly_chart(confusion_figure(classes, matrix), key="confusion")
     calibration = metrics.get("calibration")
     with calibration_column:
         st.subheader("Is the confidence honest?")

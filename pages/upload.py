@@ -3,7 +3,9 @@
 import streamlit as st
 
 from core import settings
+from core.curation import review
 from core.jobs import import_and_predict
+from core.model import Taxonomy
 from pages.shared import (
     can,
     catalog,
@@ -68,13 +70,18 @@ if result:
     predictions = catalog().predictions(active.id) if active else {}
     if not predictions and not result.prediction_error:
         st.info("No model yet: label some products and train one on the Train page to get predictions.")
+    taxonomy = Taxonomy(catalog().category_parents())
     columns = st.columns(6)
     for index, product_id in enumerate(result.product_ids[:60]):
         prediction = predictions.get(product_id)
         with columns[index % 6]:
             show_thumbnail(product_id)
             st.text(report.names.get(product_id, ""))
-            if prediction:
+            answer = prediction and review.readable_answer(prediction, taxonomy)
+            if prediction and answer != prediction["label"]:  # sure of the coarse category only
+                st.markdown(f"**{plain(answer)}**")
+                st.caption(f"best guess {plain(prediction['label'])} · {prediction['confidence']:.0%}")
+            elif prediction:
                 st.markdown(f"**{plain(prediction['label'])}** · {prediction['confidence']:.0%}")
                 if prediction.get("new_category"):
                     st.caption(NEW_CATEGORY, help=NEW_CATEGORY_HELP)

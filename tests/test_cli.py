@@ -3,6 +3,7 @@
 import csv
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -162,8 +163,20 @@ def test_workspace_from_environment(tmp_path, demo_dir):
     assert (env_workspace / "catalog.sqlite").is_file()
 
 
-def test_evaluate_on_held_out_photos(tmp_path, demo_split):
-    train_dir, test_dir = demo_split
+# The demo categories as a three-level tree, the way a catalogue's folders often are.
+DEMO_TREE = {"Banana": "Fruit", "Granny-Smith": "Fruit/Apple", "Lemon": "Fruit", "Orange": "Fruit",
+             "Pineapple": "Fruit", "Carrots": "Vegetables", "Red-Bell-Pepper": "Vegetables/Pepper",
+             "Zucchini": "Vegetables", "Arla-Standard-Milk": "Packages/Milk", "Oatly-Oat-Milk": "Packages/Oat-Milk"}
+
+
+def nested(split: Path, target: Path) -> Path:
+    for category in split.iterdir():
+        shutil.copytree(category, target / DEMO_TREE[category.name] / category.name)
+    return target
+
+
+def test_evaluate_on_held_out_photos_at_every_level_of_the_folder_tree(tmp_path, demo_split):
+    train_dir, test_dir = (nested(split, tmp_path / split.name) for split in demo_split)
     predictions = tmp_path / "predictions.csv"
     result = last_json(run("evaluate", "--train", str(train_dir), "--test", str(test_dir),
                            "--predictions-csv", str(predictions)))
@@ -174,10 +187,34 @@ def test_evaluate_on_held_out_photos(tmp_path, demo_split):
         assert result[key] > 0
     with open(predictions) as handle:
         rows = list(csv.DictReader(handle))
-    assert len(rows) == 20 and set(rows[0]) == {"path", "true_label", "predicted_label", "confidence"}
-    accuracy = sum(r["true_label"] == r["predicted_label"] for r in rows) / len(rows)
-    assert accuracy == pytest.approx(result["accuracy"])
+    assert len(rows) == 20 and set(rows[0]) == {"path", "true_label", "predicted_label", "confidence", "answer"}
+    right = sum(r["true_label"] == r["predicted_label"] for r in rows)
+    assert right / len(rows) == pytest.approx(result["accuracy"])
     assert all(Path(r["path"]).parent.name == r["true_label"] for r in rows)
+    # Fruit/Vegetables/Packages, then Apple/Milk/…, then the categories themselves (the classifier's top-1).
+    assert [level["level"] for level in result["levels"]] == [0, 1, 2]
+    assert result["levels"][-1]["correct"] == right and result["levels"][0]["accuracy"] >= 0.9
+    everything = result["coverage"][0]
+    assert everything["threshold"] == 0.0 and everything["fine_coverage"] == 1.0
+    assert everything["fine_accuracy"] == pytest.approx(result["accuracy"])
+    for row in rows:  # an answer is the prediction, or a coarser category of it ending in "?"
+        assert row["answer"] == row["predicted_label"] or row["answer"].endswith("› ?") or row["answer"] == "?"
+
+
+def test_categories_from_folders_and_the_command_line(tmp_path, demo_split):
+    workspace = tmp_path / "ws"
+    run("import", str(nested(demo_split[1], tmp_path / "catalogue")), workspace=workspace)
+    rows = last_json(run("categories", "--json", workspace=workspace))
+    by_path = {row["path"]: (row["products"], row["products_below"]) for row in rows}
+    assert by_path["Fruit"] == (0, 10) and by_path["Fruit › Apple"] == (0, 2)
+    assert by_path["Fruit › Apple › Granny-Smith"] == (2, 2) and by_path["Packages › Milk"] == (0, 2)
+    assert [row["path"] for row in rows][:3] == ["Fruit", "Fruit › Apple", "Fruit › Apple › Granny-Smith"]
+    run("categories", "Granny-Smith", "--parent", "Fruit", workspace=workspace)
+    refused = run("categories", "Fruit", "--parent", "Granny-Smith", workspace=workspace, check=False)
+    assert refused.returncode == 2 and "'Granny-Smith' cannot be the parent of 'Fruit'" in refused.stderr
+    listing = run("categories", workspace=workspace).stdout.splitlines()
+    assert "  Granny-Smith  (2 products)" in listing and "Fruit  (0 products, 10 with the categories under it)" \
+        in listing
 
 
 def _as(user, password, *args, workspace, stdin=None):

@@ -1,6 +1,7 @@
 """Curation: what helps people label well and fast.
 
-The review queue (:mod:`core.curation.review`: filters, orders, relabel, undo)
+The categories and their tree (:mod:`core.curation.categories`), the review
+queue (:mod:`core.curation.review`: filters, orders, relabel, undo)
 in active-learning order (:mod:`core.curation.active_learning`), labels that
 look wrong (:mod:`core.curation.suspicious`), near-duplicates
 (:mod:`core.curation.duplicates`), similar products
@@ -10,7 +11,8 @@ below.
 """
 
 from core.curation import duplicates, review, suspicious
+from core.curation.categories import category_rows
 from core.curation.projection import catalogue_map
 from core.curation.similarity import ExactIndex, catalog_index
 
-__all__ = ["ExactIndex", "catalog_index", "catalogue_map", "duplicates", "review", "suspicious"]
+__all__ = ["ExactIndex", "catalog_index", "catalogue_map", "category_rows", "duplicates", "review", "suspicious"]

@@ -24,6 +24,7 @@ import pandas as pd
 
 from core.curation import active_learning
 from core.errors import InvalidInputError
+from core.model.hierarchy import DEFAULT_THRESHOLD, Taxonomy
 from core.storage.catalog import ANY, Catalog, LabelConflict
 
 ORDERS = ("most informative", "smallest margin", "highest entropy", "random", "least confident", "newest",
@@ -35,7 +36,7 @@ _STRATEGY_OF_ORDER = {"most informative": "hybrid", "smallest margin": "margin",
 _DIVERSIFIED_PAGES = 10
 UNLABELLED = "(unlabelled)"  # how maps show a product without a label
 COLUMNS = ["product_id", "filename", "origin", "added_at", "label", "label_source", "predicted_label", "confidence",
-           "top_labels", "top_probabilities", "disagrees", "new_category"]
+           "top_labels", "top_probabilities", "disagrees", "new_category", "answer", "within"]
 
 
 def origin(source: str | None, added_at: str) -> str:
@@ -48,16 +49,31 @@ def origin(source: str | None, added_at: str) -> str:
     return f"uploaded {added_at[:16].replace('T', ' ')} UTC"
 
 
-def review_table(catalog: Catalog) -> pd.DataFrame:
+def readable_answer(prediction: dict, taxonomy: Taxonomy, threshold: float = DEFAULT_THRESHOLD) -> str:
+    """A stored prediction as a person should read it: its category, or with a category tree and below
+    ``threshold``, the coarse category it is sure of ("Fruit › Apple › ?"; see :meth:`Taxonomy.fallback`)."""
+    if not taxonomy:
+        return prediction["label"]
+    return taxonomy.fallback(np.array([prediction["probabilities"]]), prediction["labels"], threshold)[0]
+
+
+def review_table(catalog: Catalog, threshold: float = DEFAULT_THRESHOLD) -> pd.DataFrame:
+    """One row per product. With a category tree, ``answer`` is the prediction as a person should read it:
+    the fine category, or its coarse category ("Fruit › Apple › ?") below ``threshold`` (rolled up from the
+    stored runners-up, so a coarse answer is at least that sure); ``within`` holds every category the
+    label and the prediction lie under (for the any-level filter)."""
     labels = catalog.current_labels_with_source()
     active = catalog.active_model_version()
     predictions = catalog.predictions(active.id) if active else {}
+    taxonomy = Taxonomy(catalog.category_parents())
     records = []
     for product in catalog.products():
         product_id, filename, added_at = product.id, product.filename, product.added_at
         label, source = labels.get(product_id, (None, None))
         prediction = predictions.get(product_id)
         predicted = prediction["label"] if prediction else None
+        answer = readable_answer(prediction, taxonomy, threshold) if prediction else None
+        within = frozenset(node for name in (label, predicted) if name for node in taxonomy.path(name))
         records.append({
             "product_id": product_id, "filename": filename, "origin": origin(product.source, added_at),
             "added_at": added_at, "label": label,
@@ -67,6 +83,7 @@ def review_table(catalog: Catalog) -> pd.DataFrame:
             "top_probabilities": prediction["probabilities"] if prediction else [],
             "disagrees": bool(label is not None and predicted is not None and label != predicted),
             "new_category": prediction.get("new_category") if prediction else None,
+            "answer": answer, "within": within,
         })
     return pd.DataFrame(records, columns=COLUMNS)
 
@@ -121,13 +138,14 @@ def _informative(table: pd.DataFrame, strategy: str, features: tuple[np.ndarray,
 def select(table: pd.DataFrame, order: str = DEFAULT_ORDER, predicted: Sequence[str] | None = None,
            confidence_range: tuple[float, float] = (0.0, 1.0), labelled: bool | None = None,
            disagreements_only: bool = False, features: tuple[np.ndarray, np.ndarray] | None = None,
-           new_category_only: bool = False,
+           new_category_only: bool = False, under: Sequence[str] | None = None,
            page_size: int = 12, seed: int = 0) -> pd.DataFrame:
     """Filter and order the review table (see the module docstring).
 
     ``features`` = ``(product_ids, vectors)`` enables the diversity guard of the
     active-learning orders, per page of ``page_size``. ``new_category_only`` keeps
-    the products flagged "new category?" (see :mod:`core.model.novelty`).
+    the products flagged "new category?" (see :mod:`core.model.novelty`). ``under`` keeps the
+    products whose label or prediction lies under (or is) one of these categories, at any level.
     """
     if order not in ORDERS:
         raise ValueError(f"order must be one of {ORDERS}, got {order!r}")
@@ -144,6 +162,9 @@ def select(table: pd.DataFrame, order: str = DEFAULT_ORDER, predicted: Sequence[
         selected = selected[selected["disagrees"]]
     if new_category_only:
         selected = selected[selected["new_category"] == True]  # noqa: E712 - None: not judged
+    if under:
+        wanted = set(under)
+        selected = selected[selected["within"].map(lambda nodes: not wanted.isdisjoint(nodes))]
     if order in _STRATEGY_OF_ORDER:
         selected = _informative(selected, _STRATEGY_OF_ORDER[order], features, page_size, seed, labelled_ids)
     elif order == "least confident":
@@ -205,7 +226,10 @@ def rename_category(catalog: Catalog, old: str, new: str, author: str | None = N
     members = [pid for pid, label in catalog.current_labels().items() if label == old]
     if not members:
         raise InvalidInputError(f"no product is labelled {old!r}")
-    return catalog.change_labels([(pid, new, old) for pid in members], source="human", author=author)
+    changed, conflicts = catalog.change_labels([(pid, new, old) for pid in members], source="human", author=author)
+    if not conflicts:
+        catalog.rename_in_tree(old, new)
+    return changed, conflicts
 
 
 def undo_last_action(catalog: Catalog, author: str | None = None) -> tuple[int, list[LabelConflict]]:

@@ -2,8 +2,10 @@
 
 ``evaluate(train_dir, test_dir)`` imports both trees (label = immediate parent
 folder name), embeds every photo, trains the head on the training tree only,
-predicts the test tree and returns the numbers a benchmark needs: accuracy,
-sizes, timings and peak memory. Nothing touches the user's workspace.
+predicts the test tree and returns the numbers a benchmark needs: accuracy (at
+every level of the category tree the training folders form, coarse levels rolled
+up from the model's probabilities), coverage against accuracy of the "Fruit › ?"
+fallback, sizes, timings and peak memory. Nothing touches the user's workspace.
 """
 
 from __future__ import annotations
@@ -19,11 +21,13 @@ from core._internal.memory import peak_rss_mb
 from core.errors import InvalidInputError
 from core.features.embeddings import Embedder, embed_catalog
 from core.model.head import HeadClassifier
+from core.model.hierarchy import DEFAULT_THRESHOLD, Taxonomy, accuracy_by_level, coverage_curve
 from core.model.training import train_version
 from core.storage import ingest
 from core.storage.catalog import Catalog
 
 ProgressCallback = Callable[[str, int, int], None]
+COVERAGE_THRESHOLDS = (0.0, 0.3, 0.5, 0.7, 0.8, 0.9)
 
 
 def evaluate(train_dir: str | Path, test_dir: str | Path, embedder: Embedder | None = None,
@@ -54,19 +58,30 @@ def evaluate(train_dir: str | Path, test_dir: str | Path, embedder: Embedder | N
         train_seconds = version.metrics["train_seconds"]
 
         ids, features = catalog.embeddings(version.prediction_key, test_ids)
-        top_labels, top_probabilities = head.top_k(features, 1)
-        predicted = np.array([row[0] for row in top_labels], dtype=object)
+        probabilities = head.predict_proba(features)
+        classes = list(head.classes_)
+        predicted = np.array([classes[i] for i in probabilities.argmax(axis=1)], dtype=object)
+        confidence = probabilities.max(axis=1) if len(probabilities) else np.zeros(0)
         truth = np.array([test_report.found_labels.get(int(pid)) for pid in ids], dtype=object)
         n_train = version.metrics["n_train"]
+        # The tree comes from the training folders only (test labels never enter the catalogue).
+        taxonomy = Taxonomy(catalog.category_parents())
+        known = [label is not None for label in truth]
+        levels = accuracy_by_level(taxonomy, list(truth[known]), probabilities[known], classes) if taxonomy else []
+        coverage = coverage_curve(taxonomy, list(truth[known]), probabilities[known], classes,
+                                  COVERAGE_THRESHOLDS) if taxonomy else []
+        fallback = taxonomy.fallback(probabilities, classes, DEFAULT_THRESHOLD) if taxonomy else list(predicted)
         if predictions_csv:
             with open(predictions_csv, "w", newline="") as handle:
                 writer = csv.writer(handle)
-                writer.writerow(["path", "true_label", "predicted_label", "confidence"])
-                for pid, true, guess, probability in zip(ids, truth, predicted, top_probabilities[:, 0]):
-                    writer.writerow([test_report.names[int(pid)], true, guess, f"{probability:.6f}"])
+                writer.writerow(["path", "true_label", "predicted_label", "confidence", "answer"])
+                for pid, true, guess, probability, answer in zip(ids, truth, predicted, confidence, fallback):
+                    writer.writerow([test_report.names[int(pid)], true, guess, f"{probability:.6f}", answer])
         catalog.close()
         return {
             "accuracy": float(np.mean(predicted == truth)) if len(truth) else None,
+            "levels": levels,
+            "coverage": coverage,
             "n_train": int(n_train),
             "n_test": int(len(truth)),
             "n_classes": int(len(version.classes)),

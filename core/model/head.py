@@ -230,8 +230,10 @@ class HeadClassifier:
         history = _train(self.model_, features, targets, train, validation, self, progress, augmented_views)
         self.history_ = history
         self.best_epoch_ = history["best_epoch"]
+        self.validation_probabilities_ = np.zeros((0, len(self.classes_)))
         if len(validation):
             validation_probabilities = self._predict(features[validation])
+            self.validation_probabilities_ = validation_probabilities
             self.metrics_ = classification_metrics(labels[validation],
                                                    self.classes_[validation_probabilities.argmax(axis=1)],
                                                    self.classes_, validation_probabilities.max(axis=1))
@@ -283,9 +285,12 @@ class HeadClassifier:
         held_out_scores = scores(solution, calibration)
         temperature = cap_temperature(held_out_scores, targets[calibration],
                                       fit_temperature(held_out_scores, targets[calibration]))
+        self.validation_probabilities_ = np.zeros((0, len(self.classes_)))
         if len(validation):
             held_out = scores(solution, validation) * temperature
-            confidence = 1.0 / np.exp(held_out - held_out.max(axis=1, keepdims=True)).sum(axis=1)
+            exponentials = np.exp(held_out - held_out.max(axis=1, keepdims=True))
+            self.validation_probabilities_ = exponentials / exponentials.sum(axis=1, keepdims=True)
+            confidence = self.validation_probabilities_.max(axis=1)
             self.metrics_ = classification_metrics(labels[validation], self.classes_[held_out.argmax(axis=1)],
                                                    self.classes_, confidence)
         else:

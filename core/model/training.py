@@ -22,6 +22,7 @@ from core.errors import TrainingError
 from core.features.embeddings import Embedder
 from core.model import novelty
 from core.model.head import HeadClassifier
+from core.model.hierarchy import Taxonomy, accuracy_by_level
 from core.storage.catalog import Catalog, ModelVersion
 
 ProgressCallback = Callable[[int, int, str], None]
@@ -188,6 +189,12 @@ def train_version(catalog: Catalog, embedder: Embedder, head: HeadClassifier | N
                    train_seconds=round(train_seconds, 3), best_epoch=head.best_epoch_)
     if scatter is not None:  # how much of the cached view scatter this retrain had to redo
         metrics["view_scatter_products_read"] = scatter.recomputed_products_
+    taxonomy = Taxonomy(catalog.category_parents())
+    if taxonomy and len(head.validation_probabilities_):
+        # Hold-out accuracy at every level of the category tree, coarse levels rolled up from the model.
+        held_out_labels = np.asarray(rows_labels, dtype=object)[head.validation_rows_]
+        metrics["levels"] = accuracy_by_level(taxonomy, list(held_out_labels), head.validation_probabilities_,
+                                              list(head.classes_))
     params = {"embedder": asdict(EmbedderSettings.of(embedder)), "head": head.get_params(),
               "augmented_views": augmented_views, "prediction_key": embedder.prediction_key,
               "views_summarised": summarised, "propagation_threshold": propagation_threshold,

@@ -37,13 +37,14 @@ from core.errors import CatalogError, InvalidInputError, NotFoundError
 from core.storage import database as _database
 from core.storage.atomic import atomic_write_bytes
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 # Statements that take a workspace from version N-1 to N; run in order, in one transaction.
 # (Tables added by a version need no statement: the schema below creates what is missing.)
 _MIGRATIONS = {
     2: ["ALTER TABLE labels ADD COLUMN action TEXT"],  # undo groups label events by action
     3: [],  # accounts (users table)
     4: ["ALTER TABLE predictions ADD COLUMN new_category INTEGER"],  # "new category?" flag (core.model.novelty)
+    5: [],  # category tree (category_parents)
 }
 ROLES = ("viewer", "labeller", "admin")
 LABEL_SOURCES = ("human", "import", "model-accepted")
@@ -115,6 +116,12 @@ CREATE TABLE IF NOT EXISTS archived (
     product_id INTEGER PRIMARY KEY REFERENCES products(id),
     kept_product_id INTEGER REFERENCES products(id),
     reason TEXT NOT NULL,
+    author TEXT,
+    created_at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS category_parents (
+    category TEXT PRIMARY KEY,
+    parent TEXT NOT NULL,
     author TEXT,
     created_at TEXT NOT NULL
 );
@@ -721,6 +728,59 @@ class Catalog:
 
     def categories(self) -> list[str]:
         return sorted(set(self.current_labels().values()))
+
+    # -- category tree -----------------------------------------------------------
+    def category_parents(self) -> dict[str, str]:
+        """``{category: parent}`` (see :mod:`core.model.hierarchy`)."""
+        return {row[0]: row[1] for row in self._rows("SELECT category, parent FROM category_parents",
+                                                     mappings=False)}
+
+    def set_category_parents(self, pairs: Iterable[tuple[str, str | None]], author: str | None = None,
+                             only_if_missing: bool = False) -> int:
+        """Give categories a parent (``None``: make it a root); return how many changed.
+
+        With ``only_if_missing`` a category that already has a parent keeps it (imports:
+        a folder tree never overrides a person's choice). A parent that would make the
+        tree loop is refused with the category's name, and nothing is written.
+        """
+        from core.model.hierarchy import MAX_DEPTH, Taxonomy
+
+        changed = 0
+        with self.transaction():
+            parents = self.category_parents()
+            for category, parent in pairs:
+                category, parent = clean_label(category), clean_label(parent)
+                if category is None:
+                    raise InvalidInputError("a category name is empty")
+                if parents.get(category) == parent or (only_if_missing and category in parents):
+                    continue
+                if parent is None:
+                    parents.pop(category, None)
+                    self._execute("DELETE FROM category_parents WHERE category = :category", {"category": category})
+                else:
+                    taxonomy = Taxonomy(parents)
+                    if taxonomy.would_loop(category, parent) or taxonomy.depth(parent) + 1 >= MAX_DEPTH:
+                        raise InvalidInputError(f"{parent!r} cannot be the parent of {category!r}: "
+                                                f"{parent!r} is {category!r} or lies under it")
+                    parents[category] = parent
+                    self._execute(
+                        "INSERT INTO category_parents VALUES (:category, :parent, :author, :now) "
+                        "ON CONFLICT (category) DO UPDATE SET parent = excluded.parent, author = excluded.author, "
+                        "created_at = excluded.created_at",
+                        {"category": category, "parent": parent, "author": author, "now": utc_now()})
+                changed += 1
+        return changed
+
+    def rename_in_tree(self, old: str, new: str) -> None:
+        """After a rename or merge: ``old``'s children move under ``new``; ``new`` takes ``old``'s parent if it
+        has none."""
+        parents = self.category_parents()
+        moves = [(child, new) for child, parent in parents.items() if parent == old and child != new]
+        if old in parents and new not in parents and parents[old] != new:
+            moves.append((new, parents[old]))
+        with self.transaction():
+            self.set_category_parents(moves)
+            self.set_category_parents([(old, None)])
 
     # -- embeddings ------------------------------------------------------------
     def missing_embeddings(self, embedding_key: str) -> list[int]:

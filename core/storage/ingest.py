@@ -11,7 +11,13 @@ Sources, and where a product's label comes from:
   read into memory with size caps and never extracted, so a hostile path
   (``../../etc``) cannot write anywhere; such members are rejected all the same;
 * a CSV manifest with columns ``path,label`` (header optional), paths relative to
-  the CSV file.
+  the CSV file; a CSV with the header ``category,parent`` holds no photos but the
+  category tree.
+
+Nested folders give the category tree too: ``Fruit/Apple/Granny-Smith/x.jpg`` below the
+folder imported (or inside a zip) makes Apple the parent of Granny-Smith and Fruit the
+parent of Apple, unless someone already chose a parent (see
+:meth:`~core.storage.Catalog.set_category_parents`).
 
 Every item is validated by :mod:`core.storage.images`; a bad one is *rejected* with a
 reason and the batch goes on. Re-importing a known photo is a *duplicate*: nothing
@@ -54,6 +60,7 @@ class ImportReport:
     rejected: list[Rejected] = field(default_factory=list)
     skipped: list[Rejected] = field(default_factory=list)
     labelled: int = 0
+    parents_set: int = 0  # category → parent links from folder trees or a category,parent CSV
     product_ids: list[int] = field(default_factory=list)
     names: dict[int, str] = field(default_factory=dict)
     found_labels: dict[int, str] = field(default_factory=dict)
@@ -62,12 +69,14 @@ class ImportReport:
         parts = [f"{len(self.added)} added", f"{len(self.duplicates)} duplicates",
                  f"{len(self.rejected)} rejected", f"{len(self.skipped)} non-image files skipped",
                  f"{self.labelled} labels set"]
+        if self.parents_set:
+            parts.append(f"{self.parents_set} category parents set")
         return "imported: " + ", ".join(parts)
 
     def to_dict(self) -> dict:
         return {
             "added": len(self.added), "duplicates": len(self.duplicates), "rejected": len(self.rejected),
-            "skipped": len(self.skipped), "labelled": self.labelled,
+            "skipped": len(self.skipped), "labelled": self.labelled, "parents_set": self.parents_set,
             "rejected_files": [{"name": item.name, "reason": item.reason} for item in self.rejected],
         }
 
@@ -80,6 +89,8 @@ class _Item:
     skip_reason: str | None = None
     origin: str | None = None  # where the label came from, e.g. "manifest.csv line 7", for rejections
     filename: str | None = None  # the product's file name (default: the last part of ``name``)
+    folders: tuple[str, ...] = ()  # folder names from the import's root down to the photo (the category tree)
+    tree: tuple[tuple[str, str | None, str], ...] = ()  # a category,parent CSV: (category, parent, origin)
 
 
 class _ItemError(Exception):
@@ -135,11 +146,12 @@ def _folder_items(root: Path, label: str | None) -> Iterator[_Item]:
             if file_name.startswith(".") or _is_ignored(file_name):
                 continue
             path = Path(directory) / file_name
-            folder_label = None if Path(directory) == root else display_name(Path(directory).name)
+            folders = tuple(display_name(part) for part in Path(directory).relative_to(root).parts)
             if path.suffix.lower() not in images.IMAGE_SUFFIXES:
                 yield _Item(display_name(path), None, _fail(""), _NOT_AN_IMAGE_TYPE)
                 continue
-            yield _Item(display_name(path), label or folder_label, _read_file(path))
+            yield _Item(display_name(path), label or (folders[-1] if folders else None), _read_file(path),
+                        folders=() if label else folders)
 
 
 def _zip_items(source: Path | io.BytesIO, label: str | None, name: str | None = None) -> Iterator[_Item]:
@@ -173,7 +185,8 @@ def _zip_items(source: Path | io.BytesIO, label: str | None, name: str | None = 
             yield _Item(name, None, _fail(""), _NOT_AN_IMAGE_TYPE)
             continue
         member_label = label or (posix.parent.name if len(posix.parts) > 1 else None)
-        yield _Item(name, member_label, _read_member(archive, member), filename=posix.name)
+        yield _Item(name, member_label, _read_member(archive, member), filename=posix.name,
+                    folders=() if label else posix.parent.parts)
 
 
 def _read_member(archive: zipfile.ZipFile, member: zipfile.ZipInfo) -> Callable[[], bytes]:
@@ -204,6 +217,12 @@ def _manifest_items(path: Path, label: str | None) -> Iterator[_Item]:
         yield _Item(manifest_name, None, _fail(f"cannot read CSV manifest ({error})"))
         return
     rows = list(csv.reader(io.StringIO(text)))
+    if rows and [cell.strip().lower() for cell in rows[0][:2]] == ["category", "parent"]:
+        # A category tree, not photos: one category per line, its parent (empty: a root).
+        tree = tuple((row[0], row[1] if len(row) > 1 else None, f"{path.name} line {line_number}")
+                     for line_number, row in enumerate(rows[1:], start=2) if row and row[0].strip())
+        yield _Item(manifest_name, None, _fail(""), tree=tree)
+        return
     if rows and [cell.strip().lower() for cell in rows[0][:2]] in (["path", "label"], ["path"]):
         rows = rows[1:]
     for line_number, row in enumerate(rows, start=2):
@@ -285,8 +304,15 @@ def _run(catalog: Catalog, items: list[_Item], report: ImportReport, progress: P
     pending_labels: list[tuple[int, str]] = []  # labels for photos that were already products
     action = uuid.uuid4().hex
     total = len(items)
+    tree: dict[str, tuple[str, str]] = {}  # category -> (parent, origin), first seen wins
     for index, item in enumerate(items, start=1):
         name = item.name
+        if item.tree:
+            if apply_labels:
+                _apply_tree(catalog, item.tree, report, author=None, only_if_missing=False)
+            if progress:
+                progress(index, total, name)
+            continue
         if item.skip_reason:
             report.skipped.append(Rejected(name, item.skip_reason))
             if progress:
@@ -316,6 +342,9 @@ def _run(catalog: Catalog, items: list[_Item], report: ImportReport, progress: P
             (report.added.append(product_id) if created else report.duplicates.append((name, product_id)))
             report.product_ids.append(product_id)
             report.names[product_id] = name
+            if label and apply_labels and item.folders:
+                for parent, child in zip(item.folders, item.folders[1:]):
+                    tree.setdefault(child, (parent, name))
             if label:
                 report.found_labels[product_id] = label
                 if created and apply_labels:
@@ -326,7 +355,20 @@ def _run(catalog: Catalog, items: list[_Item], report: ImportReport, progress: P
             progress(index, total, name)
     if apply_labels:
         _apply_pending(catalog, pending_labels, report, action)
+        # Folder trees never override a parent someone chose (as import labels never override a person's).
+        _apply_tree(catalog, [(child, parent, origin) for child, (parent, origin) in tree.items()], report,
+                    author=None, only_if_missing=True)
     return report
+
+
+def _apply_tree(catalog: Catalog, tree, report: ImportReport, author: str | None, only_if_missing: bool) -> None:
+    """Set category parents one by one: a bad name or a loop skips its own line, named, and the rest goes on."""
+    for category, parent, origin in tree:
+        try:
+            report.parents_set += catalog.set_category_parents([(category, parent)], author=author,
+                                                               only_if_missing=only_if_missing)
+        except InvalidInputError as error:
+            report.skipped.append(Rejected(origin, f"category parent not set: {error}"))
 
 
 def _apply_pending(catalog: Catalog, pending: list[tuple[int, str]], report: ImportReport, action: str) -> None:

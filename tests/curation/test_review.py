@@ -151,3 +151,21 @@ def test_undo_without_a_name_never_reverts_a_named_colleagues_action(catalog):
     review.relabel(catalog, [product], "Carrots", author=None, seen={product: "Leek"})
     assert review.undo_last_action(catalog, author=None) == (1, [])
     assert catalog.current_label(product) == "Leek" != before
+
+
+def test_a_category_tree_gives_coarse_answers_an_any_level_filter_and_follows_a_rename(catalog):
+    catalog.set_category_parents([("Lemon", "Citrus"), ("Citrus", "Fruit"), ("Banana", "Fruit")])
+    table = review.review_table(catalog, threshold=0.7)
+    best = table["top_probabilities"].map(max)
+    sure, unsure = table[best >= 0.7], table[best < 0.7]
+    assert len(sure) and len(unsure)
+    assert (sure["answer"] == [labels[int(np.argmax(probabilities))] for labels, probabilities
+                               in zip(sure["top_labels"], sure["top_probabilities"])]).all()
+    assert set(unsure["answer"]) == {"Fruit › ?"}, "Lemon + Banana is sure to be fruit, not which fruit"
+    citrus = review.select(table, order="category", under=["Citrus"])
+    expected = table[(table["label"] == "Lemon") | (table["predicted_label"] == "Lemon")]
+    assert sorted(citrus["product_id"]) == sorted(expected["product_id"]) and len(citrus) < len(table)
+    assert len(review.select(table, order="category", under=["Fruit"])) == len(table)
+
+    review.rename_category(catalog, "Lemon", "Citron", author="ana")
+    assert catalog.category_parents() == {"Citron": "Citrus", "Citrus": "Fruit", "Banana": "Fruit"}

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from conftest import demo_photos
-from core.errors import CatalogError
+from core.errors import CatalogError, InvalidInputError
 from core.storage import images
 from core.storage.catalog import SCHEMA_VERSION, Catalog
 
@@ -123,7 +123,7 @@ def test_a_schema_1_workspace_is_migrated_without_losing_labels(workspace):
     with sqlite3.connect(workspace / "catalog.sqlite") as connection:
         connection.executescript(fixture)
     catalog = Catalog(workspace)
-    assert catalog.schema_version() == SCHEMA_VERSION == 4
+    assert catalog.schema_version() == SCHEMA_VERSION == 5
     assert catalog.current_labels() == {1: "Lime", 2: "Milk"}
     assert [e.label for e in catalog.label_history(1)] == ["Lime", "Lemon"]
     catalog.set_labels([(2, "Oat-Milk")], author="cy")  # the new column is usable
@@ -133,7 +133,7 @@ def test_a_schema_1_workspace_is_migrated_without_losing_labels(workspace):
         assert connection.execute("SELECT value FROM meta").fetchone()[0] == "1"
         assert connection.execute("SELECT COUNT(*) FROM labels").fetchone()[0] == 3
     catalog.close()
-    assert Catalog(workspace).schema_version() == 4  # reopening is a no-op
+    assert Catalog(workspace).schema_version() == 5  # reopening is a no-op
 
 
 def test_a_label_verdict_only_vouches_for_the_label_the_person_saw(workspace):
@@ -183,3 +183,16 @@ def test_ids_keep_growing_and_the_active_version_is_unique(workspace):
     assert catalog.product_ids() == ids[2:]
     assert catalog.restore_products(ids) == 2 and catalog.product_ids() == ids
 
+
+
+def test_category_parents_refuse_loops_and_imports_never_override_a_choice(workspace):
+    catalog = Catalog(workspace)
+    assert catalog.set_category_parents([("Granny-Smith", "Apple"), ("Apple", "Fruit")], author="ana") == 2
+    with pytest.raises(InvalidInputError, match="'Granny-Smith' cannot be the parent of 'Fruit'"):
+        catalog.set_category_parents([("Leek", "Vegetables"), ("Fruit", "Granny-Smith")])
+    assert "Leek" not in catalog.category_parents(), "a refused pair writes nothing of its call"
+    assert catalog.set_category_parents([("Apple", "Pome")], only_if_missing=True) == 0
+    assert catalog.set_category_parents([("Apple", None)]) == 1
+    assert catalog.category_parents() == {"Granny-Smith": "Apple"}
+    with pytest.raises(InvalidInputError, match="control characters"):
+        catalog.set_category_parents([("Apple", "Fru\x1bit")])

@@ -229,3 +229,40 @@ def test_colons_in_file_names_are_kept_and_folder_links_are_reported(workspace, 
                                                                                  "shelf 10:30.jpg"]
     linked = [item for item in report.skipped if item.name.endswith("Banana")]
     assert len(linked) == 1 and "link to a folder is not followed" in linked[0].reason
+
+
+def test_nested_folders_and_zips_become_the_category_tree(workspace, tmp_path):
+    for path in ["Fruit/Apple/Granny-Smith", "Fruit/Banana", "Vegetables/Leek"]:
+        (tmp_path / "train" / path).mkdir(parents=True)
+    photos = {"Fruit/Apple/Granny-Smith": demo_photos("Granny-Smith")[0], "Fruit/Banana": demo_photos("Banana")[0],
+              "Vegetables/Leek": demo_photos("Lemon")[0]}
+    for folder, photo in photos.items():
+        (tmp_path / "train" / folder / photo.name).write_bytes(photo.read_bytes())
+    catalog = Catalog(workspace)
+    catalog.set_category_parents([("Banana", "Tropical")], author="ana")  # a person's choice stays
+    report = ingest.import_paths(catalog, [tmp_path / "train"])
+    assert sorted(catalog.current_labels().values()) == ["Banana", "Granny-Smith", "Leek"]
+    assert catalog.category_parents() == {"Granny-Smith": "Apple", "Apple": "Fruit", "Banana": "Tropical",
+                                          "Leek": "Vegetables"}
+    assert report.parents_set == 3 and "3 category parents set" in report.summary()
+
+    archive = tmp_path / "more.zip"
+    with zipfile.ZipFile(archive, "w") as bundle:
+        bundle.writestr("Dairy/Milk/Oat-Milk/a.jpg", demo_photos("Oatly-Oat-Milk")[0].read_bytes())
+    ingest.import_paths(catalog, [archive])
+    assert catalog.category_parents()["Oat-Milk"] == "Milk" and catalog.category_parents()["Milk"] == "Dairy"
+    ingest.import_paths(catalog, [tmp_path / "train"], label="Produce")  # a given label: no tree from folders
+    assert "Produce" not in catalog.category_parents().values()
+
+
+def test_a_category_parent_csv_sets_the_tree_and_reports_bad_lines(workspace, tmp_path):
+    manifest = tmp_path / "tree.csv"
+    manifest.write_text("category,parent\nGranny-Smith,Apple\nApple,Fruit\nFruit,Granny-Smith\n"
+                        "Leek,Vegetables\nbad\x07name,Vegetables\nBanana,\n")
+    catalog = Catalog(workspace)
+    catalog.set_category_parents([("Banana", "Fruit"), ("Apple", "Pome")])
+    report = ingest.import_paths(catalog, [manifest])
+    # A person's CSV is deliberate: it overrides; a loop or a bad name skips only its own line.
+    assert catalog.category_parents() == {"Granny-Smith": "Apple", "Apple": "Fruit", "Leek": "Vegetables"}
+    assert sorted(item.name for item in report.skipped) == ["tree.csv line 4", "tree.csv line 6"]
+    assert "lies under it" in report.skipped[0].reason and not report.added and not report.rejected
