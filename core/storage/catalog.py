@@ -37,7 +37,13 @@ from core.errors import CatalogError, InvalidInputError, NotFoundError
 from core.storage import database as _database
 from core.storage.atomic import atomic_write_bytes
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
+_CURRENT_LABELS_TABLE = """CREATE TABLE IF NOT EXISTS current_labels (
+    product_id INTEGER PRIMARY KEY REFERENCES products(id),
+    label TEXT,
+    source TEXT NOT NULL,
+    event_id INTEGER NOT NULL
+)"""
 # Statements that take a workspace from version N-1 to N; run in order, in one transaction.
 # (Tables added by a version need no statement: the schema below creates what is missing.)
 _MIGRATIONS = {
@@ -45,6 +51,11 @@ _MIGRATIONS = {
     3: [],  # accounts (users table)
     4: ["ALTER TABLE predictions ADD COLUMN new_category INTEGER"],  # "new category?" flag (core.model.novelty)
     5: [],  # category tree (category_parents)
+    # Each product's latest label kept beside the history, so no read aggregates the whole history.
+    6: [_CURRENT_LABELS_TABLE,
+        "INSERT INTO current_labels (product_id, label, source, event_id) "
+        "SELECT l.product_id, l.label, l.source, l.id FROM labels l "
+        "JOIN (SELECT product_id, MAX(id) AS id FROM labels GROUP BY product_id) latest ON latest.id = l.id"],
 }
 ROLES = ("viewer", "labeller", "admin")
 LABEL_SOURCES = ("human", "import", "model-accepted")
@@ -77,6 +88,8 @@ CREATE TABLE IF NOT EXISTS labels (
     action TEXT
 );
 CREATE INDEX IF NOT EXISTS labels_by_product ON labels(product_id, id);
+""" + _CURRENT_LABELS_TABLE + """;
+CREATE INDEX IF NOT EXISTS current_labels_by_label ON current_labels(label);
 CREATE TABLE IF NOT EXISTS embeddings (
     product_id INTEGER NOT NULL REFERENCES products(id),
     backbone TEXT NOT NULL,
@@ -136,12 +149,7 @@ CREATE TABLE IF NOT EXISTS users (
 # rows, photos and history but leave every listing, count and training set.
 _LIVE = "NOT IN (SELECT product_id FROM archived)"
 
-_CURRENT_LABELS = """
-SELECT l.product_id AS product_id, l.label AS label, l.source AS source
-FROM labels l
-JOIN (SELECT product_id, MAX(id) AS id FROM labels GROUP BY product_id) latest ON latest.id = l.id
-WHERE l.product_id NOT IN (SELECT product_id FROM archived)
-"""
+_CURRENT_LABELS = f"SELECT product_id, label, source FROM current_labels WHERE label IS NOT NULL AND product_id {_LIVE}"
 
 
 def utc_now() -> str:
@@ -552,10 +560,7 @@ class Catalog:
                  "format": image_format, "width": width, "height": height, "size": len(data),
                  "added_at": utc_now()}).scalar_one())
             if label is not None:
-                self._execute(
-                    "INSERT INTO labels (product_id, label, previous_label, source, author, created_at, action) "
-                    "VALUES (:product_id, :label, NULL, 'import', NULL, :now, :action)",
-                    {"product_id": product_id, "label": label, "now": utc_now(), "action": action})
+                self._append_label(product_id, label, None, "import", None, utc_now(), action)
             return product_id, True
 
     def get_product(self, product_id: int) -> Product:
@@ -646,8 +651,7 @@ class Catalog:
         return {pid: label for pid, (label, _source) in self.current_labels_with_source().items()}
 
     def current_label(self, product_id: int) -> str | None:
-        return self._value("SELECT label FROM labels WHERE product_id = :id ORDER BY id DESC LIMIT 1",
-                           {"id": int(product_id)})
+        return self._value("SELECT label FROM current_labels WHERE product_id = :id", {"id": int(product_id)})
 
     def set_labels(self, assignments: Iterable[tuple[int, str | None]], source: str = "human",
                    author: str | None = None, only_if_unlabelled: bool = False, action: str | None = None) -> int:
@@ -690,13 +694,21 @@ class Catalog:
                     continue
                 if previous == label or (only_if_unlabelled and previous is not None):
                     continue
-                self._execute(
-                    "INSERT INTO labels (product_id, label, previous_label, source, author, created_at, action) "
-                    "VALUES (:id, :label, :previous, :source, :author, :now, :action)",
-                    {"id": int(product_id), "label": label, "previous": previous, "source": source,
-                     "author": author, "now": now, "action": action})
+                self._append_label(int(product_id), label, previous, source, author, now, action)
                 changed += 1
         return changed, conflicts
+
+    def _append_label(self, product_id: int, label: str | None, previous: str | None, source: str,
+                      author: str | None, now: str, action: str | None) -> None:
+        """One label event, and the product's current label beside it (same transaction)."""
+        event_id = self._execute(
+            "INSERT INTO labels (product_id, label, previous_label, source, author, created_at, action) "
+            "VALUES (:id, :label, :previous, :source, :author, :now, :action) RETURNING id",
+            {"id": product_id, "label": label, "previous": previous, "source": source, "author": author,
+             "now": now, "action": action}).scalar_one()
+        self._execute("INSERT INTO current_labels VALUES (:id, :label, :source, :event) ON CONFLICT (product_id) "
+                      "DO UPDATE SET label = excluded.label, source = excluded.source, event_id = excluded.event_id",
+                      {"id": product_id, "label": label, "source": source, "event": int(event_id)})
 
     def label_history(self, product_id: int | None = None, limit: int | None = None) -> list[LabelEvent]:
         query = "SELECT * FROM labels"
@@ -933,14 +945,17 @@ class Catalog:
 
     # -- summary -----------------------------------------------------------------
     def status(self) -> dict:
-        labels = self.current_labels()
+        """Counts for the Home page and ``status``: a few indexed queries, whatever the catalogue's size."""
         active = self.active_model_version()
+        products = self.count_products()
+        labelled, categories = self._rows(f"SELECT COUNT(*), COUNT(DISTINCT label) FROM current_labels "
+                                          f"WHERE label IS NOT NULL AND product_id {_LIVE}", mappings=False)[0]
         return {
             "workspace": str(self.workspace),
-            "products": self.count_products(),
-            "labelled": len(labels),
-            "unlabelled": self.count_products() - len(labels),
-            "categories": len(set(labels.values())),
+            "products": products,
+            "labelled": int(labelled),
+            "unlabelled": products - int(labelled),
+            "categories": int(categories),
             "active_model": None if active is None else {
                 "version": active.id, "embedding_key": active.embedding_key, "classes": len(active.classes),
                 "accuracy": active.metrics.get("accuracy"), "created_at": active.created_at,

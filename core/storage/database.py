@@ -110,8 +110,8 @@ def schema_for(dialect: str, sqlite_schema: str) -> str:
 
 
 # In an order that respects foreign keys ("meta" belongs to the target's own schema).
-CATALOG_TABLES = ("products", "labels", "embeddings", "model_versions", "predictions", "label_verdicts", "archived",
-                  "users")
+CATALOG_TABLES = ("products", "labels", "current_labels", "embeddings", "model_versions", "predictions",
+                  "label_verdicts", "archived", "category_parents", "users")
 
 
 def copy_rows(reader, writer, chunk_size: int = 1000) -> None:

@@ -123,7 +123,7 @@ def test_a_schema_1_workspace_is_migrated_without_losing_labels(workspace):
     with sqlite3.connect(workspace / "catalog.sqlite") as connection:
         connection.executescript(fixture)
     catalog = Catalog(workspace)
-    assert catalog.schema_version() == SCHEMA_VERSION == 5
+    assert catalog.schema_version() == SCHEMA_VERSION == 6
     assert catalog.current_labels() == {1: "Lime", 2: "Milk"}
     assert [e.label for e in catalog.label_history(1)] == ["Lime", "Lemon"]
     catalog.set_labels([(2, "Oat-Milk")], author="cy")  # the new column is usable
@@ -133,7 +133,7 @@ def test_a_schema_1_workspace_is_migrated_without_losing_labels(workspace):
         assert connection.execute("SELECT value FROM meta").fetchone()[0] == "1"
         assert connection.execute("SELECT COUNT(*) FROM labels").fetchone()[0] == 3
     catalog.close()
-    assert Catalog(workspace).schema_version() == 5  # reopening is a no-op
+    assert Catalog(workspace).schema_version() == 6  # reopening is a no-op
 
 
 def test_a_label_verdict_only_vouches_for_the_label_the_person_saw(workspace):
@@ -157,13 +157,17 @@ def test_an_older_schema_is_migrated_in_place_without_losing_labels(workspace):
     catalog = Catalog(workspace)
     product, _ = add(catalog, demo_photos("Lemon")[0])
     catalog.set_labels([(product, "Lemon")], author="ana")
+    catalog.set_labels([(product, "Lime")], author="bo")
     with catalog.transaction() as connection:  # what a schema-3 catalogue looked like
         connection.exec_driver_sql("ALTER TABLE predictions DROP COLUMN new_category")
+        connection.exec_driver_sql("DROP TABLE current_labels")
+        connection.exec_driver_sql("DROP TABLE category_parents")
         connection.exec_driver_sql("UPDATE meta SET value = '3' WHERE key = 'schema_version'")
     catalog.close()
     migrated = Catalog(workspace)
     assert migrated.schema_version() == SCHEMA_VERSION
-    assert migrated.current_labels() == {product: "Lemon"}
+    assert migrated.current_labels() == {product: "Lime"}, "the current labels come from the history"
+    assert migrated.status()["labelled"] == 1 and migrated.category_parents() == {}
     version = migrated.add_model_version("test", ["Lemon"], {}, {}, "models/none.keras")
     migrated.store_predictions(version, [product], [["Lemon"]], np.array([[0.9]]), new_category=[True])
     assert migrated.predictions(version)[product]["new_category"] is True, "the migration's column is usable"
@@ -196,3 +200,22 @@ def test_category_parents_refuse_loops_and_imports_never_override_a_choice(works
     assert catalog.category_parents() == {"Granny-Smith": "Apple"}
     with pytest.raises(InvalidInputError, match="control characters"):
         catalog.set_category_parents([("Apple", "Fru\x1bit")])
+
+
+def test_the_current_labels_always_match_the_history(workspace):
+    catalog = Catalog(workspace)
+    ids = [add(catalog, photo)[0] for photo in demo_photos("Lemon")[:4]]
+    rng = np.random.default_rng(0)
+    for _ in range(40):
+        product = int(rng.choice(ids))
+        label = [None, "Lemon", "Lime", "Orange"][int(rng.integers(0, 4))]
+        catalog.change_labels([(product, label, catalog.current_label(product))], author="ana")
+    catalog.archive_products([ids[0]], reason="duplicate")
+    from_history = {}
+    for event in reversed(catalog.label_history()):
+        from_history[event.product_id] = event.label
+    expected = {pid: label for pid, label in from_history.items() if label is not None and pid != ids[0]}
+    assert catalog.current_labels() == expected
+    assert all(catalog.current_label(pid) == from_history.get(pid) for pid in ids)
+    status = catalog.status()
+    assert (status["labelled"], status["categories"]) == (len(expected), len(set(expected.values())))
