@@ -2,6 +2,7 @@
 
 import os
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -34,6 +35,15 @@ def imagenet_check_photo(category: str) -> Path:
     marker = {"Banana": "Banana_008", "Lemon": "Lemon_013", "Granny-Smith": "Granny-Smith_037",
               "Orange": "Orange_037", "Pineapple": "Pineapple_018"}[category]
     return DEMO / category / f"{marker}.jpg"
+
+
+@pytest.fixture(autouse=True)
+def _keep_the_main_module():
+    """Streamlit's AppTest runs app.py as ``__main__`` and leaves it there: a process spawned later
+    (tests/test_concurrency.py's writers) would run app.py again on start. Put pytest's back."""
+    main = sys.modules["__main__"]
+    yield
+    sys.modules["__main__"] = main
 
 
 @pytest.fixture(scope="session")

@@ -2,6 +2,8 @@
 
 import multiprocessing
 import random
+import time
+from queue import Empty
 
 import pytest
 
@@ -39,7 +41,14 @@ def test_parallel_writers_never_lose_an_update(workspace):
     workers = [context.Process(target=_worker, args=(str(workspace), f"user{i}", 150, queue)) for i in range(4)]
     for worker in workers:
         worker.start()
-    results = [queue.get(timeout=300) for _ in workers]
+    results = []
+    deadline = time.time() + 300
+    while len(results) < len(workers):
+        try:
+            results.append(queue.get(timeout=1))
+        except Empty:  # a worker that died before reporting fails the test now, not after the timeout
+            crashed = [w.exitcode for w in workers if w.exitcode not in (None, 0)]
+            assert not crashed and time.time() < deadline, f"writers crashed or hung: exit codes {crashed}"
     for worker in workers:
         worker.join(timeout=60)
     assert all(error is None for *_, error in results), results

@@ -126,13 +126,15 @@ def classifier_inputs(embedder, sources) -> np.ndarray:
     return np.stack([embedder.load_photo_and_views(source) for source in sources])
 
 
-def build_classifier(catalog: Catalog, version: ModelVersion | int | None = None):
+def build_classifier(catalog: Catalog, version: ModelVersion | int | None = None, portable: bool = False):
     """Backbone + head as one Keras model that computes exactly what the app predicts.
 
     Input: :func:`classifier_inputs` — the photo and its crop views at the
     backbone's resolution. The model embeds the photo averaged with its mirror
     and each view, averages them as the app's prediction vector does, and applies
-    the head: the app's stored predictions, from pixels.
+    the head: the app's stored predictions, from pixels. ``portable``: the
+    antialiased resize that feeds Lite0 from the pair's resolution is written as
+    two matrix products (:func:`portable_feature_model`), which TFLite can run.
     """
     import keras
     from keras import layers, ops
@@ -141,7 +143,7 @@ def build_classifier(catalog: Catalog, version: ModelVersion | int | None = None
     embedder = embedder_for(version, catalog)
     views = embedder.views if version.prediction_key != version.embedding_key else 0
     size = embedder.image_size
-    feature_model = embedder.model
+    feature_model = portable_feature_model(embedder.model) if portable else embedder.model
     inputs = keras.Input(shape=(1 + views, size, size, 3), name="photo_and_views")
     pixels = ops.cast(inputs, "float32")
     photo = pixels[:, 0]
@@ -158,6 +160,46 @@ def build_classifier(catalog: Catalog, version: ModelVersion | int | None = None
     features = layers.Identity(name="prediction_vector")(features)
     probabilities = head.model_(features)
     return keras.Model(inputs, probabilities, name="productlens_classifier"), version
+
+
+def resize_matrix(size_in: int, size_out: int) -> np.ndarray:
+    """``(size_out, size_in)``: TensorFlow's antialiased bilinear resize along one axis, as a matrix.
+
+    That resize is linear and separable, so resizing an image is ``rows @ image @ columns.T``.
+    """
+    import tensorflow as tf
+
+    basis = np.eye(size_in, dtype=np.float32).reshape(size_in, 1, size_in)
+    return tf.image.resize(basis, (size_out, 1), method="bilinear", antialias=True).numpy()[:, 0, :]
+
+
+def portable_feature_model(feature_model):
+    """``feature_model`` with each antialiased ``Resizing`` layer replaced by the same resize as matrix
+    products (equal to float rounding; TFLite has no kernel for the antialiased resize). Weights are shared."""
+    import keras
+    from keras import layers, ops
+
+    class MatrixResize(layers.Layer):
+        def __init__(self, rows: np.ndarray, columns: np.ndarray, **kwargs):
+            super().__init__(**kwargs)
+            self.rows, self.columns = rows.T.copy(), columns.T.copy()
+
+        def call(self, pixels):  # (n, H, W, C): matmuls on the last axis, which TFLite runs as-is
+            resized = ops.matmul(ops.transpose(pixels, (0, 2, 3, 1)), self.rows)     # (n, W, C, h)
+            resized = ops.matmul(ops.transpose(resized, (0, 3, 2, 1)), self.columns)  # (n, h, C, w)
+            return ops.transpose(resized, (0, 1, 3, 2))
+
+    size = feature_model.input_shape[1]
+
+    def replace(layer):
+        if isinstance(layer, layers.Resizing):
+            return MatrixResize(resize_matrix(size, layer.height), resize_matrix(size, layer.width),
+                                name=f"{layer.name}_as_matrices")
+        return layer
+
+    if not any(isinstance(layer, layers.Resizing) for layer in feature_model.layers):
+        return feature_model
+    return keras.models.clone_model(feature_model, clone_function=replace)
 
 
 def export_classifier(catalog: Catalog, path: str | os.PathLike, version: ModelVersion | int | None = None) -> Path:
@@ -190,13 +232,15 @@ def export_classifier_formats(catalog: Catalog, folder: str | os.PathLike,
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    model, version = build_classifier(catalog, version)  # built once for every format
+    model, version = build_classifier(catalog, version)
     written: dict[str, Path | str] = {"keras": _save_keras(model, version, folder / f"{CLASSIFIER_NAME}.keras")}
+    # The SavedModel (and the TFLite file made from it) resize with matrix products: same numbers, TFLite-able.
+    portable, _ = build_classifier(catalog, version, portable=True)
     saved_model = folder / f"{CLASSIFIER_NAME}_savedmodel"
     with tempfile.TemporaryDirectory(dir=folder) as scratch:
         staged = Path(scratch) / "savedmodel"
         # One serving signature: float32 (n, 1 + views, size, size, 3) pixels 0-255 -> probabilities.
-        model.export(str(staged), format="tf_saved_model", verbose=False)
+        portable.export(str(staged), format="tf_saved_model", verbose=False)
         if saved_model.exists():
             shutil.rmtree(saved_model)
         staged.rename(saved_model)
@@ -217,7 +261,6 @@ def _export_tflite(saved_model: Path, path: Path) -> Path | str:
     except Exception as error:  # noqa: BLE001 - the converter raises its own error types; the rest goes on
         reason = "an operation has no TFLite kernel" if "neither a custom op nor a flex op" in str(error) \
             else type(error).__name__
-        # Today: the Lite0 member's antialiased resize (tf.image.resize, ScaleAndTranslate).
         return f"failed: TFLite conversion ({reason})"
     atomic_write_bytes(path, flatbuffer)
     return path

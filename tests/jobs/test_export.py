@@ -26,6 +26,29 @@ def catalog(tmp_path_factory, demo_dir, embedder):
     return catalog
 
 
+@pytest.fixture(scope="module")
+def default_pair(tmp_path_factory, demo_dir):
+    """The default backbone (Lite0 + Lite2, whose Lite0 member is fed by an antialiased resize) on the demo."""
+    from core.features.embeddings import Embedder
+
+    embedder = Embedder(backbone="efficientnet_lite0_lite2")
+    catalog = Catalog(tmp_path_factory.mktemp("export-default"))
+    ingest.import_paths(catalog, [demo_dir])
+    embed_catalog(catalog, embedder)
+    predict_catalog(catalog, train_version(catalog, embedder, HeadClassifier()))
+    return catalog, embedder
+
+
+def test_the_portable_resize_equals_the_antialiased_one(default_pair):
+    embedder = default_pair[1]
+    model = embedder.model
+    portable = export.portable_feature_model(model)
+    assert portable is not model and "efficientnet_lite0_resize_as_matrices" in [layer.name for layer in
+                                                                                 portable.layers]
+    pixels = np.random.default_rng(0).uniform(0, 255, (2, embedder.image_size, embedder.image_size, 3))
+    np.testing.assert_allclose(portable(pixels.astype("float32")), model(pixels.astype("float32")), atol=1e-5)
+
+
 @pytest.mark.parametrize("suffix", ["csv", "parquet"])
 def test_labels_and_predictions_export(catalog, tmp_path, suffix):
     path = export.export_labels(catalog, tmp_path / f"labels.{suffix}")
@@ -87,10 +110,17 @@ def test_exported_classifier_reproduces_the_stored_predictions(catalog, tmp_path
     assert worst_cosine(photo_vectors, app_vectors) < 0.999, "the photo alone is measurably different"
 
 
-def test_saved_model_reproduces_the_app_without_productlens(catalog, tmp_path, embedder):
-    """The SavedModel loads in a Python that cannot import ProductLens and returns the stored probabilities."""
+@pytest.mark.parametrize("backbone", ["suite's single network", "default pair"])
+def test_saved_model_and_tflite_reproduce_the_app_without_productlens(request, tmp_path, backbone):
+    """The SavedModel and the TFLite file load in a Python that cannot import ProductLens and return the
+    stored probabilities, for a single network and for the default pair."""
     import subprocess
     import sys
+
+    if backbone == "default pair":
+        catalog, embedder = request.getfixturevalue("default_pair")
+    else:
+        catalog, embedder = request.getfixturevalue("catalog"), request.getfixturevalue("embedder")
 
     written = export.export_classifier_formats(catalog, tmp_path / "out")
     assert written["savedmodel"].is_dir() and written["keras"].is_file()
@@ -106,19 +136,17 @@ def test_saved_model_reproduces_the_app_without_productlens(catalog, tmp_path, e
         "np.save(sys.argv[3], model.serve(np.load(sys.argv[2]).astype('float32')).numpy())\n"
         "assert 'core' not in sys.modules\n")
     tflite = written["tflite"]
-    if embedder.backbone == "efficientnet_lite0":  # the suite's backbone: no antialiased resize, it converts
-        assert not isinstance(tflite, str), tflite
-    if not isinstance(tflite, str):  # converts for a single backbone; the default pair reports why not
-        script += (
-            "interpreter = tf.lite.Interpreter(model_path=sys.argv[4])\n"
-            "inputs = np.load(sys.argv[2]).astype('float32')\n"
-            "detail = interpreter.get_input_details()[0]\n"
-            "interpreter.resize_tensor_input(detail['index'], inputs.shape)\n"
-            "interpreter.allocate_tensors()\n"
-            "interpreter.set_tensor(detail['index'], inputs)\n"
-            "interpreter.invoke()\n"
-            "output = interpreter.get_output_details()[0]['index']\n"
-            "np.save(sys.argv[3] + '.tflite.npy', interpreter.get_tensor(output))\n")
+    assert not isinstance(tflite, str), tflite
+    script += (
+        "interpreter = tf.lite.Interpreter(model_path=sys.argv[4])\n"
+        "inputs = np.load(sys.argv[2]).astype('float32')\n"
+        "detail = interpreter.get_input_details()[0]\n"
+        "interpreter.resize_tensor_input(detail['index'], inputs.shape)\n"
+        "interpreter.allocate_tensors()\n"
+        "interpreter.set_tensor(detail['index'], inputs)\n"
+        "interpreter.invoke()\n"
+        "output = interpreter.get_output_details()[0]['index']\n"
+        "np.save(sys.argv[3] + '.tflite.npy', interpreter.get_tensor(output))\n")
     outside = tmp_path / "elsewhere"
     outside.mkdir()
     env = {name: value for name, value in __import__("os").environ.items() if name != "PYTHONPATH"}
@@ -130,9 +158,7 @@ def test_saved_model_reproduces_the_app_without_productlens(catalog, tmp_path, e
                                    capture_output=True, text=True)
     assert cannot_import.returncode != 0, "the check must run where ProductLens is not importable"
     stored = catalog.predictions(version.id)
-    outputs = [np.load(tmp_path / "outputs.npy")]
-    if not isinstance(tflite, str):
-        outputs.append(np.load(tmp_path / "outputs.npy.tflite.npy"))
+    outputs = [np.load(tmp_path / "outputs.npy"), np.load(tmp_path / "outputs.npy.tflite.npy")]
     for output in outputs:
         for product, probabilities in zip(products, output):
             app = stored[product.id]
