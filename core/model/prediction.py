@@ -22,20 +22,29 @@ from core.storage.catalog import Catalog, ModelVersion
 
 def predict_catalog(catalog: Catalog, version: ModelVersion | int | None = None, top_k: int = 5,
                     product_ids: Sequence[int] | None = None, chunk_size: int = 10_000) -> dict:
-    """Predict every embedded product (or ``product_ids``); return counts and the version used."""
+    """Predict every embedded product (or ``product_ids``); return counts and the version used.
+
+    Vectors are read ``chunk_size`` products at a time, so memory stays bounded whatever the
+    catalogue's size.
+    """
     version, head = load_version(catalog, version)
-    ids, features = catalog.embeddings(version.prediction_key, product_ids)
+    # An upload's products are asked for by id (chunks skip those without vectors); otherwise every live one.
+    embedded = (catalog.embedded_product_ids(version.prediction_key) if product_ids is None
+                else sorted({int(pid) for pid in product_ids}))
     detector = _novelty(catalog, version)
-    for start in range(0, len(ids), chunk_size):
-        labels, probabilities = head.top_k(features[start:start + chunk_size], top_k)
+    predicted = 0
+    for start in range(0, len(embedded), chunk_size):
+        ids, features = catalog.embeddings(version.prediction_key, embedded[start:start + chunk_size])
+        labels, probabilities = head.top_k(features, top_k)
         new = None
         if detector is not None:
-            photo_ids, photos = catalog.embeddings(version.embedding_key, ids[start:start + chunk_size].tolist())
+            photo_ids, photos = catalog.embeddings(version.embedding_key, ids.tolist())
             flagged = dict(zip(photo_ids.tolist(), detector.is_new(photos).tolist()))
-            new = [flagged.get(int(pid)) for pid in ids[start:start + chunk_size]]
-        catalog.store_predictions(version.id, ids[start:start + chunk_size], labels, probabilities, new)
-    missing = (catalog.count_products() if product_ids is None else len(set(product_ids))) - len(ids)
-    return {"model_version": version.id, "predicted": int(len(ids)), "not_embedded": int(missing)}
+            new = [flagged.get(int(pid)) for pid in ids]
+        catalog.store_predictions(version.id, ids, labels, probabilities, new)
+        predicted += len(ids)
+    missing = (catalog.count_products() if product_ids is None else len(set(product_ids))) - predicted
+    return {"model_version": version.id, "predicted": int(predicted), "not_embedded": int(missing)}
 
 
 

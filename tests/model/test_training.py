@@ -205,3 +205,26 @@ def test_the_demo_model_predicts_its_own_labels_when_shots_are_propagated(tmp_pa
     predictions, labels = catalog.predictions(version.id), catalog.current_labels()
     assert np.mean([predictions[pid]["label"] == label for pid, label in labels.items()]) >= 0.95
     assert version.metrics["accuracy"] >= 0.8
+
+
+def test_predicting_in_small_chunks_gives_the_same_predictions(trained_workspace, embedder, monkeypatch):
+    catalog = Catalog(trained_workspace)
+    version = train_version(catalog, embedder, HeadClassifier(), activate=False)
+    predict_catalog(catalog, version)
+    whole = catalog.predictions(version.id)
+    catalog.archive_products([catalog.product_ids()[0]], reason="duplicate")
+    read = []
+    original = Catalog.embeddings
+
+    def counted(self, key, ids=None):
+        if key == version.prediction_key:  # the vectors predicted from (the novelty check reads labelled ones)
+            read.append(None if ids is None else len(ids))
+        return original(self, key, ids)
+
+    monkeypatch.setattr(Catalog, "embeddings", counted)
+    result = predict_catalog(catalog, version, chunk_size=7)
+    assert result["predicted"] == 79 and None not in read and max(read) <= 7, "never every vector at once"
+    chunked = catalog.predictions(version.id)
+    assert all(chunked[pid]["labels"] == whole[pid]["labels"] for pid in whole)
+    np.testing.assert_allclose([chunked[pid]["probabilities"] for pid in whole],
+                               [whole[pid]["probabilities"] for pid in whole], atol=1e-6)
