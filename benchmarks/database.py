@@ -79,10 +79,12 @@ def timed(function, repeat: int = 1) -> tuple[float, object]:
     return (time.perf_counter() - started) / repeat, value
 
 
-def _corrector(workspace: str, database: str, name: str, rounds: int, products: int, queue) -> None:
+def _corrector(workspace: str, database: str, name: str, rounds: int, products: int, ready, go, queue) -> None:
     catalog = Catalog(workspace, database=database)
+    catalog.current_label(1)  # connected
     rng = np.random.default_rng(abs(hash(name)) % 2**32)
-    queue.put("ready")
+    ready.put(name)
+    go.wait()  # every writer starts together
     applied = conflicts = 0
     for _ in range(rounds):
         product = int(rng.integers(1, 200))  # a hot spot: people correct the same page of products
@@ -94,14 +96,15 @@ def _corrector(workspace: str, database: str, name: str, rounds: int, products: 
 
 def concurrent_corrections(workspace: str, database: str, products: int, writers: int = 4, rounds: int = 200):
     context = multiprocessing.get_context("spawn")
-    queue = context.Queue()
-    processes = [context.Process(target=_corrector, args=(workspace, database, f"user{i}", rounds, products, queue))
-                 for i in range(writers)]
+    ready, go, queue = context.Queue(), context.Event(), context.Queue()
+    processes = [context.Process(target=_corrector, args=(workspace, database, f"user{i}", rounds, products,
+                                                          ready, go, queue)) for i in range(writers)]
     for process in processes:
         process.start()
     for _ in processes:
-        queue.get(timeout=300)
+        ready.get(timeout=300)
     started = time.perf_counter()
+    go.set()
     results = [queue.get(timeout=600) for _ in processes]
     seconds = time.perf_counter() - started
     for process in processes:
