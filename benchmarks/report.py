@@ -420,8 +420,10 @@ def database() -> str:
     rows.append(["corrections/s, 4 processes on the same 200 products"] + [
         f"{row['concurrent']['per_second']} ({row['concurrent']['conflicts']} refused as stale)"
         for row in result["rows"]])
+    parts = {"products": "writing the product rows, s", "labels": "writing the import labels (one event each), s",
+             "embeddings": "writing the vectors, s", "predictions": "writing the predictions, s"}
     for part in result["rows"][0]["fill_seconds"]:
-        rows.append([f"writing every product's {part}, s"] + [row["fill_seconds"][part] for row in result["rows"]])
+        rows.append([parts.get(part, part)] + [row["fill_seconds"][part] for row in result["rows"]])
     return "\n".join([table(header, rows), "",
                       f"{result['products']:,} products ({result['labelled']:,} labelled), one {result['dim']}-d "
                       f"float16 vector and one model version's top-3 predictions each; SQLAlchemy "

@@ -482,3 +482,32 @@ def test_a_category_tree_from_the_parent_picker_filters_review_and_sums_the_conf
     assert not at.exception, at.exception
     heatmap = json.loads(at.get("plotly_chart")[0].proto.spec)["data"][0]
     assert "Fruit" in heatmap["x"] and "Granny-Smith" not in heatmap["x"], "level 0 sums the apples into Fruit"
+
+
+def test_the_whole_app_on_postgresql(tmp_path, monkeypatch, postgres_server):
+    """Demo, retrain, a correction with its author, and every page, with the catalogue on a PostgreSQL server."""
+    url = postgres_server.new_database()
+    try:
+        monkeypatch.setenv("PRODUCTLENS_DATABASE", url)
+        workspace = tmp_path / "ws"
+        at = app(workspace, monkeypatch)
+        at.text_input(key="author_input").input("ana").run()
+        [b for b in at.button if b.label == "Load demo catalogue"][0].click().run()
+        assert not at.exception, at.exception
+        catalog = Catalog(workspace)
+        assert not catalog.is_sqlite and not (workspace / "catalog.sqlite").exists()
+        assert catalog.status()["products"] == 80
+        at.switch_page("pages/train.py").run()
+        [b for b in at.button if b.label == "Retrain now"][0].click().run()
+        assert not at.exception, at.exception
+        assert catalog.active_model_version() is not None
+        at.switch_page("pages/review.py").run()
+        at.button(key="focus-pick-2").click().run()
+        assert not at.exception, at.exception
+        event = catalog.label_history(limit=1)[0]
+        assert (event.author, event.source) == ("ana", "human")
+        for page in PAGES:
+            at.switch_page(page).run()
+            assert not at.exception, (page, at.exception)
+    finally:
+        postgres_server.drop(url)
