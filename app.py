@@ -12,6 +12,7 @@ from pages.shared import (
     embedder,
     navigation_pages,
     needs_sign_in,
+    order_review_ahead,
     permitted,
     progress_bar,
     remember,
@@ -43,6 +44,7 @@ def home() -> None:
             remember(f"Imported {len(report.added)} demo photos and computed their features in "
                      f"{time.perf_counter() - started:.0f} s. Next: train a model.")
             draw_map_ahead()
+            order_review_ahead()
             st.rerun()
         st.page_link("pages/upload.py", label="Upload photos", icon=":material/upload:")
         return

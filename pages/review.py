@@ -13,6 +13,7 @@ from pages.shared import (
     remember,
     remember_error,
     require_router,
+    review_queue,
     show_notices,
     show_thumbnail,
     state,
@@ -40,12 +41,6 @@ if table.empty:
 categories = catalog().categories()
 tree = catalog().category_parents()
 tree = set(tree) | set(tree.values())  # every category that has a parent or is one
-
-
-@st.cache_resource(show_spinner=False, max_entries=1)
-def _features(key: str, embedded: int):
-    # For the diversity guard; re-read only when the number of embedded products changes.
-    return catalog().embeddings(key)
 
 
 key = embedding_key()
@@ -125,7 +120,8 @@ with st.expander("Filters and order", expanded=False):
 
 selected = review.select(table, order=order, predicted=predicted, confidence_range=confidence,
                          labelled={"all": None, "unlabelled": False, "labelled": True}[status],
-                         disagreements_only=disagreements, features=_features(key, catalog().count_embeddings(key)),
+                         disagreements_only=disagreements, vectors_of=review.catalog_vectors(catalog(), key),
+                         queue=review_queue() if order == review.DEFAULT_ORDER else None,
                          new_category_only=new_only, under=under,
                          page_size=PAGE_SIZE)
 pages = max(1, -(-len(selected) // PAGE_SIZE))

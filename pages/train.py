@@ -16,6 +16,7 @@ from pages.shared import (
     catalog,
     draw_map_ahead,
     embedder,
+    order_review_ahead,
     permitted,
     progress_bar,
     require_router,
@@ -65,6 +66,7 @@ if st.button("Retrain now", type="primary", disabled=status["labelled"] == 0 or 
         version = retrain_and_predict(catalog(), embedder(), progress=progress_bar("Retraining"))
         st.session_state[state.TRAINED_VERSION] = version.id
         draw_map_ahead()
+        order_review_ahead()
         # The whole wait, honestly: features of photos not embedded yet, the fit, and every prediction.
         propagated = version.metrics.get("n_propagated", 0)
         st.success(f"Model v{version.id} trained in {time.perf_counter() - started:.1f} s (fitting the head: "
@@ -86,6 +88,7 @@ with st.expander("Fine-tune the image network too (minutes, not seconds)"):
             version = fine_tune_and_predict(catalog(), embedder(), progress=progress_bar("Fine-tuning"))
             st.session_state[state.TRAINED_VERSION] = version.id
             draw_map_ahead()
+            order_review_ahead()
             st.success(f"Model v{version.id} fine-tuned and activated in {time.perf_counter() - started:.0f} s "
                        f"(fine-tuning itself: {version.metrics['fine_tune_seconds']:.0f} s).")
         except ProductLensError as error:
@@ -108,6 +111,7 @@ with st.expander("No labels yet? Start from reference photos", expanded=status["
                     st.success(f"Model v{version.id} predicts {len(version.classes)} categories from "
                                "reference photos. Review its predictions on the Review page.")
                     draw_map_ahead()
+                    order_review_ahead()
                     for item in rejected:
                         st.warning(f"{plain(item.name)}: {plain(item.reason)}")
                 except ProductLensError as error:

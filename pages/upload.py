@@ -11,6 +11,7 @@ from pages.shared import (
     catalog,
     draw_map_ahead,
     embedder,
+    order_review_ahead,
     permitted,
     progress_bar,
     require_router,
@@ -50,6 +51,7 @@ if submitted and files and permitted("import"):
     st.session_state[state.LAST_UPLOAD] = result
     if result.report.added:
         draw_map_ahead()
+        order_review_ahead()
 elif submitted:
     st.warning("Choose at least one file first.")
 

@@ -16,8 +16,11 @@ overwritten and every change can be traced and undone.
 
 from __future__ import annotations
 
+import io
+import json
+import threading
 from pathlib import PurePath
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -25,6 +28,7 @@ import pandas as pd
 from core.curation import active_learning
 from core.errors import InvalidInputError
 from core.model.hierarchy import DEFAULT_THRESHOLD, Taxonomy
+from core.storage.atomic import atomic_write_bytes
 from core.storage.catalog import ANY, Catalog, LabelConflict
 
 ORDERS = ("most informative", "smallest margin", "highest entropy", "random", "least confident", "newest",
@@ -61,31 +65,31 @@ def review_table(catalog: Catalog, threshold: float = DEFAULT_THRESHOLD) -> pd.D
     """One row per product. With a category tree, ``answer`` is the prediction as a person should read it:
     the fine category, or its coarse category ("Fruit › Apple › ?") below ``threshold`` (rolled up from the
     stored runners-up, so a coarse answer is at least that sure); ``within`` holds every category the
-    label and the prediction lie under (for the any-level filter)."""
-    labels = catalog.current_labels_with_source()
+    label and the prediction lie under (for the any-level filter). Read in one query."""
     active = catalog.active_model_version()
-    predictions = catalog.predictions(active.id) if active else {}
     taxonomy = Taxonomy(catalog.category_parents())
     records = []
-    for product in catalog.products():
-        product_id, filename, added_at = product.id, product.filename, product.added_at
-        label, source = labels.get(product_id, (None, None))
-        prediction = predictions.get(product_id)
-        predicted = prediction["label"] if prediction else None
-        answer = readable_answer(prediction, taxonomy, threshold) if prediction else None
-        within = frozenset(node for name in (label, predicted) if name for node in taxonomy.path(name))
+    for (product_id, filename, source, added_at, label, label_source, predicted, confidence, labels,
+         probabilities, new_category) in catalog.review_rows(active.id if active else None):
+        prediction = None if predicted is None else {"label": predicted, "labels": json.loads(labels),
+                                                     "probabilities": json.loads(probabilities)}
+        answer, within = predicted, _NOTHING
+        if taxonomy:
+            answer = readable_answer(prediction, taxonomy, threshold) if prediction else None
+            within = frozenset(node for name in (label, predicted) if name for node in taxonomy.path(name))
         records.append({
-            "product_id": product_id, "filename": filename, "origin": origin(product.source, added_at),
-            "added_at": added_at, "label": label,
-            "label_source": source if label is not None else None, "predicted_label": predicted,
-            "confidence": prediction["confidence"] if prediction else None,
-            "top_labels": prediction["labels"] if prediction else [],
+            "product_id": int(product_id), "filename": filename, "origin": origin(source, added_at),
+            "added_at": added_at, "label": label, "label_source": label_source, "predicted_label": predicted,
+            "confidence": confidence, "top_labels": prediction["labels"] if prediction else [],
             "top_probabilities": prediction["probabilities"] if prediction else [],
             "disagrees": bool(label is not None and predicted is not None and label != predicted),
-            "new_category": prediction.get("new_category") if prediction else None,
+            "new_category": None if new_category is None else bool(new_category),
             "answer": answer, "within": within,
         })
     return pd.DataFrame(records, columns=COLUMNS)
+
+
+_NOTHING = frozenset()
 
 
 def seen_labels(table: pd.DataFrame, product_ids: Sequence[int]) -> dict[int, str | None]:
@@ -98,8 +102,41 @@ def seen_labels(table: pd.DataFrame, product_ids: Sequence[int]) -> dict[int, st
             for pid in product_ids}
 
 
-def _informative(table: pd.DataFrame, strategy: str, features: tuple[np.ndarray, np.ndarray] | None,
-                 page_size: int, seed: int, labelled_ids: set[int]) -> pd.DataFrame:
+# product ids -> (the ids that have a vector, their vectors), in the order asked for
+VectorsOf = Callable[[Sequence[int]], "tuple[np.ndarray, np.ndarray]"]
+
+
+def vectors_from(features: tuple[np.ndarray, np.ndarray] | None) -> VectorsOf | None:
+    """``(product_ids, vectors)`` held in memory as a :data:`VectorsOf` lookup."""
+    if features is None or not len(features[0]):
+        return None
+    ids, vectors = features
+    row_of = {int(pid): i for i, pid in enumerate(ids)}
+
+    def lookup(product_ids):
+        found = [int(pid) for pid in product_ids if int(pid) in row_of]
+        return np.asarray(found, dtype=np.int64), vectors[np.asarray([row_of[pid] for pid in found], dtype=np.int64)]
+    return lookup
+
+
+def catalog_vectors(catalog: Catalog, embedding_key: str) -> VectorsOf:
+    """Vectors read from the catalogue by id, only for the products asked for."""
+    def lookup(product_ids):
+        ids, vectors = catalog.embeddings(embedding_key, list(product_ids))
+        row_of = {int(pid): i for i, pid in enumerate(ids)}
+        found = [int(pid) for pid in product_ids if int(pid) in row_of]
+        return np.asarray(found, dtype=np.int64), vectors[np.asarray([row_of[pid] for pid in found], dtype=np.int64)]
+    return lookup
+
+
+def _all_vectors(vectors_of: VectorsOf, product_ids) -> np.ndarray | None:
+    """The vectors of every one of ``product_ids``, or None if any has none (no guard then)."""
+    found, vectors = vectors_of(product_ids)
+    return vectors if len(found) == len(product_ids) else None
+
+
+def _informative(table: pd.DataFrame, strategy: str, vectors_of: VectorsOf | None, page_size: int, seed: int,
+                 labelled_ids: set[int], queue: Sequence[int] | None = None) -> pd.DataFrame:
     if table.empty:
         return table
     if strategy == "random":
@@ -111,39 +148,87 @@ def _informative(table: pd.DataFrame, strategy: str, features: tuple[np.ndarray,
     scores = active_learning.uncertainty(probabilities, strategy)
     has_prediction = table["predicted_label"].notna().to_numpy()
     unlabelled = table["label"].isna().to_numpy()
+    product_ids = table["product_id"].to_numpy()
     # Unlabelled and predicted first (that is where a label teaches the model most),
     # then labelled ones (checking them still catches mistakes), then unpredicted.
-    ranking = np.lexsort((table["product_id"].to_numpy(), -scores, ~unlabelled, ~has_prediction))
-    if features is None or not len(features[0]):
-        return table.iloc[ranking]
-    ids, vectors = features
-    row_of = {int(pid): i for i, pid in enumerate(ids)}
-    rows = np.array([row_of.get(int(pid), -1) for pid in table["product_id"]], dtype=np.int64)
-    if (rows < 0).any():
+    ranking = np.lexsort((product_ids, -scores, ~unlabelled, ~has_prediction))
+    if strategy == "hybrid" and queue is not None:
+        # The stored queue of this model version; products labelled since move behind the unlabelled ones,
+        # products added since follow the queue in the plain ranking.
+        position = {int(pid): i for i, pid in enumerate(queue)}
+        queued = np.array([position.get(int(pid), len(position)) for pid in product_ids], dtype=np.int64)
+        rank_of = np.empty(len(ranking), dtype=np.int64)
+        rank_of[ranking] = np.arange(len(ranking))
+        return table.iloc[np.lexsort((rank_of, queued, ~unlabelled, ~has_prediction))]
+    if vectors_of is None:
         return table.iloc[ranking]
     limit = page_size * _DIVERSIFIED_PAGES
     if strategy != "hybrid":
-        return table.iloc[active_learning.diverse_order(ranking, vectors[rows], page_size, limit=limit)]
+        # Only the first pages are spread out: only their vectors are read.
+        head = ranking[:limit]
+        vectors = _all_vectors(vectors_of, product_ids[head].tolist())
+        if vectors is None:
+            return table.iloc[ranking]
+        spread = head[active_learning.diverse_order(np.arange(len(head)), vectors, page_size)]
+        return table.iloc[np.concatenate([spread, ranking[limit:]])]
     # Hybrid: greedy over the unlabelled, predicted candidates, away from what labels already cover.
     candidates = np.flatnonzero(unlabelled & has_prediction)
-    labelled_rows = [row_of[pid] for pid in labelled_ids if pid in row_of]
-    labelled_vectors = vectors[labelled_rows] if labelled_rows else None
-    head = candidates[active_learning.hybrid_order(vectors[rows[candidates]], probabilities[candidates],
+    candidate_vectors = _all_vectors(vectors_of, product_ids[candidates].tolist())
+    if candidate_vectors is None:
+        return table.iloc[ranking]
+    labelled_vectors = vectors_of(sorted(labelled_ids))[1] if labelled_ids else None
+    labelled_vectors = labelled_vectors if labelled_vectors is not None and len(labelled_vectors) else None
+    head = candidates[active_learning.hybrid_order(candidate_vectors, probabilities[candidates],
                                                    min(limit, len(candidates)), labelled_vectors, seed)]
     taken = set(head.tolist())
     rest = [index for index in ranking if index not in taken]
     return table.iloc[np.concatenate([head, np.array(rest, dtype=np.int64)])]
 
 
+def informative_queue(catalog: Catalog, version_id: int, vectors_of: VectorsOf, page_size: int = 12,
+                      seed: int = 0) -> list[int]:
+    """The "most informative" order of the whole catalogue for one model version, computed once and kept
+    in the workspace's cache (every later page of every session reads it; see :func:`select`'s ``queue``).
+
+    Computed again when the version has predicted more products since (an upload), so new photos
+    take their place in the queue.
+    """
+    predicted = catalog.count_predictions(version_id)
+    path = catalog.workspace / "cache" / f"review-queue-v{int(version_id)}-{predicted}.npy"
+    with _QUEUE_LOCKS.setdefault(str(path), threading.Lock()):
+        if path.is_file():
+            try:
+                return np.load(path).tolist()
+            except (OSError, ValueError):
+                pass  # a damaged cache file is computed again
+        table = review_table(catalog)
+        labelled = {int(pid) for pid in table.loc[table["label"].notna(), "product_id"]}
+        ordered = _informative(table, "hybrid", vectors_of, page_size, seed, labelled)
+        ids = ordered["product_id"].to_numpy(np.int64)
+        buffer = io.BytesIO()
+        np.save(buffer, ids)
+        try:
+            atomic_write_bytes(path, buffer.getvalue(), durable=False)
+        except OSError:
+            pass  # a cache that cannot be written (read-only, full disk) is computed again next time
+        return ids.tolist()
+
+
+_QUEUE_LOCKS: dict[str, threading.Lock] = {}
+
+
 def select(table: pd.DataFrame, order: str = DEFAULT_ORDER, predicted: Sequence[str] | None = None,
            confidence_range: tuple[float, float] = (0.0, 1.0), labelled: bool | None = None,
            disagreements_only: bool = False, features: tuple[np.ndarray, np.ndarray] | None = None,
            new_category_only: bool = False, under: Sequence[str] | None = None,
-           page_size: int = 12, seed: int = 0) -> pd.DataFrame:
+           page_size: int = 12, seed: int = 0, vectors_of: VectorsOf | None = None,
+           queue: Sequence[int] | None = None) -> pd.DataFrame:
     """Filter and order the review table (see the module docstring).
 
-    ``features`` = ``(product_ids, vectors)`` enables the diversity guard of the
-    active-learning orders, per page of ``page_size``. ``new_category_only`` keeps
+    ``features`` = ``(product_ids, vectors)`` (or ``vectors_of``, which reads only the
+    vectors asked for) enables the diversity guard of the active-learning orders, per
+    page of ``page_size``. ``queue``: the model version's stored "most informative" order
+    (:func:`informative_queue`), used instead of computing it again. ``new_category_only`` keeps
     the products flagged "new category?" (see :mod:`core.model.novelty`). ``under`` keeps the
     products whose label or prediction lies under (or is) one of these categories, at any level.
     """
@@ -166,7 +251,8 @@ def select(table: pd.DataFrame, order: str = DEFAULT_ORDER, predicted: Sequence[
         wanted = set(under)
         selected = selected[selected["within"].map(lambda nodes: not wanted.isdisjoint(nodes))]
     if order in _STRATEGY_OF_ORDER:
-        selected = _informative(selected, _STRATEGY_OF_ORDER[order], features, page_size, seed, labelled_ids)
+        selected = _informative(selected, _STRATEGY_OF_ORDER[order], vectors_of or vectors_from(features),
+                                page_size, seed, labelled_ids, queue if order == DEFAULT_ORDER else None)
     elif order == "least confident":
         # Products without a prediction yet come last: there is nothing to check.
         selected = selected.sort_values(["confidence", "product_id"], na_position="last")

@@ -906,6 +906,22 @@ class Catalog:
             for pid, top, confidence, labels, probabilities, new in rows
         }
 
+    def count_predictions(self, model_id: int) -> int:
+        return int(self._value("SELECT COUNT(*) FROM predictions WHERE model_id = :model", {"model": int(model_id)}))
+
+    def review_rows(self, model_id: int | None) -> list[tuple]:
+        """One row per live product for the review table, in one query: ``(product_id, filename, source,
+        added_at, label, label_source, predicted_label, confidence, labels, probabilities, new_category)``
+        (the prediction columns are None without a prediction of ``model_id``; labels and probabilities
+        are JSON text)."""
+        return self._rows(
+            "SELECT p.id, p.filename, p.source, p.added_at, cl.label, cl.source, pr.top_label, pr.confidence, "
+            "pr.labels, pr.probabilities, pr.new_category FROM products p "
+            "LEFT JOIN current_labels cl ON cl.product_id = p.id AND cl.label IS NOT NULL "
+            "LEFT JOIN predictions pr ON pr.product_id = p.id AND pr.model_id = :model "
+            f"WHERE p.id {_LIVE} ORDER BY p.id", {"model": -1 if model_id is None else int(model_id)},
+            mappings=False)
+
     # -- accounts ------------------------------------------------------------------
     # Rows only; hashing, roles and permissions live in core.security.accounts.
     def add_user(self, name: str, password_hash: str, role: str) -> None:

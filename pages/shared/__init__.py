@@ -14,7 +14,7 @@ import time
 import numpy as np
 import streamlit as st
 
-from core.curation import projection
+from core.curation import projection, review
 from core.errors import AccessDeniedError, CatalogError
 from core.features import Embedder
 from core.jobs.pipeline import version_embedder
@@ -144,6 +144,40 @@ def draw_map_ahead() -> threading.Thread | None:
             pass
 
     thread = threading.Thread(target=draw, name="productlens-map-ahead", daemon=True)
+    thread.start()
+    return thread
+
+
+@st.cache_resource(show_spinner=False, max_entries=4)
+def _review_queue(workspace: str, version_id: int, key: str, predicted: int) -> list[int]:
+    return review.informative_queue(catalog(), version_id, review.catalog_vectors(catalog(), key))
+
+
+def review_queue() -> list[int] | None:
+    """The active version's "most informative" order, computed once per version (None: no model yet)."""
+    version = catalog().active_model_version()
+    if version is None:
+        return None
+    with st.spinner("Putting the most informative products first (once per model version)…"):
+        return _review_queue(str(catalog().workspace), version.id, embedding_key(),
+                             catalog().count_predictions(version.id))
+
+
+def order_review_ahead() -> threading.Thread | None:
+    """After a retrain or an upload: compute the review queue in a background thread, so the Review
+    page only reads it (kept in the workspace's cache for every session and the next server)."""
+    workspace, version, key = catalog(), catalog().active_model_version(), embedding_key()
+    if version is None:
+        return None
+
+    def order() -> None:
+        time.sleep(WARM_UP_DELAY_S)
+        try:
+            review.informative_queue(workspace, version.id, review.catalog_vectors(workspace, key))
+        except Exception:  # noqa: BLE001 - best effort; the Review page computes and reports for itself
+            pass
+
+    thread = threading.Thread(target=order, name="productlens-review-ahead", daemon=True)
     thread.start()
     return thread
 

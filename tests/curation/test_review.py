@@ -169,3 +169,30 @@ def test_a_category_tree_gives_coarse_answers_an_any_level_filter_and_follows_a_
 
     review.rename_category(catalog, "Lemon", "Citron", author="ana")
     assert catalog.category_parents() == {"Citron": "Citrus", "Citrus": "Fruit", "Banana": "Fruit"}
+
+
+def test_the_most_informative_queue_is_computed_once_per_version_and_kept(catalog, monkeypatch, demo_dir):
+    ids = catalog.product_ids()
+    vectors = np.random.default_rng(0).normal(size=(len(ids), 8))
+    lookup = review.vectors_from((np.array(ids), vectors))
+    version = catalog.active_model_version().id
+    queue = review.informative_queue(catalog, version, lookup, page_size=4)
+    expected = review.select(review.review_table(catalog), features=(np.array(ids), vectors), page_size=4)
+    assert queue == expected["product_id"].tolist(), "the stored queue is the order computed in memory"
+
+    computed = []
+    real = review._informative
+    monkeypatch.setattr(review, "_informative", lambda *args, **kwargs: computed.append(1) or real(*args, **kwargs))
+    assert review.informative_queue(catalog, version, lookup, page_size=4) == queue and not computed, "kept"
+    catalog.set_labels([(queue[0], "Banana")], author="ana")
+    ordered = review.select(review.review_table(catalog), queue=queue)["product_id"].tolist()
+    computed.clear()  # select read the stored queue: nothing was computed again
+    labels = catalog.current_labels()
+    assert ordered == [p for p in queue if p not in labels] + [p for p in queue if p in labels], \
+        "a product labelled since moves behind the unlabelled ones"
+
+    new = ingest.import_paths(catalog, [demo_dir / "Orange"]).added[0]
+    catalog.store_predictions(version, [new], [["Lemon", "Banana"]], np.array([[0.5, 0.5]]))
+    lookup = review.vectors_from((np.array(ids + [new]), np.vstack([vectors, np.ones((1, 8))])))
+    again = review.informative_queue(catalog, version, lookup, page_size=4)
+    assert computed and new in again, "an upload's products take their place in a new queue"
