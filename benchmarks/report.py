@@ -430,6 +430,16 @@ def database() -> str:
                       f"{result['sqlalchemy']}, psycopg 3. " + measured_on(result)])
 
 
+def review_scale() -> str:
+    result = load("review_scale")
+    if result is None:
+        return missing("review_scale.py")
+    rows = [[step, seconds] for step, seconds in result["seconds"].items()]
+    return "\n".join([table(["step", "seconds"], rows), "",
+                      f"{result['products']:,} synthetic products (a third labelled, {result['dim']}-d vectors, "
+                      "top-3 predictions each), SQLite. " + measured_on(result)])
+
+
 def reduced_vectors() -> str:
     result = load("reduced_vectors")
     if result is None:
@@ -458,7 +468,7 @@ SECTIONS = {"grocery-benchmark": grocery, "ablation": ablation, "label-efficienc
             "first-waits": first_waits, "robustness": robustness, "open-set": open_set,
             "propagation": propagation, "fine-tuning": fine_tuning,
             "ray-throughput": ray_throughput, "ann": ann, "database": database,
-            "reduced-vectors": reduced_vectors}
+            "reduced-vectors": reduced_vectors, "review-scale": review_scale}
 
 
 def update_readme(readme: Path, sections: dict[str, str]) -> None:

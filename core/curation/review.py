@@ -209,6 +209,9 @@ def informative_queue(catalog: Catalog, version_id: int, vectors_of: VectorsOf, 
         np.save(buffer, ids)
         try:
             atomic_write_bytes(path, buffer.getvalue(), durable=False)
+            for older in path.parent.glob(f"review-queue-v{int(version_id)}-*.npy"):
+                if older != path:  # the same version before an upload: never read again
+                    older.unlink(missing_ok=True)
         except OSError:
             pass  # a cache that cannot be written (read-only, full disk) is computed again next time
         return ids.tolist()

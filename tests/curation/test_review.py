@@ -196,3 +196,4 @@ def test_the_most_informative_queue_is_computed_once_per_version_and_kept(catalo
     lookup = review.vectors_from((np.array(ids + [new]), np.vstack([vectors, np.ones((1, 8))])))
     again = review.informative_queue(catalog, version, lookup, page_size=4)
     assert computed and new in again, "an upload's products take their place in a new queue"
+    assert len(list((catalog.workspace / "cache").glob(f"review-queue-v{version}-*.npy"))) == 1, "old one removed"

@@ -1,0 +1,89 @@
+"""The Review page on a large catalogue: what a render costs, before and after the stored queue.
+
+Builds the synthetic catalogue of ``benchmarks/database.py`` (``--products`` products, a
+third labelled, one ``--dim``-d float16 vector and top-3 predictions each) in a new
+SQLite workspace, then times, in this process:
+
+* the review table (one query for every product, its label and its prediction);
+* the "most informative" order computed in memory over every candidate, which is what
+  every render cost before the queue was stored (the active-learning greedy pass reads
+  every unlabelled product's vector);
+* computing and storing the version's queue once (what the background thread does
+  after a retrain or an upload);
+* a render after that: the table plus the order read from the stored queue;
+* the Review page itself through Streamlit's AppTest (the queue already stored), first
+  run and a rerun.
+
+    python benchmarks/review_scale.py [--products 100000]
+Writes ``benchmarks/results/review_scale.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+
+from database import fill
+
+from _results import REPO, write_result
+
+sys.path.insert(0, str(REPO))
+
+from core.curation import review  # noqa: E402
+from core.storage.catalog import Catalog  # noqa: E402
+
+
+def timed(function):
+    started = time.perf_counter()
+    value = function()
+    return round(time.perf_counter() - started, 2), value
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--products", type=int, default=100_000)
+    parser.add_argument("--dim", type=int, default=3632)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="productlens-review-scale-") as workspace:
+        catalog = Catalog(workspace, database="sqlite")
+        fill(catalog, args.products, args.dim)
+        version = catalog.active_model_version().id
+        vectors = review.catalog_vectors(catalog, "bench")
+        rows = {}
+        rows["review table (one query)"], table = timed(lambda: review.review_table(catalog))
+        print(json.dumps(rows), flush=True)
+        rows["most informative order, computed in memory (every render before)"], _ = timed(
+            lambda: review.select(table, order=review.DEFAULT_ORDER, vectors_of=vectors))
+        print(json.dumps(rows), flush=True)
+        rows["storing the version's queue (once, in the background)"], queue = timed(
+            lambda: review.informative_queue(catalog, version, vectors))
+        rows["a render's table and order with the stored queue"], _ = timed(
+            lambda: review.select(review.review_table(catalog), order=review.DEFAULT_ORDER, vectors_of=vectors,
+                                  queue=review.informative_queue(catalog, version, vectors)))
+        print(json.dumps(rows), flush=True)
+
+        from streamlit.testing.v1 import AppTest
+
+        os.environ["PRODUCTLENS_WORKSPACE"] = workspace
+        os.environ["PRODUCTLENS_DATABASE"] = "sqlite"
+        at = AppTest.from_file(str(REPO / "app.py"), default_timeout=1800)
+        at.run()
+        started = time.perf_counter()
+        at.switch_page("pages/review.py").run()
+        rows["Review page, first render (AppTest)"] = round(time.perf_counter() - started, 2)
+        if at.exception:
+            sys.exit(f"the Review page failed: {at.exception}")
+        started = time.perf_counter()
+        at.run()
+        rows["Review page, rerun (AppTest)"] = round(time.perf_counter() - started, 2)
+        print(json.dumps(rows), flush=True)
+    write_result("review_scale", {"products": args.products, "dim": args.dim, "seconds": rows,
+                                  "queue_length": len(queue)})
+
+
+if __name__ == "__main__":
+    main()
