@@ -220,6 +220,19 @@ def informative_queue(catalog: Catalog, version_id: int, vectors_of: VectorsOf, 
 _QUEUE_LOCKS: dict[str, threading.Lock] = {}
 
 
+def stored_queue(catalog: Catalog, version_id: int) -> tuple[list[int], bool] | None:
+    """The version's stored queue without computing anything: ``(product ids, current)``, where
+    ``current`` is False for a queue made before the version's latest predictions (an upload), or None."""
+    folder = catalog.workspace / "cache"
+    current = folder / f"review-queue-v{int(version_id)}-{catalog.count_predictions(version_id)}.npy"
+    for path in [current, *sorted(folder.glob(f"review-queue-v{int(version_id)}-*.npy"))]:
+        try:
+            return np.load(path).tolist(), path == current
+        except (OSError, ValueError):
+            continue
+    return None
+
+
 def select(table: pd.DataFrame, order: str = DEFAULT_ORDER, predicted: Sequence[str] | None = None,
            confidence_range: tuple[float, float] = (0.0, 1.0), labelled: bool | None = None,
            disagreements_only: bool = False, features: tuple[np.ndarray, np.ndarray] | None = None,

@@ -154,21 +154,33 @@ def _review_queue(workspace: str, version_id: int, key: str, predicted: int) -> 
 
 
 def review_queue() -> list[int] | None:
-    """The active version's "most informative" order, computed once per version (None: no model yet)."""
+    """The active version's "most informative" order, computed once per version (None: no model yet).
+
+    While the queue is brought up to date after an upload (in the background), the previous one
+    is used: new products show at its end until then.
+    """
     version = catalog().active_model_version()
     if version is None:
         return None
+    stored = review.stored_queue(catalog(), version.id)
+    if stored is not None and not stored[1]:
+        order_review_ahead()
+        return stored[0]
     with st.spinner("Putting the most informative products first (once per model version)…"):
         return _review_queue(str(catalog().workspace), version.id, embedding_key(),
                              catalog().count_predictions(version.id))
+
+
+_ORDERING: set[int] = set()  # versions whose queue a background thread is computing now
 
 
 def order_review_ahead() -> threading.Thread | None:
     """After a retrain or an upload: compute the review queue in a background thread, so the Review
     page only reads it (kept in the workspace's cache for every session and the next server)."""
     workspace, version, key = catalog(), catalog().active_model_version(), embedding_key()
-    if version is None:
+    if version is None or version.id in _ORDERING:
         return None
+    _ORDERING.add(version.id)
 
     def order() -> None:
         time.sleep(WARM_UP_DELAY_S)
@@ -176,6 +188,8 @@ def order_review_ahead() -> threading.Thread | None:
             review.informative_queue(workspace, version.id, review.catalog_vectors(workspace, key))
         except Exception:  # noqa: BLE001 - best effort; the Review page computes and reports for itself
             pass
+        finally:
+            _ORDERING.discard(version.id)
 
     thread = threading.Thread(target=order, name="productlens-review-ahead", daemon=True)
     thread.start()

@@ -197,3 +197,15 @@ def test_the_most_informative_queue_is_computed_once_per_version_and_kept(catalo
     again = review.informative_queue(catalog, version, lookup, page_size=4)
     assert computed and new in again, "an upload's products take their place in a new queue"
     assert len(list((catalog.workspace / "cache").glob(f"review-queue-v{version}-*.npy"))) == 1, "old one removed"
+
+
+def test_a_stored_queue_is_found_without_computing_and_says_whether_it_is_current(catalog, demo_dir):
+    version = catalog.active_model_version().id
+    assert review.stored_queue(catalog, version) is None
+    ids = catalog.product_ids()
+    lookup = review.vectors_from((np.array(ids), np.random.default_rng(1).normal(size=(len(ids), 8))))
+    queue = review.informative_queue(catalog, version, lookup, page_size=4)
+    assert review.stored_queue(catalog, version) == (queue, True)
+    new = ingest.import_paths(catalog, [demo_dir / "Orange"]).added[0]
+    catalog.store_predictions(version, [new], [["Lemon", "Banana"]], np.array([[0.5, 0.5]]))
+    assert review.stored_queue(catalog, version) == (queue, False), "the previous queue, while a new one is made"
