@@ -69,8 +69,9 @@ def command_import(args) -> int:
         print(json.dumps(report.to_dict()))
     else:
         print(report.summary())
-    if not report.product_ids and report.rejected:
-        raise ProductLensError("no photo could be imported")
+    if not report.product_ids and not report.parents_set and report.rejected:
+        only_tree = report.parents_rejected == len(report.rejected)
+        raise ProductLensError("no category parent could be set" if only_tree else "no photo could be imported")
     return 0
 
 

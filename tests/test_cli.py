@@ -212,9 +212,17 @@ def test_categories_from_folders_and_the_command_line(tmp_path, demo_split):
     run("categories", "Granny-Smith", "--parent", "Fruit", workspace=workspace)
     refused = run("categories", "Fruit", "--parent", "Granny-Smith", workspace=workspace, check=False)
     assert refused.returncode == 2 and "'Granny-Smith' cannot be the parent of 'Fruit'" in refused.stderr
+    tree = tmp_path / "tree.csv"
+    tree.write_text("category,parent\nPackages,Groceries\nGroceries,Packages\n")
+    imported = run("import", str(tree), workspace=workspace)
+    assert "rejected: tree.csv line 3: category parent not set" in imported.stdout
+    assert "1 category parents set" in imported.stdout, "a tree CSV sets parents; its bad line is named"
+    tree.write_text("category,parent\nGroceries,Packages\n")
+    looping = run("import", str(tree), workspace=workspace, check=False)
+    assert looping.returncode == 2 and looping.stderr == "error: no category parent could be set\n"
     listing = run("categories", workspace=workspace).stdout.splitlines()
     assert "  Granny-Smith  (2 products)" in listing and "Fruit  (0 products, 10 with the categories under it)" \
-        in listing
+        in listing and "  Packages  (0 products, 4 with the categories under it)" in listing
 
 
 def _as(user, password, *args, workspace, stdin=None):

@@ -61,6 +61,7 @@ class ImportReport:
     skipped: list[Rejected] = field(default_factory=list)
     labelled: int = 0
     parents_set: int = 0  # category → parent links from folder trees or a category,parent CSV
+    parents_rejected: int = 0  # of those, refused (a loop, a bad name): also listed in ``rejected``
     product_ids: list[int] = field(default_factory=list)
     names: dict[int, str] = field(default_factory=dict)
     found_labels: dict[int, str] = field(default_factory=dict)
@@ -368,7 +369,8 @@ def _apply_tree(catalog: Catalog, tree, report: ImportReport, author: str | None
             report.parents_set += catalog.set_category_parents([(category, parent)], author=author,
                                                                only_if_missing=only_if_missing)
         except InvalidInputError as error:
-            report.skipped.append(Rejected(origin, f"category parent not set: {error}"))
+            report.rejected.append(Rejected(origin, f"category parent not set: {error}"))
+            report.parents_rejected += 1
 
 
 def _apply_pending(catalog: Catalog, pending: list[tuple[int, str]], report: ImportReport, action: str) -> None:

@@ -264,5 +264,5 @@ def test_a_category_parent_csv_sets_the_tree_and_reports_bad_lines(workspace, tm
     report = ingest.import_paths(catalog, [manifest])
     # A person's CSV is deliberate: it overrides; a loop or a bad name skips only its own line.
     assert catalog.category_parents() == {"Granny-Smith": "Apple", "Apple": "Fruit", "Leek": "Vegetables"}
-    assert sorted(item.name for item in report.skipped) == ["tree.csv line 4", "tree.csv line 6"]
-    assert "lies under it" in report.skipped[0].reason and not report.added and not report.rejected
+    assert sorted(item.name for item in report.rejected) == ["tree.csv line 4", "tree.csv line 6"]
+    assert "lies under it" in report.rejected[0].reason and not report.added and not report.skipped
