@@ -160,8 +160,8 @@ for index, row in enumerate(visible.itertuples()):
             st.caption(f"Best guess {plain(row.predicted_label)} · {row.confidence:.0%}")
         elif row.predicted_label:
             st.markdown(f"Predicted **{plain(row.predicted_label)}** · {row.confidence:.0%}")
-            if row.new_category == True:  # noqa: E712 - a numpy bool, or None where not judged
-                st.caption(NEW_CATEGORY, help=NEW_CATEGORY_HELP)
+        if row.predicted_label and row.new_category == True:  # noqa: E712 - a numpy bool, or None: not judged
+            st.caption(NEW_CATEGORY, help=NEW_CATEGORY_HELP)
         st.markdown(f"Label: **{plain(current)}**" if current else "Label: _none_")
         suggestions = list(zip(row.top_labels, row.top_probabilities))[:9 if is_focused else SUGGESTIONS]
         for number, (label, probability) in enumerate(suggestions, start=1):

@@ -85,8 +85,8 @@ if result:
                 st.caption(f"best guess {plain(prediction['label'])} · {prediction['confidence']:.0%}")
             elif prediction:
                 st.markdown(f"**{plain(prediction['label'])}** · {prediction['confidence']:.0%}")
-                if prediction.get("new_category"):
-                    st.caption(NEW_CATEGORY, help=NEW_CATEGORY_HELP)
+            if prediction and prediction.get("new_category"):
+                st.caption(NEW_CATEGORY, help=NEW_CATEGORY_HELP)
     if len(result.product_ids) > 60:
         st.caption(f"…and {len(result.product_ids) - 60} more: see the Review page.")
     st.page_link("pages/review.py", label="Review the predictions", icon=":material/fact_check:")
