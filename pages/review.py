@@ -39,8 +39,8 @@ if table.empty:
     st.info("No products yet: upload photos or load the demo catalogue on the Home page.")
     st.stop()
 categories = catalog().categories()
-tree = catalog().category_parents()
-tree = set(tree) | set(tree.values())  # every category that has a parent or is one
+parents = catalog().category_parents()
+tree = set(parents) | set(parents.values())  # every category that has a parent or is one
 
 
 key = embedding_key()

@@ -106,27 +106,23 @@ def seen_labels(table: pd.DataFrame, product_ids: Sequence[int]) -> dict[int, st
 VectorsOf = Callable[[Sequence[int]], "tuple[np.ndarray, np.ndarray]"]
 
 
+def _aligned(ids, vectors: np.ndarray, product_ids) -> tuple[np.ndarray, np.ndarray]:
+    """The ``product_ids`` found in ``ids`` and their rows of ``vectors``, in the order asked for."""
+    row_of = {int(pid): i for i, pid in enumerate(ids)}
+    found = [int(pid) for pid in product_ids if int(pid) in row_of]
+    return np.asarray(found, dtype=np.int64), vectors[np.asarray([row_of[pid] for pid in found], dtype=np.int64)]
+
+
 def vectors_from(features: tuple[np.ndarray, np.ndarray] | None) -> VectorsOf | None:
     """``(product_ids, vectors)`` held in memory as a :data:`VectorsOf` lookup."""
     if features is None or not len(features[0]):
         return None
-    ids, vectors = features
-    row_of = {int(pid): i for i, pid in enumerate(ids)}
-
-    def lookup(product_ids):
-        found = [int(pid) for pid in product_ids if int(pid) in row_of]
-        return np.asarray(found, dtype=np.int64), vectors[np.asarray([row_of[pid] for pid in found], dtype=np.int64)]
-    return lookup
+    return lambda product_ids: _aligned(features[0], features[1], product_ids)
 
 
 def catalog_vectors(catalog: Catalog, embedding_key: str) -> VectorsOf:
     """Vectors read from the catalogue by id, only for the products asked for."""
-    def lookup(product_ids):
-        ids, vectors = catalog.embeddings(embedding_key, list(product_ids))
-        row_of = {int(pid): i for i, pid in enumerate(ids)}
-        found = [int(pid) for pid in product_ids if int(pid) in row_of]
-        return np.asarray(found, dtype=np.int64), vectors[np.asarray([row_of[pid] for pid in found], dtype=np.int64)]
-    return lookup
+    return lambda product_ids: _aligned(*catalog.embeddings(embedding_key, list(product_ids)), product_ids)
 
 
 def _all_vectors(vectors_of: VectorsOf, product_ids) -> np.ndarray | None:
@@ -185,6 +181,12 @@ def _informative(table: pd.DataFrame, strategy: str, vectors_of: VectorsOf | Non
     return table.iloc[np.concatenate([head, np.array(rest, dtype=np.int64)])]
 
 
+def queue_file(catalog: Catalog, version_id: int):
+    """Where the version's queue for its current predictions is kept (it may not exist yet)."""
+    predicted = catalog.count_predictions(version_id)
+    return catalog.workspace / "cache" / f"review-queue-v{int(version_id)}-{predicted}.npy"
+
+
 def informative_queue(catalog: Catalog, version_id: int, vectors_of: VectorsOf, page_size: int = 12,
                       seed: int = 0) -> list[int]:
     """The "most informative" order of the whole catalogue for one model version, computed once and kept
@@ -193,8 +195,7 @@ def informative_queue(catalog: Catalog, version_id: int, vectors_of: VectorsOf, 
     Computed again when the version has predicted more products since (an upload), so new photos
     take their place in the queue.
     """
-    predicted = catalog.count_predictions(version_id)
-    path = catalog.workspace / "cache" / f"review-queue-v{int(version_id)}-{predicted}.npy"
+    path = queue_file(catalog, version_id)
     with _QUEUE_LOCKS.setdefault(str(path), threading.Lock()):
         if path.is_file():
             try:
@@ -223,9 +224,8 @@ _QUEUE_LOCKS: dict[str, threading.Lock] = {}
 def stored_queue(catalog: Catalog, version_id: int) -> tuple[list[int], bool] | None:
     """The version's stored queue without computing anything: ``(product ids, current)``, where
     ``current`` is False for a queue made before the version's latest predictions (an upload), or None."""
-    folder = catalog.workspace / "cache"
-    current = folder / f"review-queue-v{int(version_id)}-{catalog.count_predictions(version_id)}.npy"
-    for path in [current, *sorted(folder.glob(f"review-queue-v{int(version_id)}-*.npy"))]:
+    current = queue_file(catalog, version_id)
+    for path in [current, *sorted(current.parent.glob(f"review-queue-v{int(version_id)}-*.npy"))]:
         try:
             return np.load(path).tolist(), path == current
         except (OSError, ValueError):

@@ -162,10 +162,11 @@ def review_queue() -> list[int] | None:
     version = catalog().active_model_version()
     if version is None:
         return None
-    stored = review.stored_queue(catalog(), version.id)
-    if stored is not None and not stored[1]:
-        order_review_ahead()
-        return stored[0]
+    if not review.queue_file(catalog(), version.id).is_file():  # else the cached one below is current
+        stored = review.stored_queue(catalog(), version.id)
+        if stored is not None:
+            order_review_ahead()
+            return stored[0]
     with st.spinner("Putting the most informative products first (once per model version)…"):
         return _review_queue(str(catalog().workspace), version.id, embedding_key(),
                              catalog().count_predictions(version.id))
