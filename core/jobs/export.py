@@ -10,10 +10,10 @@
   ``.ids.csv`` beside it;
 * :func:`export_classifier`: backbone + head as one ``.keras`` file that maps raw
   RGB pixels (any size, values 0-255) to category probabilities, built from
-  standard Keras layers plus, with ``multi`` pooling, one registered pooling layer:
-  ``import core.features.pooling`` (or pass ``custom_objects``) before
-  ``keras.models.load_model``. It takes each photo with its crop views
-  (:func:`classifier_inputs`) and reproduces the app's predictions;
+  standard Keras layers and operations only (ProductLens's pooling layer is written
+  out as operations), so ``keras.models.load_model`` reads it without ProductLens.
+  It takes each photo with its crop views (:func:`classifier_inputs`) and
+  reproduces the app's predictions;
 * :func:`export_classifier_formats`: the same classifier as that ``.keras`` file, a
   TensorFlow SavedModel and a TFLite file (ONNX too where ``tf2onnx`` is installed
   and converts it); the SavedModel, TFLite and ONNX files load with TensorFlow,
@@ -143,7 +143,9 @@ def build_classifier(catalog: Catalog, version: ModelVersion | int | None = None
     embedder = embedder_for(version, catalog)
     views = embedder.views if version.prediction_key != version.embedding_key else 0
     size = embedder.image_size
-    feature_model = portable_feature_model(embedder.model) if portable else embedder.model
+    feature_model = standard_feature_model(embedder.model)
+    if portable:
+        feature_model = portable_feature_model(feature_model)
     inputs = keras.Input(shape=(1 + views, size, size, 3), name="photo_and_views")
     pixels = ops.cast(inputs, "float32")
     photo = pixels[:, 0]
@@ -160,6 +162,24 @@ def build_classifier(catalog: Catalog, version: ModelVersion | int | None = None
     features = layers.Identity(name="prediction_vector")(features)
     probabilities = head.model_(features)
     return keras.Model(inputs, probabilities, name="productlens_classifier"), version
+
+
+def standard_feature_model(feature_model):
+    """``feature_model`` (weights shared) with ProductLens's generalised-mean pooling layer written as Keras
+    operations, so that a saved copy loads where ProductLens is not installed (no custom class to find)."""
+    import keras
+    from keras import ops
+
+    from core.features.pooling import GeneralizedMeanPooling
+
+    def call(layer, *args, **kwargs):
+        if isinstance(layer, GeneralizedMeanPooling):
+            powered = ops.power(ops.maximum(args[0], layer.epsilon), layer.power)
+            return ops.power(ops.mean(powered, axis=[1, 2]), 1.0 / layer.power)
+        return layer(*args, **kwargs)
+
+    return keras.models.clone_model(feature_model, clone_function=lambda layer: layer, call_function=call,
+                                    recursive=True)
 
 
 def resize_matrix(size_in: int, size_out: int) -> np.ndarray:

@@ -78,11 +78,8 @@ def test_embeddings_export(catalog, tmp_path, embedder):
 def test_exported_classifier_reproduces_the_stored_predictions(catalog, tmp_path, embedder):
     import keras
 
-    from core.features.pooling import GeneralizedMeanPooling
-
     path = export.export_classifier(catalog, tmp_path / "classifier.keras")
-    # Standard layers plus the one pooling layer ProductLens registers (named explicitly here).
-    model = keras.models.load_model(path, custom_objects={"GeneralizedMeanPooling": GeneralizedMeanPooling})
+    model = keras.models.load_model(path)
     sidecar = json.loads(path.with_suffix(".classes.json").read_text())
     version = catalog.active_model_version()
     assert sidecar["classes"] == version.classes and version.prediction_key != version.embedding_key
@@ -111,9 +108,9 @@ def test_exported_classifier_reproduces_the_stored_predictions(catalog, tmp_path
 
 
 @pytest.mark.parametrize("backbone", ["suite's single network", "default pair"])
-def test_saved_model_and_tflite_reproduce_the_app_without_productlens(request, tmp_path, backbone):
-    """The SavedModel and the TFLite file load in a Python that cannot import ProductLens and return the
-    stored probabilities, for a single network and for the default pair."""
+def test_every_format_reproduces_the_app_without_productlens(request, tmp_path, backbone):
+    """The .keras file, the SavedModel and the TFLite file load in a Python that cannot import ProductLens
+    and return the stored probabilities, for a single network and for the default pair."""
     import subprocess
     import sys
 
@@ -146,11 +143,15 @@ def test_saved_model_and_tflite_reproduce_the_app_without_productlens(request, t
         "interpreter.set_tensor(detail['index'], inputs)\n"
         "interpreter.invoke()\n"
         "output = interpreter.get_output_details()[0]['index']\n"
-        "np.save(sys.argv[3] + '.tflite.npy', interpreter.get_tensor(output))\n")
+        "np.save(sys.argv[3] + '.tflite.npy', interpreter.get_tensor(output))\n"
+        "import keras\n"
+        "model = keras.models.load_model(sys.argv[5])\n"
+        "np.save(sys.argv[3] + '.keras.npy', model.predict(np.load(sys.argv[2]), verbose=0))\n"
+        "assert 'core' not in sys.modules\n")
     outside = tmp_path / "elsewhere"
     outside.mkdir()
     env = {name: value for name, value in __import__("os").environ.items() if name != "PYTHONPATH"}
-    arguments = [written["savedmodel"], tmp_path / "inputs.npy", tmp_path / "outputs.npy", tflite]
+    arguments = [written["savedmodel"], tmp_path / "inputs.npy", tmp_path / "outputs.npy", tflite, written["keras"]]
     completed = subprocess.run([sys.executable, "-c", script, *map(str, arguments)], cwd=outside,
                                env=dict(env, TF_CPP_MIN_LOG_LEVEL="3"), capture_output=True, text=True, timeout=600)
     assert completed.returncode == 0, completed.stderr[-2000:]
@@ -158,7 +159,7 @@ def test_saved_model_and_tflite_reproduce_the_app_without_productlens(request, t
                                    capture_output=True, text=True)
     assert cannot_import.returncode != 0, "the check must run where ProductLens is not importable"
     stored = catalog.predictions(version.id)
-    outputs = [np.load(tmp_path / "outputs.npy"), np.load(tmp_path / "outputs.npy.tflite.npy")]
+    outputs = [np.load(tmp_path / f"outputs.npy{suffix}") for suffix in ("", ".tflite.npy", ".keras.npy")]
     for output in outputs:
         for product, probabilities in zip(products, output):
             app = stored[product.id]
