@@ -36,8 +36,9 @@ sys.path.insert(0, str(REPO / "tests"))
 from core.storage.catalog import Catalog, utc_now  # noqa: E402
 
 
-def fill(catalog: Catalog, products: int, dim: int, seed: int = 0) -> dict:
-    """Write the synthetic catalogue; return the seconds each part took."""
+def fill(catalog: Catalog, products: int, dim: int, seed: int = 0, vectors=None) -> dict:
+    """Write the synthetic catalogue; return the seconds each part took. ``vectors(rng, count)`` makes each
+    chunk's vectors (default: Gaussian noise of ``dim`` dimensions)."""
     rng = np.random.default_rng(seed)
     seconds = {}
     started = time.perf_counter()
@@ -59,7 +60,8 @@ def fill(catalog: Catalog, products: int, dim: int, seed: int = 0) -> dict:
     started = time.perf_counter()
     for start in range(0, products, 5_000):
         ids = list(range(start + 1, min(products, start + 5_000) + 1))
-        catalog.store_embeddings("bench", ids, rng.normal(size=(len(ids), dim)).astype(np.float16))
+        chunk = rng.normal(size=(len(ids), dim)) if vectors is None else vectors(rng, len(ids))
+        catalog.store_embeddings("bench", ids, chunk.astype(np.float16))
     seconds["embeddings"] = time.perf_counter() - started
     started = time.perf_counter()
     version = catalog.add_model_version("bench", [f"category-{c:03d}" for c in range(300)], {}, {}, "models/none")

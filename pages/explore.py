@@ -27,6 +27,8 @@ COLOURS = {"label": "label", "predicted category": "predicted_label", "confidenc
            "label vs model": "agreement"}
 # Hover photos travel with the page (about 3 KB each): up to this many products.
 HOVER_PHOTOS_UP_TO = 1000
+# Every drawn point travels to the browser on each rerun: a bigger map shows a random sample this size.
+DRAWN_POINTS_UP_TO = 30_000
 
 
 @st.cache_data(show_spinner=False, max_entries=4)
@@ -66,7 +68,10 @@ if colour == "label vs model":
                "labels page checks each label with a model trained without it.")
 
 with st.spinner(f"Mapping {embedded} products…"):
-    table = catalogue_map(catalog(), key, neighbours, min_dist)
+    table = catalogue_map(catalog(), key, neighbours, min_dist, shown=DRAWN_POINTS_UP_TO)
+if table.attrs["products"] > len(table):
+    st.caption(f"Showing {len(table):,} of {table.attrs['products']:,} products, chosen at random; the map "
+               "itself holds every product. Review's filters reach the rest.")
 # Plotly renders HTML in legends and hovers: names go in escaped (a category called <a href=…> stays text).
 shown = table.assign(**{column: table[column].map(lambda v: v if v is None or v != v else chart_text(v))
                         for column in ("filename", "label", "predicted_label", "agreement") if column in table})

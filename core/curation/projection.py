@@ -9,6 +9,14 @@ fresh process does not recompile them. Up to ``EXACT_NEIGHBOURS_UP_TO`` products
 the cosine k-nearest-neighbour graph UMAP starts from is computed exactly with
 one blocked matrix product (faster than UMAP's approximate NN-descent at that
 size, and exact).
+
+Above ``MAP_SAMPLE`` products the map is fitted once on a random sample of that
+many and every other product is *placed*: at the similarity-weighted mean of its
+nearest sampled products, found in a PCA reduction fitted on the sample
+(:class:`SampledMap`). The fitted sample and every placed product are kept in the
+cache, so products that arrive later are placed without drawing the map again and
+a rerun reads two small files; the map is fitted afresh only when the catalogue
+has more than doubled since (the sample would no longer stand for it).
 """
 
 from __future__ import annotations
@@ -25,6 +33,8 @@ from core.storage.catalog import Catalog
 
 os.environ.setdefault("NUMBA_CACHE_DIR", str(settings.cache_dir() / "numba"))
 EXACT_NEIGHBOURS_UP_TO = 20_000
+# UMAP is fitted on at most this many products; beyond, the rest are placed beside their nearest fitted ones.
+MAP_SAMPLE = EXACT_NEIGHBOURS_UP_TO
 # Importing umap-learn patches numba's decorators for a moment: one importer at a time, and
 # nobody may see the module half-initialised (a map requested while the warm-up imports it waits).
 _IMPORT_LOCK = threading.Lock()
@@ -168,23 +178,140 @@ def project(features: np.ndarray, n_neighbors: int = 15, min_dist: float = 0.1, 
         return reducer.fit_transform(features).astype(np.float32)
 
 
+class SampledMap:
+    """A UMAP map fitted on a sample, onto which any product can be placed (see the module docstring).
+
+    ``fit(ids, features)`` draws the map of those products and learns a ``dimensions``-d PCA of them;
+    ``place(features)`` puts new products at the weighted mean of their ``neighbours`` nearest fitted
+    products (cosine similarity in the reduced space, weights growing sharply with it, so a copy of a
+    fitted product lands on it).
+    """
+
+    def __init__(self, n_neighbors: int = 15, min_dist: float = 0.1, seed: int = 0, dimensions: int = 64,
+                 neighbours: int = 10):
+        self.n_neighbors, self.min_dist, self.seed = n_neighbors, min_dist, seed
+        self.dimensions, self.neighbours = dimensions, neighbours
+
+    def fit(self, ids: np.ndarray, features: np.ndarray) -> "SampledMap":
+        features = np.asarray(features, dtype=np.float32)
+        if len(features) < 2:
+            raise ValueError(f"a map needs at least 2 products, got {len(features)}")
+        self.ids_ = np.asarray(ids, dtype=np.int64)
+        self.coordinates_ = project(features, self.n_neighbors, self.min_dist, self.seed)
+        self.mean_ = features.mean(axis=0)
+        # The top principal directions from the sample's Gram matrix: one (n, n) or (d, d) eigenproblem.
+        centred = features - self.mean_
+        dimensions = min(self.dimensions, *centred.shape)
+        values, vectors = np.linalg.eigh(centred.T @ centred)
+        self.components_ = np.ascontiguousarray(vectors[:, ::-1][:, :dimensions].T, dtype=np.float32)
+        self.reduced_ = self._reduce(features)
+        return self
+
+    def _reduce(self, features: np.ndarray) -> np.ndarray:
+        reduced = (np.asarray(features, np.float32) - self.mean_) @ self.components_.T
+        return reduced / np.maximum(np.linalg.norm(reduced, axis=1, keepdims=True), 1e-12)
+
+    def place(self, features: np.ndarray) -> np.ndarray:
+        """``(n, 2)`` coordinates for ``features`` on the fitted map."""
+        if not hasattr(self, "coordinates_"):
+            raise ValueError("this SampledMap is not fitted yet: call fit(ids, features) first")
+        if len(features) == 0:
+            return np.zeros((0, 2), np.float32)
+        similarity = self._reduce(features) @ self.reduced_.T
+        k = min(self.neighbours, similarity.shape[1])
+        nearest = np.argpartition(-similarity, k - 1, axis=1)[:, :k]
+        closeness = np.take_along_axis(similarity, nearest, axis=1)
+        weights = np.exp((closeness - closeness.max(axis=1, keepdims=True)) / 0.02)
+        weights /= weights.sum(axis=1, keepdims=True)
+        return np.einsum("nk,nkc->nc", weights, self.coordinates_[nearest]).astype(np.float32)
+
+    def state(self) -> dict[str, np.ndarray]:
+        return {"ids": self.ids_, "coordinates": self.coordinates_, "mean": self.mean_,
+                "components": self.components_, "reduced": self.reduced_}
+
+    @classmethod
+    def from_state(cls, state, **settings) -> "SampledMap":
+        fitted = cls(**settings)
+        fitted.ids_, fitted.coordinates_ = state["ids"], state["coordinates"]
+        fitted.mean_, fitted.components_, fitted.reduced_ = state["mean"], state["components"], state["reduced"]
+        return fitted
+
+
 def umap_projection(catalog: Catalog, embedding_key: str, n_neighbors: int = 15, min_dist: float = 0.1,
-                    seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """``(product_ids, coordinates)`` for every product embedded under ``embedding_key``."""
+                    seed: int = 0, sample: int | None = None, chunk: int = 10_000) -> tuple[np.ndarray, np.ndarray]:
+    """``(product_ids, coordinates)`` for every product embedded under ``embedding_key``.
+
+    Up to ``sample`` products (default :data:`MAP_SAMPLE`) UMAP maps them all; above, a
+    :class:`SampledMap` fitted on ``sample`` of them places the rest, reading ``chunk`` vectors at a time.
+    """
+    sample = MAP_SAMPLE if sample is None else int(sample)
+    if catalog.count_embeddings(embedding_key) > sample:
+        return _sampled_projection(catalog, embedding_key, n_neighbors, min_dist, seed, sample, chunk)
     ids, features = catalog.embeddings(embedding_key)
     cache = _cache_file(catalog, embedding_key, ids, n_neighbors, min_dist, seed)
-    with _MAP_LOCKS_GUARD:
-        lock = _MAP_LOCKS.setdefault(str(cache), threading.Lock())
-    with lock:
+    with _map_lock(cache):
         coordinates = _cached_map(cache, len(ids))
         if coordinates is None:
             coordinates = project(features, n_neighbors, min_dist, seed)
-            import io
-
-            buffer = io.BytesIO()
-            np.save(buffer, coordinates)
-            atomic_write_bytes(cache, buffer.getvalue())
+            _save(cache, coordinates=coordinates)
     return ids, coordinates
+
+
+def _map_lock(cache) -> threading.Lock:
+    with _MAP_LOCKS_GUARD:
+        return _MAP_LOCKS.setdefault(str(cache), threading.Lock())
+
+
+def _save(path, **arrays) -> None:
+    import io
+
+    buffer = io.BytesIO()
+    if list(arrays) == ["coordinates"]:
+        np.save(buffer, arrays["coordinates"])
+    else:
+        np.savez(buffer, **arrays)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def _load(path) -> dict | None:
+    try:
+        with np.load(path) as stored:
+            return {name: stored[name] for name in stored.files}
+    except (OSError, ValueError, KeyError):
+        return None  # missing or damaged: drawn again
+
+
+def _sampled_projection(catalog: Catalog, embedding_key: str, n_neighbors: int, min_dist: float, seed: int,
+                        sample: int, chunk: int) -> tuple[np.ndarray, np.ndarray]:
+    ids = np.asarray(catalog.embedded_product_ids(embedding_key), dtype=np.int64)
+    digest = hashlib.sha256(f"{embedding_key}|{n_neighbors}|{min_dist}|{seed}|{sample}".encode()).hexdigest()[:24]
+    fitted_file = catalog.workspace / "cache" / f"umap-sampled-{digest}.npz"
+    placed_file = catalog.workspace / "cache" / f"umap-placed-{digest}.npz"
+    settings = {"n_neighbors": n_neighbors, "min_dist": min_dist, "seed": seed}
+    with _map_lock(fitted_file):
+        fitted_state, placed = _load(fitted_file), _load(placed_file)
+        refit = fitted_state is None or placed is None or 2 * int(fitted_state["catalogue_size"]) < len(ids)
+        if refit:
+            chosen = np.sort(np.random.default_rng(seed).choice(ids, size=sample, replace=False))
+            fitted = SampledMap(**settings).fit(*catalog.embeddings(embedding_key, chosen.tolist()))
+            _save(fitted_file, catalogue_size=np.int64(len(ids)), **fitted.state())
+            placed = {"ids": fitted.ids_, "coordinates": fitted.coordinates_}
+        else:
+            fitted = SampledMap.from_state(fitted_state, **settings)
+        known = np.isin(ids, placed["ids"])
+        missing = ids[~known]
+        new_ids, new_coordinates = [placed["ids"]], [placed["coordinates"]]
+        for start in range(0, len(missing), chunk):
+            chunk_ids, features = catalog.embeddings(embedding_key, missing[start:start + chunk].tolist())
+            new_ids.append(chunk_ids)
+            new_coordinates.append(fitted.place(features))
+        all_ids, all_coordinates = np.concatenate(new_ids), np.concatenate(new_coordinates)
+        if refit or len(missing):
+            _save(placed_file, ids=all_ids, coordinates=all_coordinates)
+    # Archived products keep their place in the file (they may come back) but leave the map.
+    order = np.argsort(all_ids, kind="stable")
+    rows = order[np.searchsorted(all_ids, ids, sorter=order)]
+    return ids, all_coordinates[rows]
 
 
 def _cached_map(cache, count: int) -> np.ndarray | None:
@@ -198,20 +325,31 @@ def _cached_map(cache, count: int) -> np.ndarray | None:
     return None
 
 
-def catalogue_map(catalog: Catalog, embedding_key: str, n_neighbors: int = 15, min_dist: float = 0.1):
+def catalogue_map(catalog: Catalog, embedding_key: str, n_neighbors: int = 15, min_dist: float = 0.1,
+                  shown: int | None = None):
     """A table for the Explore page: UMAP ``x``, ``y`` plus each product's label and prediction.
 
     ``agreement`` is ``right``/``wrong`` for labelled products with a prediction,
-    else ``unlabelled`` or ``no prediction``.
+    else ``unlabelled`` or ``no prediction``. With ``shown``, at most that many
+    products (the same random ones on every call while the catalogue is unchanged)
+    and only their rows are read; ``table.attrs["products"]`` is how many the map holds.
     """
     from core.curation.review import UNLABELLED, review_table
 
     ids, coordinates = umap_projection(catalog, embedding_key, n_neighbors, min_dist)
-    table = review_table(catalog).set_index("product_id").reindex(ids).reset_index()
-    table["x"], table["y"] = coordinates[:, 0], coordinates[:, 1]
+    if shown is not None and len(ids) > shown:
+        rows = np.sort(np.random.default_rng(len(ids)).choice(len(ids), size=shown, replace=False))
+        drawn, drawn_coordinates = ids[rows], coordinates[rows]
+        table = review_table(catalog, product_ids=drawn.tolist())
+    else:
+        drawn, drawn_coordinates = ids, coordinates
+        table = review_table(catalog)
+    table = table.set_index("product_id").reindex(drawn).reset_index()
+    table["x"], table["y"] = drawn_coordinates[:, 0], drawn_coordinates[:, 1]
     has_label, has_prediction = table["label"].notna(), table["predicted_label"].notna()
     table["agreement"] = np.where(~has_prediction, "no prediction", np.where(
         ~has_label, "unlabelled", np.where(table["label"] == table["predicted_label"], "right", "wrong")))
     table["label"] = table["label"].fillna(UNLABELLED)
     table["predicted_label"] = table["predicted_label"].fillna("(none)")
+    table.attrs["products"] = len(ids)
     return table

@@ -61,16 +61,18 @@ def readable_answer(prediction: dict, taxonomy: Taxonomy, threshold: float = DEF
     return taxonomy.fallback(np.array([prediction["probabilities"]]), prediction["labels"], threshold)[0]
 
 
-def review_table(catalog: Catalog, threshold: float = DEFAULT_THRESHOLD) -> pd.DataFrame:
-    """One row per product. With a category tree, ``answer`` is the prediction as a person should read it:
-    the fine category, or its coarse category ("Fruit › Apple › ?") below ``threshold`` (rolled up from the
-    stored runners-up, so a coarse answer is at least that sure); ``within`` holds every category the
-    label and the prediction lie under (for the any-level filter). Read in one query."""
+def review_table(catalog: Catalog, threshold: float = DEFAULT_THRESHOLD,
+                 product_ids: Sequence[int] | None = None) -> pd.DataFrame:
+    """One row per product (of ``product_ids``, default every one). With a category tree, ``answer`` is the
+    prediction as a person should read it: the fine category, or its coarse category ("Fruit › Apple › ?")
+    below ``threshold`` (rolled up from the stored runners-up, so a coarse answer is at least that sure);
+    ``within`` holds every category the label and the prediction lie under (for the any-level filter).
+    Read in one query."""
     active = catalog.active_model_version()
     taxonomy = Taxonomy(catalog.category_parents())
     records = []
     for (product_id, filename, source, added_at, label, label_source, predicted, confidence, labels,
-         probabilities, new_category) in catalog.review_rows(active.id if active else None):
+         probabilities, new_category) in catalog.review_rows(active.id if active else None, product_ids):
         prediction = None if predicted is None else {"label": predicted, "labels": json.loads(labels),
                                                      "probabilities": json.loads(probabilities)}
         answer, within = predicted, _NOTHING

@@ -909,18 +909,24 @@ class Catalog:
     def count_predictions(self, model_id: int) -> int:
         return int(self._value("SELECT COUNT(*) FROM predictions WHERE model_id = :model", {"model": int(model_id)}))
 
-    def review_rows(self, model_id: int | None) -> list[tuple]:
-        """One row per live product for the review table, in one query: ``(product_id, filename, source,
-        added_at, label, label_source, predicted_label, confidence, labels, probabilities, new_category)``
-        (the prediction columns are None without a prediction of ``model_id``; labels and probabilities
-        are JSON text)."""
-        return self._rows(
-            "SELECT p.id, p.filename, p.source, p.added_at, cl.label, cl.source, pr.top_label, pr.confidence, "
-            "pr.labels, pr.probabilities, pr.new_category FROM products p "
-            "LEFT JOIN current_labels cl ON cl.product_id = p.id AND cl.label IS NOT NULL "
-            "LEFT JOIN predictions pr ON pr.product_id = p.id AND pr.model_id = :model "
-            f"WHERE p.id {_LIVE} ORDER BY p.id", {"model": -1 if model_id is None else int(model_id)},
-            mappings=False)
+    def review_rows(self, model_id: int | None, product_ids: Sequence[int] | None = None) -> list[tuple]:
+        """One row per live product (or per live product of ``product_ids``) for the review table, in one
+        query: ``(product_id, filename, source, added_at, label, label_source, predicted_label, confidence,
+        labels, probabilities, new_category)`` (the prediction columns are None without a prediction of
+        ``model_id``; labels and probabilities are JSON text)."""
+        query = ("SELECT p.id, p.filename, p.source, p.added_at, cl.label, cl.source, pr.top_label, pr.confidence, "
+                 "pr.labels, pr.probabilities, pr.new_category FROM products p "
+                 "LEFT JOIN current_labels cl ON cl.product_id = p.id AND cl.label IS NOT NULL "
+                 "LEFT JOIN predictions pr ON pr.product_id = p.id AND pr.model_id = :model "
+                 f"WHERE p.id {_LIVE}")
+        parameters = {"model": -1 if model_id is None else int(model_id)}
+        if product_ids is None:
+            return self._rows(query + " ORDER BY p.id", parameters, mappings=False)
+        ids, rows = sorted({int(pid) for pid in product_ids}), []
+        for start in range(0, len(ids), 500):
+            rows += self._rows(query + " AND p.id IN :ids ORDER BY p.id", {**parameters, "ids": ids[start:start + 500]},
+                               mappings=False)
+        return rows
 
     # -- accounts ------------------------------------------------------------------
     # Rows only; hashing, roles and permissions live in core.security.accounts.

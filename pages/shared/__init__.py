@@ -130,10 +130,11 @@ def draw_map_ahead() -> threading.Thread | None:
     Explore then reads it from the workspace's cache, in this server or in the next one;
     opened while the thread still works, it waits for the same map instead of drawing it
     twice. The thread starts a few seconds late, so the page that asked renders first.
-    Large catalogues are left to Explore itself (minutes of work nobody may want).
+    Above :data:`~core.curation.projection.MAP_SAMPLE` products only the new ones are placed
+    on the kept map (it is drawn afresh when the catalogue has doubled).
     """
     workspace, key = catalog(), embedding_key()
-    if not 2 <= workspace.count_embeddings(key) <= projection.EXACT_NEIGHBOURS_UP_TO:
+    if workspace.count_embeddings(key) < 2:
         return None
 
     def draw() -> None:

@@ -1,6 +1,10 @@
 import numpy as np
+import pytest
 
-from core.curation.projection import exact_neighbours, project
+from conftest import embedded_demo
+from core.curation import review
+from core.curation.projection import SampledMap, catalogue_map, exact_neighbours, project, umap_projection
+from core.storage.catalog import Catalog
 
 
 def test_exact_neighbours_match_brute_force_and_start_with_the_product_itself():
@@ -85,3 +89,99 @@ def test_the_app_starts_the_warm_up_once_per_server(monkeypatch, tmp_path):
             while not calls and time.time() < deadline:  # started by the app itself, not by this test
                 time.sleep(0.05)
         assert calls == ([] if not needed else ["productlens-map-warm-up"])
+
+
+def clustered(n: int, clusters: int = 12, dim: int = 48, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(clusters, dim)) * 3
+    members = rng.integers(0, clusters, n)
+    return (centres[members] + rng.normal(size=(n, dim))).astype(np.float32), members
+
+
+def nearest_fitted(fitted: SampledMap, coordinates: np.ndarray) -> np.ndarray:
+    distances = np.linalg.norm(coordinates[:, None, :] - fitted.coordinates_[None, :, :], axis=2)
+    return distances.argmin(axis=1)
+
+
+def test_a_map_fitted_on_a_sample_places_the_rest_beside_their_own_kind():
+    features, members = clustered(1500)
+    fitted = SampledMap(seed=0).fit(np.arange(300), features[:300])
+    placed = fitted.place(features[300:])
+    assert placed.shape == (1200, 2) and np.isfinite(placed).all()
+    same = members[:300][nearest_fitted(fitted, placed)] == members[300:]
+    assert same.mean() >= 0.95, same.mean()
+    # A fitted product placed again lands on (or right beside) its own spot.
+    moved = np.linalg.norm(fitted.place(features[:300]) - fitted.coordinates_, axis=1)
+    extent = np.ptp(fitted.coordinates_, axis=0).max()
+    assert np.median(moved) < 0.01 * extent and np.quantile(moved, 0.9) < 0.05 * extent
+    with pytest.raises(ValueError, match="fit"):
+        SampledMap().place(features[:3])
+
+
+@pytest.fixture(scope="module")
+def demo_catalogue(tmp_path_factory, embedder):
+    return Catalog(embedded_demo(tmp_path_factory, embedder, "map"))
+
+
+def test_a_sampled_map_places_new_products_without_drawing_the_map_again(demo_catalogue, embedder):
+    catalog = demo_catalogue
+    ids, vectors = catalog.embeddings(embedder.key)
+    key = "copied-features"
+    catalog.store_embeddings(key, ids[:60], vectors[:60])
+    first_ids, first = umap_projection(catalog, key, sample=40)
+    assert first_ids.tolist() == ids[:60].tolist() and np.isfinite(first).all()
+    fitted_files = sorted((catalog.workspace / "cache").glob("umap-sampled-*.npz"))
+    assert len(fitted_files) == 1, "this test runs first in the module"
+    fitted_at = fitted_files[0].stat().st_mtime_ns
+    # Real photos: a placed product lands beside fitted ones of its own category.
+    labels = catalog.current_labels()
+    fitted = SampledMap.from_state(np.load(fitted_files[0]))
+    placed = np.isin(first_ids, fitted.ids_, invert=True)
+    neighbours = fitted.ids_[nearest_fitted(fitted, first[placed])]
+    pairs = [(labels[a], labels[b]) for a, b in zip(first_ids[placed].tolist(), neighbours.tolist())
+             if a in labels and b in labels]
+    agree = np.mean([a == b for a, b in pairs])
+    assert len(pairs) >= 5 and agree >= 0.7, (len(pairs), agree)
+
+    catalog.store_embeddings(key, ids[60:70], vectors[60:70])
+    second_ids, second = umap_projection(catalog, key, sample=40)
+    assert second_ids.tolist() == ids[:70].tolist()
+    np.testing.assert_array_equal(second[:60], first), "products already placed keep their place"
+    assert fitted_files[0].stat().st_mtime_ns == fitted_at, "the map was not fitted again"
+    np.testing.assert_allclose(second[60:], fitted.place(vectors[60:70]), atol=1e-5)
+
+    catalog.archive_products([int(ids[0])], "duplicate")
+    try:
+        third_ids, third = umap_projection(catalog, key, sample=40)
+        assert third_ids.tolist() == ids[1:70].tolist()
+        np.testing.assert_array_equal(third, second[1:])
+    finally:
+        catalog.restore_products([int(ids[0])])
+
+
+def test_a_catalogue_that_doubled_gets_a_new_map(demo_catalogue, embedder):
+    catalog = demo_catalogue
+    ids, vectors = catalog.embeddings(embedder.key)
+    key = "growing-features"
+    catalog.store_embeddings(key, ids[:25], vectors[:25])
+    earlier = set((catalog.workspace / "cache").glob("umap-sampled-*.npz"))
+    umap_projection(catalog, key, sample=20)
+    (fitted_file,) = set((catalog.workspace / "cache").glob("umap-sampled-*.npz")) - earlier
+    before = np.load(fitted_file)["catalogue_size"]
+    catalog.store_embeddings(key, ids[25:60], vectors[25:60])  # 60 > 2 x 25
+    umap_projection(catalog, key, sample=20)
+    assert int(before) == 25 and int(np.load(fitted_file)["catalogue_size"]) == 60
+
+
+def test_the_explore_table_reads_only_the_products_it_draws(demo_catalogue, embedder):
+    catalog = demo_catalogue
+    table = catalogue_map(catalog, embedder.key, shown=30)
+    assert len(table) == 30 and table.attrs["products"] == catalog.count_embeddings(embedder.key)
+    labels = catalog.current_labels()
+    assert all(labels.get(int(row.product_id), review.UNLABELLED) == row.label for row in table.itertuples())
+    again = catalogue_map(catalog, embedder.key, shown=30)
+    assert again["product_id"].tolist() == table["product_id"].tolist(), "the same products on every rerun"
+    everything = catalogue_map(catalog, embedder.key)
+    assert len(everything) == table.attrs["products"]
+    merged = everything.set_index("product_id").loc[table["product_id"], ["x", "y"]]
+    np.testing.assert_allclose(merged.to_numpy(), table[["x", "y"]].to_numpy())

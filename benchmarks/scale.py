@@ -1,0 +1,216 @@
+"""A catalogue of a million products on this machine: what each page and job costs.
+
+Builds a synthetic SQLite catalogue of ``--products`` products with the rows of
+``benchmarks/database.py`` (a third labelled over 300 categories, one model version's
+top-3 predictions for all), whose vectors are the grocery photos' real default
+features with noise added (cosine about 0.9 to their source, so neighbours and
+near-identical shots exist as in a real catalogue). Then, timing each step and the
+process's peak memory while it ran:
+
+* Home (AppTest, first render) and its counts; the Activity page's latest changes;
+* the Explore map: drawn the first time (a background job after an upload or a
+  retrain: fitted on a sample, every other product placed), a rerun that reads the
+  kept map, 1,000 new products placed, and the Explore page itself (AppTest);
+* the Review table read whole (what the Review page still does on every render);
+* similar products: the kept approximate index built once, one query, and its
+  recall@10 against exact search over every vector;
+* near-duplicate groups of the whole catalogue from each product's nearest neighbours.
+
+Steps not listed (the Review page paged from the database, training and predicting
+with bounded memory) are not written yet; the README says so.
+
+    python benchmarks/scale.py [--products 1000000] [--skip-duplicates]
+Writes ``benchmarks/results/scale.json`` after every step (a run stopped early keeps
+what it measured).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import threading
+import time
+
+import numpy as np
+from database import fill
+
+from _results import REPO, write_result
+
+sys.path.insert(0, str(REPO))
+
+from core.curation import duplicates, projection, review  # noqa: E402
+from core.curation.ann import persistent_index  # noqa: E402
+from core.storage.catalog import Catalog, utc_now  # noqa: E402
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+class Measured:
+    """Seconds and peak resident memory (sampled every 0.1 s) of the work inside ``with``."""
+
+    def __enter__(self):
+        self.peak, self._running = _rss_mb(), True
+        self._sampler = threading.Thread(target=self._sample, daemon=True)
+        self._sampler.start()
+        self.started = time.perf_counter()
+        return self
+
+    def _sample(self):
+        while self._running:
+            self.peak = max(self.peak, _rss_mb())
+            time.sleep(0.1)
+
+    def __exit__(self, *exc):
+        self.seconds = time.perf_counter() - self.started
+        self._running = False
+        self._sampler.join()
+        self.peak = max(self.peak, _rss_mb())
+        return False
+
+
+def real_vector_source():
+    """``vectors(rng, count)`` for :func:`database.fill`: real grocery features with noise."""
+    from _grocery import grocery_features
+
+    data = grocery_features()
+    real = np.concatenate([data.train.features, data.val.features, *data.train.views]).astype(np.float32)
+    real /= np.linalg.norm(real, axis=1, keepdims=True)
+
+    def vectors(rng, count):
+        noisy = real[rng.integers(0, len(real), count)]
+        noisy = noisy + rng.normal(scale=0.5 / np.sqrt(real.shape[1]), size=noisy.shape).astype(np.float32)
+        return noisy / np.linalg.norm(noisy, axis=1, keepdims=True)
+
+    return vectors, real.shape[1]
+
+
+def add_products(catalog: Catalog, count: int, vectors, rng) -> list[int]:
+    from sqlalchemy import text
+
+    first = catalog.count_products() + 1
+    ids = list(range(first, first + count))
+    with catalog.transaction() as connection:
+        connection.execute(text(
+            "INSERT INTO products (id, sha256, filename, source, stored_path, format, width, height, size_bytes, "
+            "added_at) VALUES (:id, :sha256, :filename, NULL, :path, 'JPEG', 640, 480, 50000, :now)"),
+            [{"id": i, "sha256": f"{i:064x}", "filename": f"{i}.jpg", "path": f"images/{i:064x}.jpg",
+              "now": utc_now()} for i in ids])
+    catalog.store_embeddings("bench", ids, vectors(rng, count))
+    return ids
+
+
+def exact_top(catalog: Catalog, queries: np.ndarray, k: int, chunk: int = 20_000) -> np.ndarray:
+    """The exact ``k`` nearest products of each query, every vector read a chunk at a time."""
+    ids = np.asarray(catalog.embedded_product_ids("bench"), dtype=np.int64)
+    best_ids = np.zeros((len(queries), 0), np.int64)
+    best_scores = np.zeros((len(queries), 0), np.float32)
+    unit = queries / np.linalg.norm(queries, axis=1, keepdims=True)
+    for start in range(0, len(ids), chunk):
+        chunk_ids, vectors = catalog.embeddings("bench", ids[start:start + chunk].tolist())
+        scores = unit @ (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).T
+        best_ids = np.concatenate([best_ids, np.broadcast_to(chunk_ids, scores.shape)], axis=1)
+        best_scores = np.concatenate([best_scores, scores], axis=1)
+        keep = np.argsort(-best_scores, axis=1)[:, :k]
+        best_ids = np.take_along_axis(best_ids, keep, axis=1)
+        best_scores = np.take_along_axis(best_scores, keep, axis=1)
+    return best_ids
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--products", type=int, default=1_000_000)
+    parser.add_argument("--skip-duplicates", action="store_true", help="leave out the near-duplicate groups")
+    parser.add_argument("--workspace", help="keep the catalogue here (default: a temporary folder)")
+    args = parser.parse_args()
+    vectors, dim = real_vector_source()
+    rows: list[dict] = []
+    result = {"products": args.products, "dim": dim, "database": "SQLite", "rows": rows}
+
+    def record(step: str, measured: Measured, **extra) -> None:
+        rows.append({"step": step, "seconds": round(measured.seconds, 3), "peak_memory_mb": round(measured.peak),
+                     **extra})
+        print(json.dumps(rows[-1]), flush=True)
+        write_result("scale", result)
+
+    with tempfile.TemporaryDirectory(prefix="productlens-scale-") as scratch:
+        workspace = args.workspace or scratch
+        catalog = Catalog(workspace, database="sqlite")
+        if catalog.count_products() == 0:
+            with Measured() as measured:
+                result["fill_seconds"] = fill(catalog, args.products, dim, vectors=vectors)
+            print(json.dumps(result["fill_seconds"]), flush=True)
+        result["disk_gb"] = round(sum(f.stat().st_size for f in catalog.workspace.rglob("*") if f.is_file()) / 1e9, 2)
+
+        with Measured() as measured:
+            catalog.status()
+        record("Home counts (status)", measured)
+        with Measured() as measured:
+            catalog.label_history(limit=50)
+        record("Activity: the latest 50 changes", measured)
+
+        from streamlit.testing.v1 import AppTest
+
+        os.environ["PRODUCTLENS_WORKSPACE"] = str(workspace)
+        os.environ["PRODUCTLENS_DATABASE"] = "sqlite"
+        app = AppTest.from_file(str(REPO / "app.py"), default_timeout=3600)
+        with Measured() as measured:
+            app.run()
+        record("Home page, first render (AppTest)", measured)
+        if app.exception:
+            sys.exit(f"the Home page failed: {app.exception}")
+
+        with Measured() as measured:
+            projection.umap_projection(catalog, "bench")
+        record("Explore map, drawn the first time (background job)", measured,
+               fitted_on=projection.MAP_SAMPLE)
+        with Measured() as measured:
+            projection.umap_projection(catalog, "bench")
+        record("Explore map, rerun (map kept)", measured)
+        rng = np.random.default_rng(1)
+        add_products(catalog, 1000, vectors, rng)
+        with Measured() as measured:
+            ids, _ = projection.umap_projection(catalog, "bench")
+        record("Explore map, 1,000 new products placed", measured, products=len(ids))
+        with Measured() as measured:
+            app.switch_page("pages/explore.py").run()
+        if app.exception:
+            sys.exit(f"the Explore page failed: {app.exception}")
+        record("Explore page, first render (AppTest, map kept)", measured)
+        with Measured() as measured:
+            app.run()
+        record("Explore page, rerun (AppTest)", measured)
+
+        with Measured() as measured:
+            table = review.review_table(catalog)
+        record("Review table, every product read (every Review render today)", measured, rows=len(table))
+        del table
+
+        with Measured() as measured:
+            index = persistent_index(catalog, "bench")
+        record("Similar products: approximate index built (once, kept in the workspace)", measured)
+        query_ids = np.random.default_rng(2).choice(catalog.embedded_product_ids("bench"), 100, replace=False)
+        _, queries = catalog.embeddings("bench", query_ids.tolist())
+        with Measured() as measured:
+            found = np.concatenate([index.query(query[None, :], k=10)[0] for query in queries])
+        truth = exact_top(catalog, queries, 10)
+        recall = float(np.mean([len(set(a) & set(b)) / 10 for a, b in zip(found, truth)]))
+        record("Similar products: one query (mean of 100)", measured, milliseconds=round(measured.seconds * 10, 2),
+               recall_at_10=round(recall, 3))
+
+        if not args.skip_duplicates:
+            with Measured() as measured:
+                groups = duplicates.duplicate_groups(catalog, "bench")
+            record("Near-duplicate groups, whole catalogue", measured, groups=len(groups))
+
+
+if __name__ == "__main__":
+    main()
