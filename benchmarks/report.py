@@ -440,6 +440,24 @@ def review_scale() -> str:
                       "top-3 predictions each), SQLite. " + measured_on(result)])
 
 
+def scale() -> str:
+    result = load("scale")
+    if result is None:
+        return missing("scale.py")
+    rows = []
+    for row in result["rows"]:
+        details = [f"{row['milliseconds']} ms, recall@10 {row['recall_at_10']:.3f}" if "milliseconds" in row else "",
+                   f"fitted on {row['fitted_on']:,}" if "fitted_on" in row else "",
+                   f"{row['groups']:,} groups" if "groups" in row else ""]
+        rows.append([row["step"], row["seconds"], f"{row['peak_memory_mb']:,}", "; ".join(d for d in details if d)])
+    fill = result.get("fill_seconds", {})
+    return "\n".join([table(["step", "seconds", "process peak memory, MB", ""], rows), "",
+                      f"{result['products']:,} synthetic products (real grocery features with noise, "
+                      f"{result['dim']}-d float16; a third labelled; top-3 predictions each), {result['database']}, "
+                      f"{result.get('disk_gb', '?')} GB on disk; writing it took "
+                      f"{round(sum(fill.values()))} s. " + measured_on(result)])
+
+
 def reduced_vectors() -> str:
     result = load("reduced_vectors")
     if result is None:
@@ -468,7 +486,7 @@ SECTIONS = {"grocery-benchmark": grocery, "ablation": ablation, "label-efficienc
             "first-waits": first_waits, "robustness": robustness, "open-set": open_set,
             "propagation": propagation, "fine-tuning": fine_tuning,
             "ray-throughput": ray_throughput, "ann": ann, "database": database,
-            "reduced-vectors": reduced_vectors, "review-scale": review_scale}
+            "reduced-vectors": reduced_vectors, "review-scale": review_scale, "scale": scale}
 
 
 def update_readme(readme: Path, sections: dict[str, str]) -> None:

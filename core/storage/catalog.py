@@ -680,35 +680,57 @@ class Catalog:
         if source not in LABEL_SOURCES:
             raise ValueError(f"label source must be one of {LABEL_SOURCES}, got {source!r}")
         action = action or uuid.uuid4().hex
-        changed, conflicts = 0, []
+        changes = [(int(product_id), clean_label(label), seen) for product_id, label, seen in changes]
+        conflicts, events = [], []
         now = utc_now()
         with self.transaction():
+            current = self._latest_labels([product_id for product_id, _, _ in changes])
             for product_id, label, seen in changes:
-                label = clean_label(label)
-                row = self._row("SELECT label, author FROM labels WHERE product_id = :id ORDER BY id DESC LIMIT 1",
-                                {"id": int(product_id)})
-                previous = None if row is None else row["label"]
+                previous, previous_author = current.get(product_id, (None, None))
                 if seen is not ANY and clean_label(seen) != previous:
-                    conflicts.append(LabelConflict(int(product_id), seen, previous, label,
-                                                   row["author"] if row else None))
+                    conflicts.append(LabelConflict(product_id, seen, previous, label, previous_author))
                     continue
                 if previous == label or (only_if_unlabelled and previous is not None):
                     continue
-                self._append_label(int(product_id), label, previous, source, author, now, action)
-                changed += 1
-        return changed, conflicts
+                events.append({"id": product_id, "label": label, "previous": previous, "source": source,
+                               "author": author, "now": now, "action": action})
+                current[product_id] = (label, author)  # a product named twice in one call sees its first change
+            self._append_labels(events)
+        return len(events), conflicts
+
+    def _latest_labels(self, product_ids: Sequence[int]) -> dict[int, tuple[str | None, str | None]]:
+        """``{product_id: (label, author)}`` of each product's latest label event (label None: removed)."""
+        ids, latest = sorted(set(product_ids)), {}
+        for start in range(0, len(ids), 500):
+            for product_id, label, author in self._rows(
+                    "SELECT cl.product_id, cl.label, l.author FROM current_labels cl "
+                    "JOIN labels l ON l.id = cl.event_id WHERE cl.product_id IN :ids",
+                    {"ids": ids[start:start + 500]}, mappings=False):
+                latest[int(product_id)] = (label, author)
+        return latest
 
     def _append_label(self, product_id: int, label: str | None, previous: str | None, source: str,
                       author: str | None, now: str, action: str | None) -> None:
-        """One label event, and the product's current label beside it (same transaction)."""
-        event_id = self._execute(
-            "INSERT INTO labels (product_id, label, previous_label, source, author, created_at, action) "
-            "VALUES (:id, :label, :previous, :source, :author, :now, :action) RETURNING id",
-            {"id": product_id, "label": label, "previous": previous, "source": source, "author": author,
-             "now": now, "action": action}).scalar_one()
-        self._execute("INSERT INTO current_labels VALUES (:id, :label, :source, :event) ON CONFLICT (product_id) "
-                      "DO UPDATE SET label = excluded.label, source = excluded.source, event_id = excluded.event_id",
-                      {"id": product_id, "label": label, "source": source, "event": int(event_id)})
+        self._append_labels([{"id": product_id, "label": label, "previous": previous, "source": source,
+                              "author": author, "now": now, "action": action}])
+
+    def _append_labels(self, events: list[dict]) -> None:
+        """Label events, and each product's current label beside them (same transaction).
+
+        The events go in as one batch (one round trip on PostgreSQL, not one per label); the
+        current labels are then taken from the newest event of each product written since
+        ``before`` (writers queue, so every event after it is this transaction's).
+        """
+        if not events:
+            return
+        before = int(self._value("SELECT COALESCE(MAX(id), 0) FROM labels"))
+        self._execute("INSERT INTO labels (product_id, label, previous_label, source, author, created_at, action) "
+                      "VALUES (:id, :label, :previous, :source, :author, :now, :action)", events)
+        self._execute("INSERT INTO current_labels (product_id, label, source, event_id) "
+                      "SELECT product_id, label, source, id FROM labels WHERE id IN "
+                      "(SELECT MAX(id) FROM labels WHERE id > :before GROUP BY product_id) "
+                      "ON CONFLICT (product_id) DO UPDATE SET label = excluded.label, source = excluded.source, "
+                      "event_id = excluded.event_id", {"before": before})
 
     def label_history(self, product_id: int | None = None, limit: int | None = None) -> list[LabelEvent]:
         query = "SELECT * FROM labels"

@@ -7,7 +7,7 @@ import pytest
 from conftest import demo_photos
 from core.errors import CatalogError, InvalidInputError
 from core.storage import images
-from core.storage.catalog import SCHEMA_VERSION, Catalog
+from core.storage.catalog import ANY, SCHEMA_VERSION, Catalog
 
 # Every test here runs on SQLite and on a real PostgreSQL server (conftest.database).
 pytestmark = pytest.mark.usefixtures("database")
@@ -219,3 +219,18 @@ def test_the_current_labels_always_match_the_history(workspace):
     assert all(catalog.current_label(pid) == from_history.get(pid) for pid in ids)
     status = catalog.status()
     assert (status["labelled"], status["categories"]) == (len(expected), len(set(expected.values())))
+
+
+def test_one_batch_of_labels_naming_a_product_twice_is_written_in_order(workspace):
+    """A batch is written in one go: later changes in it must still see the earlier ones."""
+    catalog = Catalog(workspace)
+    first, second = [add(catalog, photo)[0] for photo in demo_photos("Lemon")[:2]]
+    changed, conflicts = catalog.change_labels([(first, "Lime", ANY), (second, "Lemon", ANY), (first, "Lemon", "Lime"),
+                                                (first, "Lemon", ANY), (second, "Orange", "Lime")], author="ana")
+    assert changed == 3, "the repeated Lemon changes nothing"
+    assert [(c.product_id, c.current_label, c.changed_by) for c in conflicts] == [(second, "Lemon", "ana")]
+    history = [(e.product_id, e.label, e.previous_label) for e in reversed(catalog.label_history())]
+    assert history == [(first, "Lime", None), (second, "Lemon", None), (first, "Lemon", "Lime")]
+    assert catalog.current_labels() == {first: "Lemon", second: "Lemon"}
+    assert catalog.set_labels([(first, None), (first, "Lime")], author="bo") == 2
+    assert catalog.current_label(first) == "Lime" and catalog.label_history(first)[0].author == "bo"
