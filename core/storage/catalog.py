@@ -727,8 +727,8 @@ class Catalog:
         self._execute("INSERT INTO labels (product_id, label, previous_label, source, author, created_at, action) "
                       "VALUES (:id, :label, :previous, :source, :author, :now, :action)", events)
         self._execute("INSERT INTO current_labels (product_id, label, source, event_id) "
-                      "SELECT product_id, label, source, id FROM labels WHERE id IN "
-                      "(SELECT MAX(id) FROM labels WHERE id > :before GROUP BY product_id) "
+                      "SELECT product_id, label, source, id FROM labels l WHERE id > :before AND NOT EXISTS "
+                      "(SELECT 1 FROM labels n WHERE n.product_id = l.product_id AND n.id > l.id) "
                       "ON CONFLICT (product_id) DO UPDATE SET label = excluded.label, source = excluded.source, "
                       "event_id = excluded.event_id", {"before": before})
 
