@@ -30,7 +30,7 @@ from pathlib import Path, PurePosixPath
 from typing import Iterable, Iterator, Sequence
 
 import numpy as np
-from sqlalchemy import bindparam, text
+from sqlalchemy import Column, Integer, MetaData, Table, Text, bindparam, insert, text
 
 from core import settings
 from core.errors import CatalogError, InvalidInputError, NotFoundError
@@ -717,20 +717,23 @@ class Catalog:
     def _append_labels(self, events: list[dict]) -> None:
         """Label events, and each product's current label beside them (same transaction).
 
-        The events go in as one batch (one round trip on PostgreSQL, not one per label); the
-        current labels are then taken from the newest event of each product written since
-        ``before`` (writers queue, so every event after it is this transaction's).
+        The events go in as multi-row INSERTs that return their ids in order (a round trip per
+        thousand labels on PostgreSQL, not one per label); each product's newest event becomes its
+        current label.
         """
         if not events:
             return
-        before = int(self._value("SELECT COALESCE(MAX(id), 0) FROM labels"))
-        self._execute("INSERT INTO labels (product_id, label, previous_label, source, author, created_at, action) "
-                      "VALUES (:id, :label, :previous, :source, :author, :now, :action)", events)
-        self._execute("INSERT INTO current_labels (product_id, label, source, event_id) "
-                      "SELECT product_id, label, source, id FROM labels l WHERE id > :before AND NOT EXISTS "
-                      "(SELECT 1 FROM labels n WHERE n.product_id = l.product_id AND n.id > l.id) "
-                      "ON CONFLICT (product_id) DO UPDATE SET label = excluded.label, source = excluded.source, "
-                      "event_id = excluded.event_id", {"before": before})
+        rows = [{"product_id": e["id"], "label": e["label"], "previous_label": e["previous"], "source": e["source"],
+                 "author": e["author"], "created_at": e["now"], "action": e["action"]} for e in events]
+        with self._translated_errors():
+            event_ids = self._connection().execute(_INSERT_LABELS, rows).scalars().all()
+        newest = {}
+        for event, event_id in zip(events, event_ids):
+            newest[event["id"]] = {"id": event["id"], "label": event["label"], "source": event["source"],
+                                   "event": int(event_id)}
+        self._execute("INSERT INTO current_labels VALUES (:id, :label, :source, :event) ON CONFLICT (product_id) "
+                      "DO UPDATE SET label = excluded.label, source = excluded.source, event_id = excluded.event_id",
+                      list(newest.values()))
 
     def label_history(self, product_id: int | None = None, limit: int | None = None) -> list[LabelEvent]:
         query = "SELECT * FROM labels"
@@ -1083,6 +1086,15 @@ def clean_label(label: str | None) -> str | None:
     if any(not character.isprintable() for character in label):
         raise InvalidInputError("a category name cannot contain control characters")
     return label
+
+
+# The one statement built with SQLAlchemy's table objects: a multi-row INSERT that returns its ids in the
+# order of its rows (SQLAlchemy's "insertmanyvalues"), on SQLite and PostgreSQL alike. Built once, so its
+# compiled form is cached.
+_LABELS = Table("labels", MetaData(), Column("id", Integer, primary_key=True), Column("product_id", Integer),
+                *(Column(name, Text) for name in ("label", "previous_label", "source", "author", "created_at",
+                                                  "action")))
+_INSERT_LABELS = insert(_LABELS).returning(_LABELS.c.id, sort_by_parameter_order=True)
 
 
 @functools.lru_cache(maxsize=1024)
