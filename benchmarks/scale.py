@@ -19,9 +19,11 @@ process's peak memory while it ran:
 Steps not listed (the Review page paged from the database, training and predicting
 with bounded memory) are not written yet; the README says so.
 
-    python benchmarks/scale.py [--products 1000000] [--skip-duplicates]
+    python benchmarks/scale.py [--products 1000000] [--workspace DIR] [--only GROUP ...]
 Writes ``benchmarks/results/scale.json`` after every step (a run stopped early keeps
-what it measured).
+what it measured). With ``--workspace`` the catalogue is kept there and a later run
+reuses it; ``--only`` measures some groups again (home, explore, review, similar,
+duplicates), keeping the other groups' rows from the last result.
 """
 
 from __future__ import annotations
@@ -125,91 +127,101 @@ def exact_top(catalog: Catalog, queries: np.ndarray, k: int, chunk: int = 20_000
     return best_ids
 
 
+GROUPS = ["home", "explore", "review", "similar", "duplicates"]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--products", type=int, default=1_000_000)
-    parser.add_argument("--skip-duplicates", action="store_true", help="leave out the near-duplicate groups")
     parser.add_argument("--workspace", help="keep the catalogue here (default: a temporary folder)")
+    parser.add_argument("--only", nargs="+", choices=GROUPS, default=GROUPS, help="measure only these groups")
     args = parser.parse_args()
     vectors, dim = real_vector_source()
     rows: list[dict] = []
     result = {"products": args.products, "dim": dim, "database": "SQLite", "rows": rows}
+    if set(args.only) != set(GROUPS):
+        previous = json.loads((REPO / "benchmarks" / "results" / "scale.json").read_text())
+        result.update({key: previous[key] for key in ("fill_seconds", "disk_gb") if key in previous})
+        rows += [row for row in previous["rows"] if row.get("group") not in args.only]
 
-    def record(step: str, measured: Measured, **extra) -> None:
-        rows.append({"step": step, "seconds": round(measured.seconds, 3), "peak_memory_mb": round(measured.peak),
-                     **extra})
-        print(json.dumps(rows[-1]), flush=True)
+    def record(group: str, step: str, measured: Measured, **extra) -> None:
+        row = {"group": group, "step": step, "seconds": round(measured.seconds, 3),
+               "peak_memory_mb": round(measured.peak), **extra}
+        rows.append(row)
+        rows.sort(key=lambda r: GROUPS.index(r["group"]))  # stable: a group's steps keep their order
+        print(json.dumps(row), flush=True)
         write_result("scale", result)
 
     with tempfile.TemporaryDirectory(prefix="productlens-scale-") as scratch:
         workspace = args.workspace or scratch
         catalog = Catalog(workspace, database="sqlite")
         if catalog.count_products() == 0:
-            with Measured() as measured:
-                result["fill_seconds"] = fill(catalog, args.products, dim, vectors=vectors)
+            result["fill_seconds"] = fill(catalog, args.products, dim, vectors=vectors)
             print(json.dumps(result["fill_seconds"]), flush=True)
         result["disk_gb"] = round(sum(f.stat().st_size for f in catalog.workspace.rglob("*") if f.is_file()) / 1e9, 2)
-
-        with Measured() as measured:
-            catalog.status()
-        record("Home counts (status)", measured)
-        with Measured() as measured:
-            catalog.label_history(limit=50)
-        record("Activity: the latest 50 changes", measured)
 
         from streamlit.testing.v1 import AppTest
 
         os.environ["PRODUCTLENS_WORKSPACE"] = str(workspace)
         os.environ["PRODUCTLENS_DATABASE"] = "sqlite"
         app = AppTest.from_file(str(REPO / "app.py"), default_timeout=3600)
-        with Measured() as measured:
+
+        def render(page: str | None, step: str, group: str) -> None:
+            with Measured() as measured:
+                (app.switch_page(page) if page else app).run()
+            if app.exception:
+                sys.exit(f"{step} failed: {app.exception}")
+            record(group, step, measured)
+
+        if "home" in args.only:
+            with Measured() as measured:
+                catalog.status()
+            record("home", "Home counts (status)", measured)
+            with Measured() as measured:
+                catalog.label_history(limit=50)
+            record("home", "Activity: the latest 50 changes", measured)
+            render(None, "Home page, first render (AppTest)", "home")
+        else:
             app.run()
-        record("Home page, first render (AppTest)", measured)
-        if app.exception:
-            sys.exit(f"the Home page failed: {app.exception}")
 
-        with Measured() as measured:
-            projection.umap_projection(catalog, "bench")
-        record("Explore map, drawn the first time (background job)", measured,
-               fitted_on=projection.MAP_SAMPLE)
-        with Measured() as measured:
-            projection.umap_projection(catalog, "bench")
-        record("Explore map, rerun (map kept)", measured)
-        rng = np.random.default_rng(1)
-        add_products(catalog, 1000, vectors, rng)
-        with Measured() as measured:
-            ids, _ = projection.umap_projection(catalog, "bench")
-        record("Explore map, 1,000 new products placed", measured, products=len(ids))
-        with Measured() as measured:
-            app.switch_page("pages/explore.py").run()
-        if app.exception:
-            sys.exit(f"the Explore page failed: {app.exception}")
-        record("Explore page, first render (AppTest, map kept)", measured)
-        with Measured() as measured:
-            app.run()
-        record("Explore page, rerun (AppTest)", measured)
+        if "explore" in args.only:
+            with Measured() as measured:
+                projection.umap_projection(catalog, "bench")
+            record("explore", "Explore map, drawn the first time (background job)", measured,
+                   fitted_on=projection.MAP_SAMPLE)
+            with Measured() as measured:
+                projection.umap_projection(catalog, "bench")
+            record("explore", "Explore map, rerun (map kept)", measured)
+            add_products(catalog, 1000, vectors, np.random.default_rng(1))
+            with Measured() as measured:
+                ids, _ = projection.umap_projection(catalog, "bench")
+            record("explore", "Explore map, 1,000 new products placed", measured, products=len(ids))
+            render("pages/explore.py", "Explore page, first render (AppTest, map kept)", "explore")
+            render(None, "Explore page, rerun (AppTest)", "explore")
 
-        with Measured() as measured:
-            table = review.review_table(catalog)
-        record("Review table, every product read (every Review render today)", measured, rows=len(table))
-        del table
+        if "review" in args.only:
+            with Measured() as measured:
+                table = review.review_table(catalog)
+            record("review", "Review table, every product read (filters and other orders)", measured, rows=len(table))
+            del table
 
-        with Measured() as measured:
-            index = persistent_index(catalog, "bench")
-        record("Similar products: approximate index built (once, kept in the workspace)", measured)
-        query_ids = np.random.default_rng(2).choice(catalog.embedded_product_ids("bench"), 100, replace=False)
-        _, queries = catalog.embeddings("bench", query_ids.tolist())
-        with Measured() as measured:
-            found = np.concatenate([index.query(query[None, :], k=10)[0] for query in queries])
-        truth = exact_top(catalog, queries, 10)
-        recall = float(np.mean([len(set(a) & set(b)) / 10 for a, b in zip(found, truth)]))
-        record("Similar products: one query (mean of 100)", measured, milliseconds=round(measured.seconds * 10, 2),
-               recall_at_10=round(recall, 3))
+        if "similar" in args.only:
+            with Measured() as measured:
+                index = persistent_index(catalog, "bench")
+            record("similar", "Similar products: approximate index built (once, kept in the workspace)", measured)
+            query_ids = np.random.default_rng(2).choice(catalog.embedded_product_ids("bench"), 100, replace=False)
+            _, queries = catalog.embeddings("bench", query_ids.tolist())
+            with Measured() as measured:
+                found = np.concatenate([index.query(query[None, :], k=10)[0] for query in queries])
+            truth = exact_top(catalog, queries, 10)
+            recall = float(np.mean([len(set(a) & set(b)) / 10 for a, b in zip(found, truth)]))
+            record("similar", "Similar products: one query (mean of 100)", measured,
+                   milliseconds=round(measured.seconds * 10, 2), recall_at_10=round(recall, 3))
 
-        if not args.skip_duplicates:
+        if "duplicates" in args.only:
             with Measured() as measured:
                 groups = duplicates.duplicate_groups(catalog, "bench")
-            record("Near-duplicate groups, whole catalogue", measured, groups=len(groups))
+            record("duplicates", "Near-duplicate groups, whole catalogue", measured, groups=len(groups))
 
 
 if __name__ == "__main__":
