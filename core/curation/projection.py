@@ -217,10 +217,14 @@ class SampledMap:
             raise ValueError("this SampledMap is not fitted yet: call fit(ids, features) first")
         if len(features) == 0:
             return np.zeros((0, 2), np.float32)
-        similarity = self._reduce(features) @ self.reduced_.T
-        k = min(self.neighbours, similarity.shape[1])
-        nearest = np.argpartition(-similarity, k - 1, axis=1)[:, :k]
-        closeness = np.take_along_axis(similarity, nearest, axis=1)
+        import faiss
+
+        # faiss's exact inner-product search: the same neighbours as a matrix product and a partial sort,
+        # which spent seconds per 10,000 products on the sort alone.
+        search = faiss.IndexFlatIP(self.reduced_.shape[1])
+        search.add(np.ascontiguousarray(self.reduced_, dtype=np.float32))
+        closeness, nearest = search.search(np.ascontiguousarray(self._reduce(features), dtype=np.float32),
+                                           min(self.neighbours, len(self.reduced_)))
         weights = np.exp((closeness - closeness.max(axis=1, keepdims=True)) / 0.02)
         weights /= weights.sum(axis=1, keepdims=True)
         return np.einsum("nk,nkc->nc", weights, self.coordinates_[nearest]).astype(np.float32)
