@@ -142,11 +142,27 @@ def command_train(args) -> int:
 
 
 def command_predict(args) -> int:
-    from core.model import predict_catalog
+    from core.model import load_version, predict_catalog
+    from core.model.training import embedder_for
 
     catalog = _catalog(args, create=False)
-    result = predict_catalog(catalog, args.version, top_k=args.top_k)
-    print(json.dumps(result))
+    version, _ = load_version(catalog, args.version)
+    # Products added since the version was trained are embedded with its own backbone first.
+    embedder = embedder_for(version, catalog)
+    if args.engine == "ray":
+        from core.features.ray_embedding import embed_catalog_on_ray
+
+        report = embed_catalog_on_ray(catalog, embedder, address=args.address, workers=args.workers)
+    else:
+        from core.features import embed_catalog
+
+        update, close = _progress_bar("embed", not args.quiet)
+        report = embed_catalog(catalog, embedder, progress=update)
+        close()
+    for product_id, reason in report.failed:
+        print(f"failed: product {product_id}: {reason}")
+    result = predict_catalog(catalog, version, top_k=args.top_k)
+    print(json.dumps({**result, "embedded": report.computed}))
     return 0
 
 
@@ -519,6 +535,15 @@ def build_parser() -> argparse.ArgumentParser:
                               f"every prediction (default: $PRODUCTLENS_VIEWS or {settings.DEFAULT_VIEWS}; "
                               "0 = fastest, less accurate)")
 
+    def add_engine_options(sub):
+        sub.add_argument("--engine", choices=("local", "ray"), default="local",
+                         help="where photos are embedded. local: this process (default); ray: a pool of Ray "
+                              "workers (pip install -r requirements-scale.txt)")
+        sub.add_argument("--address", default=None,
+                         help="with --engine ray: an existing Ray cluster (default: start Ray on this machine)")
+        sub.add_argument("--workers", type=_at_least(1), default=2,
+                         help="with --engine ray: embedding workers, one CPU each (default 2)")
+
     def add_model_options(sub, head=False):
         add_backbone_options(sub)
         sub.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -537,13 +562,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub = commands.add_parser("embed", help="compute backbone features for products that lack them")
     add_model_options(sub)
-    sub.add_argument("--engine", choices=("local", "ray"), default="local",
-                     help="local: this process (default); ray: a pool of Ray workers (pip install -r "
-                          "requirements-scale.txt)")
-    sub.add_argument("--address", default=None,
-                     help="with --engine ray: an existing Ray cluster (default: start Ray on this machine)")
-    sub.add_argument("--workers", type=_at_least(1), default=2,
-                     help="with --engine ray: embedding workers, one CPU each (default 2)")
+    add_engine_options(sub)
     sub.set_defaults(handler=command_embed)
 
     sub = commands.add_parser("train", help="train a new head version on the current labels, then predict")
@@ -554,9 +573,12 @@ def build_parser() -> argparse.ArgumentParser:
                      help="with --fine-tune: epochs over the labelled photos (default 6)")
     sub.set_defaults(handler=command_train)
 
-    sub = commands.add_parser("predict", help="predict every embedded product with a model version")
+    sub = commands.add_parser("predict", help="predict every product with a model version (embedding those "
+                                              "added since it was trained)")
     sub.add_argument("--version", type=int, default=None, help="model version (default: active)")
     sub.add_argument("--top-k", type=_at_least(1), default=5, help="categories kept per product (default 5)")
+    sub.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_engine_options(sub)
     sub.set_defaults(handler=command_predict)
 
     sub = commands.add_parser("export", help="write labels, embeddings or the classifier (.keras, SavedModel; "

@@ -62,10 +62,11 @@ def test_full_batch_workflow(tmp_path, demo_dir):
     assert last_json(run("predict", workspace=workspace))["predicted"] == 80
     exported = last_json(run("export", "--output", str(tmp_path / "out"), workspace=workspace))
     names = sorted(Path(p).name for p in exported["written"])
-    assert [name for name in names if not name.endswith(".tflite")] == [
+    assert [name for name in names if not name.endswith((".tflite", ".onnx"))] == [
         "embeddings.parquet", "labels.csv", "labels.parquet", "productlens_classifier.keras",
         "productlens_classifier_savedmodel"]
     assert ("productlens_classifier.tflite" in names) != ("tflite" in exported["not_written"])
+    assert ("productlens_classifier.onnx" in names) != ("onnx" in exported["not_written"])
     # Formats that do not convert say why, instead of failing the export or passing in silence.
     assert set(exported["not_written"]) <= {"tflite", "onnx"}
     assert all(reason.startswith(("failed:", "skipped:")) for reason in exported["not_written"].values())
@@ -351,6 +352,18 @@ def test_embed_on_ray_and_fine_tune_from_the_command_line(tmp_path, demo_dir):
     assert version.metrics["fine_tuned"] and "+weights:backbone-" in version.embedding_key
     # In-process embedding finds nothing left to do under the key Ray filled.
     assert last_json(run("embed", "--quiet", workspace=workspace))["computed"] == 0
+    # Photos added after training: `predict` embeds each with the version's own (fine-tuned) backbone, in
+    # this process or on Ray, then predicts every product.
+    later = [str(sorted((demo_dir / category).glob("*.jpg"))[3]) for category in ("Banana", "Lemon")]
+    run("import", later[0], workspace=workspace)
+    predicted = last_json(run("predict", "--quiet", workspace=workspace))
+    assert (predicted["embedded"], predicted["predicted"], predicted["not_embedded"]) == (1, 7, 0)
+    run("import", later[1], workspace=workspace)
+    predicted = last_json(run("predict", "--engine", "ray", "--workers", "1", workspace=workspace))
+    assert (predicted["embedded"], predicted["predicted"], predicted["not_embedded"]) == (1, 8, 0)
+    new_ids = sorted(set(Catalog(workspace).embedded_product_ids(version.prediction_key)) - set(ids.tolist()))
+    stored = Catalog(workspace).predictions(version.id)
+    assert len(new_ids) == 2 and all(stored[pid]["label"] in ("Banana", "Lemon") for pid in new_ids)
 
 
 def test_the_database_flag_points_every_command_at_postgresql(tmp_path, demo_dir, postgres_server):
