@@ -109,8 +109,8 @@ def test_exported_classifier_reproduces_the_stored_predictions(catalog, tmp_path
 
 @pytest.mark.parametrize("backbone", ["suite's single network", "default pair"])
 def test_every_format_reproduces_the_app_without_productlens(request, tmp_path, backbone):
-    """The .keras file, the SavedModel and the TFLite file load in a Python that cannot import ProductLens
-    and return the stored probabilities, for a single network and for the default pair."""
+    """The .keras file, the SavedModel, the TFLite file and the ONNX file load in a Python that cannot import
+    ProductLens and return the stored probabilities, for a single network and for the default pair."""
     import subprocess
     import sys
 
@@ -147,11 +147,17 @@ def test_every_format_reproduces_the_app_without_productlens(request, tmp_path, 
         "import keras\n"
         "model = keras.models.load_model(sys.argv[5])\n"
         "np.save(sys.argv[3] + '.keras.npy', model.predict(np.load(sys.argv[2]), verbose=0))\n"
+        "import onnxruntime\n"
+        "session = onnxruntime.InferenceSession(sys.argv[6])\n"
+        "feed = {session.get_inputs()[0].name: np.load(sys.argv[2]).astype('float32')}\n"
+        "np.save(sys.argv[3] + '.onnx.npy', session.run(None, feed)[0])\n"
         "assert 'core' not in sys.modules\n")
     outside = tmp_path / "elsewhere"
     outside.mkdir()
     env = {name: value for name, value in __import__("os").environ.items() if name != "PYTHONPATH"}
-    arguments = [written["savedmodel"], tmp_path / "inputs.npy", tmp_path / "outputs.npy", tflite, written["keras"]]
+    assert not isinstance(written["onnx"], str), written["onnx"]
+    arguments = [written["savedmodel"], tmp_path / "inputs.npy", tmp_path / "outputs.npy", tflite, written["keras"],
+                 written["onnx"]]
     completed = subprocess.run([sys.executable, "-c", script, *map(str, arguments)], cwd=outside,
                                env=dict(env, TF_CPP_MIN_LOG_LEVEL="3"), capture_output=True, text=True, timeout=600)
     assert completed.returncode == 0, completed.stderr[-2000:]
@@ -159,7 +165,7 @@ def test_every_format_reproduces_the_app_without_productlens(request, tmp_path, 
                                    capture_output=True, text=True)
     assert cannot_import.returncode != 0, "the check must run where ProductLens is not importable"
     stored = catalog.predictions(version.id)
-    outputs = [np.load(tmp_path / f"outputs.npy{suffix}") for suffix in ("", ".tflite.npy", ".keras.npy")]
+    outputs = [np.load(tmp_path / f"outputs.npy{suffix}") for suffix in ("", ".tflite.npy", ".keras.npy", ".onnx.npy")]
     for output in outputs:
         for product, probabilities in zip(products, output):
             app = stored[product.id]
