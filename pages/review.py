@@ -34,10 +34,13 @@ KEYS = [("1 – 9", "give the focused card its 1st … 9th suggestion"), ("Enter
         ("?", "show or hide this list")]
 
 st.title("Review predictions")
-table = review.review_table(catalog())
-if table.empty:
+product_count = catalog().count_products()
+if not product_count:
     st.info("No products yet: upload photos or load the demo catalogue on the Home page.")
     st.stop()
+# A large catalogue's default view reads one page of the stored queue; filters and other orders read every row.
+large = product_count >= review.PAGED_FROM
+table = None if large else review.review_table(catalog())
 categories = catalog().categories()
 parents = catalog().category_parents()
 tree = set(parents) | set(parents.values())  # every category that has a parent or is one
@@ -104,7 +107,10 @@ with st.expander("Filters and order", expanded=False):
         help="Most informative: unlabelled products the model is torn between (smallest gap between its two "
              "best guesses), near-identical shots spread over pages. Highest entropy and random are the "
              "alternative strategies.")
-    predicted = filter_columns[1].multiselect("Predicted category", sorted(table["predicted_label"].dropna().unique()))
+    version = catalog().active_model_version()
+    predicted = filter_columns[1].multiselect(
+        "Predicted category", sorted(version.classes if version else []) if large
+        else sorted(table["predicted_label"].dropna().unique()))
     status = filter_columns[2].radio("Show", ["all", "unlabelled", "labelled"], horizontal=True,
                                      key=state.REVIEW_STATUS)
     disagreements = filter_columns[3].toggle("Only disagreements", key=state.REVIEW_DISAGREE,
@@ -113,23 +119,32 @@ with st.expander("Filters and order", expanded=False):
                                         help="Products unlike every labelled one: label a few with the new "
                                              "category (select them, then Relabel), and retrain.")
     confidence = st.slider("Confidence", 0.0, 1.0, (0.0, 1.0), 0.05, key=state.REVIEW_CONFIDENCE)
-    tree_nodes = sorted({node for nodes in table["within"] for node in nodes} & set(tree))
+    tree_nodes = sorted(tree) if large else sorted({node for nodes in table["within"] for node in nodes} & set(tree))
     under = st.multiselect("Under category (any level)", tree_nodes, key=state.REVIEW_UNDER,
                            help="Products whose label or prediction lies under these categories of the tree "
                                 "(set parents under Manage categories).") if tree else []
 
-selected = review.select(table, order=order, predicted=predicted, confidence_range=confidence,
-                         labelled={"all": None, "unlabelled": False, "labelled": True}[status],
-                         disagreements_only=disagreements, vectors_of=review.catalog_vectors(catalog(), key),
-                         queue=review_queue() if order == review.DEFAULT_ORDER else None,
-                         new_category_only=new_only, under=under,
-                         page_size=PAGE_SIZE)
-pages = max(1, -(-len(selected) // PAGE_SIZE))
-if st.session_state.get(state.REVIEW_PAGE, 1) > pages:
+queue = review_queue() if order == review.DEFAULT_ORDER else None
+unfiltered = not (predicted or under or disagreements or new_only or status != "all" or confidence != (0.0, 1.0))
+paged = large and unfiltered and queue is not None
+requested = max(1, st.session_state.get(state.REVIEW_PAGE, 1))
+if paged:
+    visible, matching = review.queue_page(catalog(), queue, requested, PAGE_SIZE)
+else:
+    if table is None:
+        with st.spinner(f"Filtering all {product_count:,} products…"):
+            table = review.review_table(catalog())
+    selected = review.select(table, order=order, predicted=predicted, confidence_range=confidence,
+                             labelled={"all": None, "unlabelled": False, "labelled": True}[status],
+                             disagreements_only=disagreements, vectors_of=review.catalog_vectors(catalog(), key),
+                             queue=queue, new_category_only=new_only, under=under, page_size=PAGE_SIZE)
+    matching = len(selected)
+pages = max(1, -(-matching // PAGE_SIZE))
+if requested > pages:
     st.session_state[state.REVIEW_PAGE] = pages
 top = st.columns([2, 2, 2, 2])
 page = top[0].number_input(f"Page (of {pages})", 1, pages, 1, key=state.REVIEW_PAGE)
-top[1].metric("Matching products", len(selected))
+top[1].metric("Matching products", matching)
 top[2].button("Undo my last action", icon=":material/undo:", key="undo", on_click=undo, disabled=not labelling,
               help="Reverts your most recent labelling action (key Z); never someone else's later change.")
 top[3].button("Keyboard shortcuts", icon=":material/keyboard:", key="keys", on_click=toggle_keys,
@@ -138,7 +153,10 @@ if st.session_state.get(state.REVIEW_KEYS):
     st.table([{"key": keys, "does": does} for keys, does in KEYS])
 show_notices()
 
-visible = selected.iloc[(page - 1) * PAGE_SIZE: page * PAGE_SIZE]
+if not paged:
+    visible = selected.iloc[(page - 1) * PAGE_SIZE: page * PAGE_SIZE]
+elif page != requested:
+    visible, _ = review.queue_page(catalog(), queue, page, PAGE_SIZE)
 ids = [int(pid) for pid in visible["product_id"]]
 card_order = (ids, pages)
 if st.session_state.get(state.REVIEW_FOCUS) not in ids:

@@ -103,6 +103,46 @@ def test_review_one_click_correction_is_stored_with_the_author(populated, monkey
     assert catalog.label_history(first_product)[0].label == event.previous_label
 
 
+def test_a_large_catalogues_review_reads_one_page_of_the_stored_queue(populated, monkeypatch):
+    """Above review.PAGED_FROM products (lowered here) the default view never reads every product's row."""
+    monkeypatch.setattr(review, "PAGED_FROM", 1)
+    whole_table_reads = []
+    real = review.review_table
+    monkeypatch.setattr(review, "review_table", lambda catalog, *args, **kwargs: (
+        whole_table_reads.append(1) if kwargs.get("product_ids") is None else None) or real(catalog, *args, **kwargs))
+    at = app(populated, monkeypatch)
+    at.text_input(key="author_input").input("ana").run()
+    at.switch_page("pages/review.py").run()
+    assert not at.exception, at.exception
+    catalog = Catalog(populated)
+    version = catalog.active_model_version()
+    queue, current = review.stored_queue(catalog, version.id)
+    assert current
+    whole_table_reads.clear()  # making the queue (once per version) reads the table; a render must not
+    at.run()
+    assert not whole_table_reads, "a render of the default view read every product's row"
+
+    def cards():
+        return list(dict.fromkeys(int(box.key.split("-")[1]) for box in at.checkbox
+                                  if box.key and box.key.startswith("select-")))
+
+    first_page = review.queue_page(catalog, queue, 1)[0]["product_id"].tolist()
+    assert sorted(cards()) == sorted(first_page) and cards()[0] == first_page[0]
+    assert [m.value for m in at.metric if m.label == "Matching products"] == [str(len(queue))]
+    at.button(key="focus-pick-1").click().run()  # labels the first card: it moves behind the unlabelled ones
+    assert not at.exception and not whole_table_reads
+    after = review.queue_page(catalog, queue, 1)[0]
+    assert sorted(cards()) == sorted(after["product_id"].tolist()) and after["product_id"].iloc[0] == first_page[1]
+    moved = after["product_id"].tolist().index(first_page[0])
+    assert after["label"].iloc[:moved].isna().all(), "the card labelled moved behind every unlabelled one"
+    at.number_input(key="review_page").set_value(2).run()
+    assert sorted(cards()) == sorted(review.queue_page(catalog, queue, 2)[0]["product_id"].tolist())
+    at.radio(key="review_status").set_value("unlabelled").run()  # a filter reads the whole table
+    assert not at.exception and whole_table_reads
+    at.button(key="undo").click().run()
+    assert catalog.label_history(first_page[0])[0].author == "ana" and catalog.current_label(first_page[0]) is None
+
+
 def test_review_filters(populated, monkeypatch):
     at = app(populated, monkeypatch)
     at.switch_page("pages/review.py").run()

@@ -38,6 +38,13 @@ _STRATEGY_OF_ORDER = {"most informative": "hybrid", "smallest margin": "margin",
                       "random": "random"}
 # Pages diversified by the guard; beyond them the plain ranking is good enough and cheap.
 _DIVERSIFIED_PAGES = 10
+# At catalogue scale the hybrid queue spreads only this many of the most uncertain unlabelled products (only
+# their vectors are read) and judges what labels cover from at most this many labelled ones, so making
+# the queue needs bounded memory at any size.
+QUEUE_POOL = 20_000
+# From this many products the Review page's default view reads one page of the stored queue instead of
+# every product's row (see :func:`queue_page`).
+PAGED_FROM = 50_000
 UNLABELLED = "(unlabelled)"  # how maps show a product without a label
 COLUMNS = ["product_id", "filename", "origin", "added_at", "label", "label_source", "predicted_label", "confidence",
            "top_labels", "top_probabilities", "disagrees", "new_category", "answer", "within"]
@@ -171,10 +178,15 @@ def _informative(table: pd.DataFrame, strategy: str, vectors_of: VectorsOf | Non
         return table.iloc[np.concatenate([spread, ranking[limit:]])]
     # Hybrid: greedy over the unlabelled, predicted candidates, away from what labels already cover.
     candidates = np.flatnonzero(unlabelled & has_prediction)
+    if len(candidates) > QUEUE_POOL:
+        candidates = np.sort(candidates[np.argsort(-scores[candidates], kind="stable")[:QUEUE_POOL]])
     candidate_vectors = _all_vectors(vectors_of, product_ids[candidates].tolist())
     if candidate_vectors is None:
         return table.iloc[ranking]
-    labelled_vectors = vectors_of(sorted(labelled_ids))[1] if labelled_ids else None
+    coverage = sorted(labelled_ids)
+    if len(coverage) > QUEUE_POOL:
+        coverage = sorted(np.random.default_rng(seed).choice(coverage, QUEUE_POOL, replace=False).tolist())
+    labelled_vectors = vectors_of(coverage)[1] if coverage else None
     labelled_vectors = labelled_vectors if labelled_vectors is not None and len(labelled_vectors) else None
     head = candidates[active_learning.hybrid_order(candidate_vectors, probabilities[candidates],
                                                    min(limit, len(candidates)), labelled_vectors, seed)]
@@ -233,6 +245,26 @@ def stored_queue(catalog: Catalog, version_id: int) -> tuple[list[int], bool] | 
         except (OSError, ValueError):
             continue
     return None
+
+
+def queue_page(catalog: Catalog, queue: Sequence[int], page: int, page_size: int = 12) -> tuple[pd.DataFrame, int]:
+    """One page of the default view read from the version's stored ``queue``, and how many products the view
+    holds, without reading every product's row.
+
+    As in :func:`select` with ``queue``: products labelled since the queue was made move behind the
+    unlabelled ones (their order kept) and archived products leave it. Reads the current labels' ids,
+    the archived ids and the page's rows. Products added since the queue was made join it when the queue
+    is made again (in the background, after an upload).
+    """
+    if page < 1 or page_size < 1:
+        raise ValueError(f"page and page_size must be at least 1, got {page} and {page_size}")
+    queue = np.asarray(queue, dtype=np.int64)
+    queue = queue[~np.isin(queue, catalog.archived_product_ids())]
+    labelled = np.isin(queue, catalog.labelled_product_ids())
+    ordered = np.concatenate([queue[~labelled], queue[labelled]])
+    wanted = ordered[(page - 1) * page_size: page * page_size]
+    rows = review_table(catalog, product_ids=wanted.tolist()).set_index("product_id")
+    return rows.reindex(wanted).dropna(subset=["filename"]).reset_index(), len(ordered)
 
 
 def select(table: pd.DataFrame, order: str = DEFAULT_ORDER, predicted: Sequence[str] | None = None,

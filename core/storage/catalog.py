@@ -611,6 +611,14 @@ class Catalog:
                                           {"ids": ids[start:start + 500]}).rowcount
         return restored
 
+    def archived_product_ids(self) -> list[int]:
+        return [int(row[0]) for row in self._rows("SELECT product_id FROM archived", mappings=False)]
+
+    def labelled_product_ids(self) -> list[int]:
+        """Ids of the live products that have a label, without reading the labels."""
+        return [int(row[0]) for row in self._rows(
+            f"SELECT product_id FROM current_labels WHERE label IS NOT NULL AND product_id {_LIVE}", mappings=False)]
+
     def archived(self) -> list[dict]:
         return [dict(row) for row in self._rows("SELECT * FROM archived ORDER BY created_at, product_id")]
 

@@ -209,3 +209,48 @@ def test_a_stored_queue_is_found_without_computing_and_says_whether_it_is_curren
     new = ingest.import_paths(catalog, [demo_dir / "Orange"]).added[0]
     catalog.store_predictions(version, [new], [["Lemon", "Banana"]], np.array([[0.5, 0.5]]))
     assert review.stored_queue(catalog, version) == (queue, False), "the previous queue, while a new one is made"
+
+
+def missing_as_none(column) -> list:
+    return [None if not isinstance(value, list) and value != value or value is None else value for value in column]
+
+
+def test_a_page_of_the_stored_queue_is_the_page_select_shows(catalog):
+    """The large-catalogue view reads one page of the queue; it must show what the whole table would."""
+    ids = catalog.product_ids()
+    vectors = np.random.default_rng(2).normal(size=(len(ids), 8))
+    version = catalog.active_model_version().id
+    queue = review.informative_queue(catalog, version, review.vectors_from((np.array(ids), vectors)), page_size=4)
+    catalog.set_labels([(queue[0], "Banana"), (queue[5], "Lemon")], author="ana")  # labelled since
+    catalog.archive_products([queue[2]], reason="duplicate")
+
+    expected = review.select(review.review_table(catalog), queue=queue, page_size=4)
+    for page in range(1, 6):
+        rows, count = review.queue_page(catalog, queue, page, page_size=4)
+        assert count == len(expected) == len(ids) - 1
+        wanted = expected.iloc[(page - 1) * 4: page * 4]
+        assert rows["product_id"].tolist() == wanted["product_id"].tolist(), page
+        for column in ("label", "predicted_label", "confidence", "top_labels", "answer"):
+            assert missing_as_none(rows[column]) == missing_as_none(wanted[column]), column
+    assert review.queue_page(catalog, queue, 5, page_size=4)[0].empty, "past the last page"
+    with pytest.raises(ValueError, match="at least 1"):
+        review.queue_page(catalog, queue, 0)
+
+
+def test_a_large_catalogue_queue_spreads_only_the_most_uncertain_and_still_orders_everything(catalog, monkeypatch):
+    ids = catalog.product_ids()
+    vectors = np.random.default_rng(3).normal(size=(len(ids), 8))
+    lookup = review.vectors_from((np.array(ids), vectors))
+    read = []
+    counting = lambda product_ids: read.append(len(list(product_ids))) or lookup(product_ids)  # noqa: E731
+    monkeypatch.setattr(review, "QUEUE_POOL", 3)
+    version = catalog.active_model_version().id
+    queue = review.informative_queue(catalog, version, counting, page_size=4)
+    assert sorted(queue) == sorted(ids), "every product is in the queue once"
+    assert max(read) <= 3, "only the pool's vectors (and a sample of the labelled ones) are read"
+    table = review.review_table(catalog)
+    unlabelled = table[table["label"].isna()]
+    margins = {pid: abs(p[0] - p[1]) for pid, p in zip(unlabelled["product_id"], unlabelled["top_probabilities"])}
+    assert set(queue[:3]) == set(sorted(margins, key=margins.get)[:3]), "the most uncertain come first"
+    labels = catalog.current_labels()
+    assert all(pid not in labels for pid in queue[:8]) and all(pid in labels for pid in queue[8:])
