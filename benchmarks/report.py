@@ -450,12 +450,12 @@ def scale() -> str:
                    f"fitted on {row['fitted_on']:,}" if "fitted_on" in row else "",
                    f"{row['groups']:,} groups" if "groups" in row else ""]
         rows.append([row["step"], row["seconds"], f"{row['peak_memory_mb']:,}", "; ".join(d for d in details if d)])
-    fill = result.get("fill_seconds", {})
+    fill = result.get("fill_seconds")
+    written = f"; writing it took {round(sum(fill.values()))} s" if fill else ""
     return "\n".join([table(["step", "seconds", "process peak memory, MB", ""], rows), "",
                       f"{result['products']:,} synthetic products (real grocery features with noise, "
                       f"{result['dim']}-d float16; a third labelled; top-3 predictions each), {result['database']}, "
-                      f"{result.get('disk_gb', '?')} GB on disk; writing it took "
-                      f"{round(sum(fill.values()))} s. " + measured_on(result)])
+                      f"{result.get('disk_gb', '?')} GB on disk{written}. " + measured_on(result)])
 
 
 def reduced_vectors() -> str:
