@@ -440,10 +440,10 @@ def review_scale() -> str:
                       "top-3 predictions each), SQLite. " + measured_on(result)])
 
 
-def scale() -> str:
-    result = load("scale")
+def scale(name: str = "scale") -> str:
+    result = load(name)
     if result is None:
-        return missing("scale.py")
+        return missing("scale.py" + (" --postgresql" if name != "scale" else ""))
     rows = []
     for row in result["rows"]:
         details = [f"{row['milliseconds']} ms, recall@10 {row['recall_at_10']:.3f}" if "milliseconds" in row else "",
@@ -454,8 +454,9 @@ def scale() -> str:
     written = f"; writing it took {round(sum(fill.values()))} s" if fill else ""
     return "\n".join([table(["step", "seconds", "process peak memory, MB", ""], rows), "",
                       f"{result['products']:,} synthetic products (real grocery features with noise, "
-                      f"{result['dim']}-d float16; a third labelled; top-3 predictions each), {result['database']}, "
-                      f"{result.get('disk_gb', '?')} GB on disk{written}. " + measured_on(result)])
+                      f"{result['dim']}-d float16; a third labelled; top-3 predictions each), {result['database']}"
+                      + (f", {result['disk_gb']} GB on disk" if "disk_gb" in result else "")
+                      + f"{written}. " + measured_on(result)])
 
 
 def reduced_vectors() -> str:
@@ -486,7 +487,8 @@ SECTIONS = {"grocery-benchmark": grocery, "ablation": ablation, "label-efficienc
             "first-waits": first_waits, "robustness": robustness, "open-set": open_set,
             "propagation": propagation, "fine-tuning": fine_tuning,
             "ray-throughput": ray_throughput, "ann": ann, "database": database,
-            "reduced-vectors": reduced_vectors, "review-scale": review_scale, "scale": scale}
+            "reduced-vectors": reduced_vectors, "review-scale": review_scale, "scale": scale,
+            "scale-postgresql": lambda: scale("scale_postgresql")}
 
 
 def update_readme(readme: Path, sections: dict[str, str]) -> None:

@@ -21,7 +21,7 @@ process's peak memory while it ran:
 Training and predicting every product at this size are not measured yet (training
 still reads every labelled vector at once); the README says so.
 
-    python benchmarks/scale.py [--products 1000000] [--workspace DIR] [--only GROUP ...]
+    python benchmarks/scale.py [--products 1000000] [--workspace DIR] [--only GROUP ...] [--postgresql]
 Writes ``benchmarks/results/scale.json`` after every step (a run stopped early keeps
 what it measured). With ``--workspace`` the catalogue is kept there and a later run
 reuses it; ``--only`` measures some groups again (home, explore, review, similar,
@@ -137,12 +137,18 @@ def main() -> None:
     parser.add_argument("--products", type=int, default=1_000_000)
     parser.add_argument("--workspace", help="keep the catalogue here (default: a temporary folder)")
     parser.add_argument("--only", nargs="+", choices=GROUPS, default=GROUPS, help="measure only these groups")
+    parser.add_argument("--postgresql", action="store_true",
+                        help="the catalogue on a throw-away local PostgreSQL server (tests/postgres_server.py); "
+                             "writes scale_postgresql.json")
     args = parser.parse_args()
     vectors, dim = real_vector_source()
     rows: list[dict] = []
-    result = {"products": args.products, "dim": dim, "database": "SQLite", "rows": rows}
-    if set(args.only) != set(GROUPS):
-        previous = json.loads((REPO / "benchmarks" / "results" / "scale.json").read_text())
+    name = "scale_postgresql" if args.postgresql else "scale"
+    result = {"products": args.products, "dim": dim, "rows": rows,
+              "database": "PostgreSQL (local server, loopback)" if args.postgresql else "SQLite"}
+    earlier = REPO / "benchmarks" / "results" / f"{name}.json"
+    if set(args.only) != set(GROUPS) and earlier.exists():
+        previous = json.loads(earlier.read_text())
         result.update({key: previous[key] for key in ("fill_seconds", "disk_gb") if key in previous})
         rows += [row for row in previous["rows"] if row.get("group") not in args.only]
 
@@ -152,89 +158,105 @@ def main() -> None:
         rows.append(row)
         rows.sort(key=lambda r: GROUPS.index(r["group"]))  # stable: a group's steps keep their order
         print(json.dumps(row), flush=True)
-        write_result("scale", result)
+        write_result(name, result)
 
-    with tempfile.TemporaryDirectory(prefix="productlens-scale-") as scratch:
-        workspace = args.workspace or scratch
-        catalog = Catalog(workspace, database="sqlite")
-        if catalog.count_products() == 0:
-            result["fill_seconds"] = fill(catalog, args.products, dim, vectors=vectors)
-            print(json.dumps(result["fill_seconds"]), flush=True)
-        result["disk_gb"] = round(sum(f.stat().st_size for f in catalog.workspace.rglob("*") if f.is_file()) / 1e9, 2)
+    server = database = None
+    if args.postgresql:
+        sys.path.insert(0, str(REPO / "tests"))
+        import postgres_server
 
-        from streamlit.testing.v1 import AppTest
+        server = postgres_server.start()
+        database = server.new_database()
+    try:
+        with tempfile.TemporaryDirectory(prefix="productlens-scale-") as scratch:
+            measure(args, result, record, vectors, dim, args.workspace or scratch, database or "sqlite")
+    finally:
+        if server is not None:
+            server.close()
 
-        os.environ["PRODUCTLENS_WORKSPACE"] = str(workspace)
-        os.environ["PRODUCTLENS_DATABASE"] = "sqlite"
-        app = AppTest.from_file(str(REPO / "app.py"), default_timeout=3600)
 
-        def render(page: str | None, step: str, group: str) -> None:
-            with Measured() as measured:
-                (app.switch_page(page) if page else app).run()
-            if app.exception:
-                sys.exit(f"{step} failed: {app.exception}")
-            record(group, step, measured)
+def measure(args, result: dict, record, vectors, dim: int, workspace: str, database: str) -> None:
+    catalog = Catalog(workspace, database=database)
+    if catalog.count_products() == 0:
+        result["fill_seconds"] = fill(catalog, args.products, dim, vectors=vectors)
+        print(json.dumps(result["fill_seconds"]), flush=True)
+    if database == "sqlite":
+        result["disk_gb"] = round(sum(f.stat().st_size for f in catalog.workspace.rglob("*")
+                                      if f.is_file()) / 1e9, 2)
 
-        if "home" in args.only:
-            with Measured() as measured:
-                catalog.status()
-            record("home", "Home counts (status)", measured)
-            with Measured() as measured:
-                catalog.label_history(limit=50)
-            record("home", "Activity: the latest 50 changes", measured)
-            render(None, "Home page, first render (AppTest)", "home")
-        else:
-            app.run()
+    from streamlit.testing.v1 import AppTest
 
-        if "explore" in args.only:
-            for kept in (catalog.workspace / "cache").glob("umap-*"):
-                kept.unlink()  # a kept workspace's earlier map: drawn again here
-            with Measured() as measured:
-                projection.umap_projection(catalog, "bench")
-            record("explore", "Explore map, drawn the first time (background job)", measured,
-                   fitted_on=projection.MAP_SAMPLE)
-            with Measured() as measured:
-                projection.umap_projection(catalog, "bench")
-            record("explore", "Explore map, rerun (map kept)", measured)
-            add_products(catalog, 1000, vectors, np.random.default_rng(1))
-            with Measured() as measured:
-                ids, _ = projection.umap_projection(catalog, "bench")
-            record("explore", "Explore map, 1,000 new products placed", measured, products=len(ids))
-            render("pages/explore.py", "Explore page, first render (AppTest, map kept)", "explore")
-            render(None, "Explore page, rerun (AppTest)", "explore")
+    os.environ["PRODUCTLENS_WORKSPACE"] = str(workspace)
+    os.environ["PRODUCTLENS_DATABASE"] = database
+    app = AppTest.from_file(str(REPO / "app.py"), default_timeout=3600)
 
-        if "review" in args.only:
-            version = catalog.active_model_version().id
-            for stale in (catalog.workspace / "cache").glob("review-queue-*.npy"):
-                stale.unlink()
-            with Measured() as measured:
-                queue = review.informative_queue(catalog, version, review.catalog_vectors(catalog, "bench"))
-            record("review", "Review queue made (once per model version, background job)", measured,
-                   products=len(queue))
-            render("pages/review.py", "Review page, first render (AppTest, default view)", "review")
-            render(None, "Review page, rerun (AppTest)", "review")
-            with Measured() as measured:
-                table = review.review_table(catalog)
-            record("review", "Review table, every product read (filters and other orders)", measured, rows=len(table))
-            del table
+    def render(page: str | None, step: str, group: str) -> None:
+        with Measured() as measured:
+            (app.switch_page(page) if page else app).run()
+        if app.exception:
+            sys.exit(f"{step} failed: {app.exception}")
+        record(group, step, measured)
 
-        if "similar" in args.only:
-            with Measured() as measured:
-                index = persistent_index(catalog, "bench")
-            record("similar", "Similar products: approximate index built (once, kept in the workspace)", measured)
-            query_ids = np.random.default_rng(2).choice(catalog.embedded_product_ids("bench"), 100, replace=False)
-            _, queries = catalog.embeddings("bench", query_ids.tolist())
-            with Measured() as measured:
-                found = np.concatenate([index.query(query[None, :], k=10)[0] for query in queries])
-            truth = exact_top(catalog, queries, 10)
-            recall = float(np.mean([len(set(a) & set(b)) / 10 for a, b in zip(found, truth)]))
-            record("similar", "Similar products: one query (mean of 100)", measured,
-                   milliseconds=round(measured.seconds * 10, 2), recall_at_10=round(recall, 3))
+    if "home" in args.only:
+        with Measured() as measured:
+            catalog.status()
+        record("home", "Home counts (status)", measured)
+        with Measured() as measured:
+            catalog.label_history(limit=50)
+        record("home", "Activity: the latest 50 changes", measured)
+        render(None, "Home page, first render (AppTest)", "home")
+    else:
+        app.run()
 
-        if "duplicates" in args.only:
-            with Measured() as measured:
-                groups = duplicates.duplicate_groups(catalog, "bench")
-            record("duplicates", "Near-duplicate groups, whole catalogue", measured, groups=len(groups))
+    if "explore" in args.only:
+        for kept in (catalog.workspace / "cache").glob("umap-*"):
+            kept.unlink()  # a kept workspace's earlier map: drawn again here
+        with Measured() as measured:
+            projection.umap_projection(catalog, "bench")
+        record("explore", "Explore map, drawn the first time (background job)", measured,
+               fitted_on=projection.MAP_SAMPLE)
+        with Measured() as measured:
+            projection.umap_projection(catalog, "bench")
+        record("explore", "Explore map, rerun (map kept)", measured)
+        add_products(catalog, 1000, vectors, np.random.default_rng(1))
+        with Measured() as measured:
+            ids, _ = projection.umap_projection(catalog, "bench")
+        record("explore", "Explore map, 1,000 new products placed", measured, products=len(ids))
+        render("pages/explore.py", "Explore page, first render (AppTest, map kept)", "explore")
+        render(None, "Explore page, rerun (AppTest)", "explore")
+
+    if "review" in args.only:
+        version = catalog.active_model_version().id
+        for stale in (catalog.workspace / "cache").glob("review-queue-*.npy"):
+            stale.unlink()
+        with Measured() as measured:
+            queue = review.informative_queue(catalog, version, review.catalog_vectors(catalog, "bench"))
+        record("review", "Review queue made (once per model version, background job)", measured,
+               products=len(queue))
+        render("pages/review.py", "Review page, first render (AppTest, default view)", "review")
+        render(None, "Review page, rerun (AppTest)", "review")
+        with Measured() as measured:
+            table = review.review_table(catalog)
+        record("review", "Review table, every product read (filters and other orders)", measured, rows=len(table))
+        del table
+
+    if "similar" in args.only:
+        with Measured() as measured:
+            index = persistent_index(catalog, "bench")
+        record("similar", "Similar products: approximate index built (once, kept in the workspace)", measured)
+        query_ids = np.random.default_rng(2).choice(catalog.embedded_product_ids("bench"), 100, replace=False)
+        _, queries = catalog.embeddings("bench", query_ids.tolist())
+        with Measured() as measured:
+            found = np.concatenate([index.query(query[None, :], k=10)[0] for query in queries])
+        truth = exact_top(catalog, queries, 10)
+        recall = float(np.mean([len(set(a) & set(b)) / 10 for a, b in zip(found, truth)]))
+        record("similar", "Similar products: one query (mean of 100)", measured,
+               milliseconds=round(measured.seconds * 10, 2), recall_at_10=round(recall, 3))
+
+    if "duplicates" in args.only:
+        with Measured() as measured:
+            groups = duplicates.duplicate_groups(catalog, "bench")
+        record("duplicates", "Near-duplicate groups, whole catalogue", measured, groups=len(groups))
 
 
 if __name__ == "__main__":
