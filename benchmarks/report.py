@@ -453,7 +453,8 @@ def scale(name: str = "scale") -> str:
     fill = result.get("fill_seconds")
     written = f"; writing it took {round(sum(fill.values()))} s" if fill else ""
     return "\n".join([table(["step", "seconds", "process peak memory, MB", ""], rows), "",
-                      f"{result['products']:,} synthetic products (real grocery features with noise, "
+                      f"{result['products']:,} synthetic products (1,000 more for each run's Explore step; real "
+                      "grocery features with noise, "
                       f"{result['dim']}-d float16; a third labelled; top-3 predictions each), {result['database']}"
                       + (f", {result['disk_gb']} GB on disk" if "disk_gb" in result else "")
                       + f"{written}. " + measured_on(result)])
