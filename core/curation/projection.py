@@ -296,7 +296,8 @@ def _sampled_projection(catalog: Catalog, embedding_key: str, n_neighbors: int, 
         fitted_state, placed = _load(fitted_file), _load(placed_file)
         refit = fitted_state is None or placed is None or 2 * int(fitted_state["catalogue_size"]) < len(ids)
         if refit:
-            chosen = np.sort(np.random.default_rng(seed).choice(ids, size=sample, replace=False))
+            # (The count that chose this path includes archived products: fewer may be live.)
+            chosen = np.sort(np.random.default_rng(seed).choice(ids, size=min(sample, len(ids)), replace=False))
             fitted = SampledMap(**settings).fit(*catalog.embeddings(embedding_key, chosen.tolist()))
             _save(fitted_file, catalogue_size=np.int64(len(ids)), **fitted.state())
             placed = {"ids": fitted.ids_, "coordinates": fitted.coordinates_}
