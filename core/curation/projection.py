@@ -257,7 +257,7 @@ def umap_projection(catalog: Catalog, embedding_key: str, n_neighbors: int = 15,
         coordinates = _cached_map(cache, len(ids))
         if coordinates is None:
             coordinates = project(features, n_neighbors, min_dist, seed)
-            _save(cache, coordinates=coordinates)
+            _save(cache, coordinates)
     return ids, coordinates
 
 
@@ -266,12 +266,13 @@ def _map_lock(cache) -> threading.Lock:
         return _MAP_LOCKS.setdefault(str(cache), threading.Lock())
 
 
-def _save(path, **arrays) -> None:
+def _save(path, array: np.ndarray | None = None, **arrays) -> None:
+    """One array as ``.npy`` (a small catalogue's map), or named arrays as ``.npz``; replaced atomically."""
     import io
 
     buffer = io.BytesIO()
-    if list(arrays) == ["coordinates"]:
-        np.save(buffer, arrays["coordinates"])
+    if array is not None:
+        np.save(buffer, array)
     else:
         np.savez(buffer, **arrays)
     atomic_write_bytes(path, buffer.getvalue())
