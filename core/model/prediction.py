@@ -11,12 +11,11 @@ category?", see :mod:`core.model.novelty`).
 
 from __future__ import annotations
 
+import zipfile
 from typing import Sequence
 
-import numpy as np
-
 from core.model.novelty import NoveltyDetector
-from core.model.training import labelled_embeddings, load_version
+from core.model.training import load_version, novelty_path
 from core.storage.catalog import Catalog, ModelVersion
 
 
@@ -32,6 +31,8 @@ def predict_catalog(catalog: Catalog, version: ModelVersion | int | None = None,
     embedded = (catalog.embedded_product_ids(version.prediction_key) if product_ids is None
                 else sorted({int(pid) for pid in product_ids}))
     detector = _novelty(catalog, version)
+    # A product someone filed is not a "new category?", whatever it looks like.
+    labelled = set(catalog.labelled_product_ids()) if detector is not None else set()
     predicted = 0
     for start in range(0, len(embedded), chunk_size):
         ids, features = catalog.embeddings(version.prediction_key, embedded[start:start + chunk_size])
@@ -40,7 +41,7 @@ def predict_catalog(catalog: Catalog, version: ModelVersion | int | None = None,
         if detector is not None:
             photo_ids, photos = catalog.embeddings(version.embedding_key, ids.tolist())
             flagged = dict(zip(photo_ids.tolist(), detector.is_new(photos).tolist()))
-            new = [flagged.get(int(pid)) for pid in ids]
+            new = [None if pid not in flagged else flagged[pid] and pid not in labelled for pid in ids.tolist()]
         catalog.store_predictions(version.id, ids, labels, probabilities, new)
         predicted += len(ids)
     missing = (catalog.count_products() if product_ids is None else len(set(product_ids))) - predicted
@@ -49,11 +50,12 @@ def predict_catalog(catalog: Catalog, version: ModelVersion | int | None = None,
 
 
 def _novelty(catalog: Catalog, version: ModelVersion) -> NoveltyDetector | None:
-    """The version's "new category?" detector over today's labelled products of its categories (None: a
-    version trained before it existed, or from reference photos)."""
-    threshold = version.metrics.get("novelty_threshold")
-    if threshold is None:
+    """The version's "new category?" detector (None: a version trained before it was kept beside the head,
+    or from reference photos; or its file is unreadable, which costs the flags, not the predictions)."""
+    path = novelty_path(catalog.model_path(version))
+    if not path.is_file():
         return None
-    _, features, labels = labelled_embeddings(catalog, version.embedding_key)
-    known = np.isin(labels, list(version.classes))
-    return NoveltyDetector.with_threshold(features[known], threshold) if known.sum() >= 2 else None
+    try:
+        return NoveltyDetector.load(path)
+    except (OSError, ValueError, zipfile.BadZipFile):
+        return None

@@ -180,10 +180,13 @@ def train_version(catalog: Catalog, embedder: Embedder, head: HeadClassifier | N
              view_means=means, propagated_from=propagated_from)
     train_seconds = time.perf_counter() - started
     relative = f"models/head-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}.keras"
-    head.save(catalog.workspace / relative)
     metrics = dict(head.metrics_)
-    if len(ids) >= 2:  # "new category?" flags for predictions (core.model.novelty)
-        metrics["novelty_threshold"] = novelty.threshold(features, novelty.DEFAULT_QUANTILE)
+    # "New category?" flags for predictions (core.model.novelty), kept beside the head; written first, so a
+    # head file never lacks its detector.
+    detector = novelty.NoveltyDetector().fit(features, labels)
+    detector.save(novelty_path(catalog.workspace / relative))
+    metrics["novelty_distance_threshold"] = round(detector.threshold_, 4)
+    head.save(catalog.workspace / relative)
     metrics.update(n_train=int(len(ids)), n_skipped_without_features=int(skipped),
                    n_propagated=int(len(rows_ids) - len(ids)),
                    train_seconds=round(train_seconds, 3), best_epoch=head.best_epoch_)
@@ -214,6 +217,11 @@ def _with_fallback(catalog: Catalog, key: str, ids: np.ndarray, features: np.nda
     # The catalogue answers in id order; rows come labelled products first, then propagated ones.
     by_id = dict(zip(found_ids.tolist(), found))
     return np.stack([by_id.get(int(pid), row) for pid, row in zip(ids, features)])
+
+
+def novelty_path(head_path: Path) -> Path:
+    """Where a head's "new category?" detector is kept: beside it, same name."""
+    return head_path.with_name(f"{head_path.stem}.novelty.npz")
 
 
 def load_version(catalog: Catalog, version: ModelVersion | int | None = None) -> tuple[ModelVersion, HeadClassifier]:

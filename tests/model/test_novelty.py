@@ -8,6 +8,7 @@ from core.features.embeddings import embed_catalog
 from core.model import predict_catalog, train_version
 from core.model.head import NotFittedError
 from core.model.novelty import NoveltyDetector
+from core.model.training import novelty_path
 from core.storage import ingest
 from core.storage.catalog import Catalog
 
@@ -18,20 +19,64 @@ def series(centre, products, shots, rng, spread=0.6, jitter=0.05):
     return np.repeat(looks, shots, axis=0) + jitter * rng.normal(size=(products * shots, len(centre)))
 
 
-def test_a_product_unlike_every_labelled_one_is_new_and_a_new_shot_of_a_known_one_is_not():
+def test_a_product_unlike_every_labelled_one_is_new_and_a_new_shot_of_a_known_one_is_not(tmp_path):
     rng = np.random.default_rng(0)
     known = [rng.normal(size=48) for _ in range(3)]
     labelled = np.concatenate([series(centre, 10, 4, rng) for centre in known])
-    detector = NoveltyDetector().fit(labelled)
+    labels = np.repeat(["a", "b", "c"], 40)
+    detector = NoveltyDetector(components=16).fit(labelled, labels)
     new_shots_of_known = np.concatenate([series(centre, 10, 1, rng) for centre in known])
     unknown = series(rng.normal(size=48), 10, 1, rng)
     assert detector.is_new(unknown).mean() >= 0.9
     assert detector.is_new(new_shots_of_known).mean() <= 0.2
-    assert (detector.similarity(labelled) > 0.99).all(), "a labelled product is its own nearest"
+    assert detector.score(unknown).max() < detector.score(new_shots_of_known).min()
+
+    # The learned state is kept whole: a loaded detector scores and flags exactly as the fitted one.
+    loaded = NoveltyDetector.load(detector.save(tmp_path / "detector.npz"))
+    np.testing.assert_allclose(loaded.score(unknown), detector.score(unknown), rtol=1e-6)
+    assert loaded.threshold_ == detector.threshold_
+    with pytest.raises(ValueError, match="not a novelty detector"):
+        NoveltyDetector.load(_npz(tmp_path, labelled))
     with pytest.raises(NotFittedError):
-        NoveltyDetector().similarity(unknown)
+        NoveltyDetector().score(unknown)
     with pytest.raises(ValueError, match="quantile"):
         NoveltyDetector(quantile=0.7)
+    with pytest.raises(ValueError, match="one label per row"):
+        NoveltyDetector().fit(labelled, labels[:-1])
+
+
+def _npz(folder, array):
+    path = folder / "unrelated.npz"
+    np.savez(path, vectors=array)
+    return path
+
+
+def test_distance_weighs_the_directions_categories_differ_in_not_those_shots_vary_in():
+    """Shots of a category vary a lot along one axis (light, angle); categories differ along others. A new shot
+    far along the first is known; a product halfway between two categories, nearer to either in plain distance,
+    is new: distance counts in units of how shots of a category vary."""
+    rng = np.random.default_rng(1)
+    dim, shots = 8, 60
+    base = np.zeros(dim)
+    base[0] = 10.0
+    categories = []
+    for index in range(4):
+        centre = base.copy()
+        centre[2 + index] = 3.0  # categories differ along their own axes
+        rows = centre + 0.2 * rng.normal(size=(shots, dim))
+        rows[:, 1] += rng.normal(scale=3.0, size=shots)  # every category's shots vary along axis 1
+        categories.append(rows)
+    labelled = np.concatenate(categories)
+    labels = np.repeat(list("abcd"), shots)
+    detector = NoveltyDetector(components=8).fit(labelled, labels)
+    new_shot = base.copy()
+    new_shot[2], new_shot[1] = 3.0, 7.0  # category a, lit from the side
+    stranger = base.copy()
+    stranger[2], stranger[3] = 1.5, 1.5  # halfway between categories a and b
+    assert np.linalg.norm(stranger - categories[0].mean(axis=0)) < np.linalg.norm(new_shot - categories[0].mean(axis=0))
+    scores = detector.score(np.stack([new_shot, stranger]))
+    assert scores[0] > scores[1]
+    assert detector.is_new(stranger[None])[0] and not detector.is_new(new_shot[None])[0]
 
 
 def test_only_apples_labelled_milk_is_flagged_and_bulk_accept_skips_it(tmp_path, embedder, demo_dir):
@@ -55,7 +100,8 @@ def test_only_apples_labelled_milk_is_flagged_and_bulk_accept_skips_it(tmp_path,
     known = ingest.import_paths(catalog, [photos / "unlabelled"], apply_labels=False).product_ids
     embed_catalog(catalog, embedder)
     version = train_version(catalog, embedder)
-    assert 0 < version.metrics["novelty_threshold"] < 1
+    assert version.metrics["novelty_distance_threshold"] < 0
+    assert novelty_path(catalog.model_path(version)).is_file(), "the detector is kept beside the head"
     predict_catalog(catalog, version)
     predictions = catalog.predictions(version.id)
     flagged = [predictions[pid]["new_category"] for pid in milk]
