@@ -6,9 +6,11 @@ added (cosine about 0.9 to its source, so near-identical shots exist as in a rea
 catalogue). For each index: build seconds, one query's milliseconds (mean of 200 queries
 of catalogue products, one at a time, as the Similar page asks), recall@10 against exact
 search, and the memory the index holds. Rows: the exact matrix product (today's default
-below ``APPROXIMATE_FROM``), ProductLens's ``ApproximateIndex`` (faiss's HNSW on 8-bit
-scalar-quantised vectors), and hnswlib's float32 HNSW where hnswlib is installed
-(``pip install hnswlib==0.8.0``; it builds from source, so it is not a requirement).
+below ``APPROXIMATE_FROM``), ProductLens's ``ApproximateIndex`` (faiss's inverted file on
+8-bit scalar-quantised vectors) at several probe counts, faiss's HNSW graph on the same
+8-bit codes (ProductLens's index until stop 23), and hnswlib's float32 HNSW where hnswlib
+is installed (``pip install hnswlib==0.8.0``; it builds from source, so it is not a
+requirement).
 
     python benchmarks/ann.py [--products 100000]
 Writes ``benchmarks/results/ann.json``.
@@ -78,11 +80,36 @@ def main() -> None:
     row, truth = measure("exact (matrix product)", exact, vectors, queries, None)
     rows.append(row)
 
-    def graph():
-        index = ApproximateIndex().fit(ids, vectors)
-        return (lambda q, k: index.query(q, k)[0]), len(vectors) * (vectors.shape[1] + 2 * 16 * 8)
+    from core.curation.ann import cells_for
 
-    rows.append(measure("faiss HNSW, 8-bit scalar quantised, M 16, ef 64 (ProductLens)", graph, vectors, queries,
+    kept = {}
+
+    def inverted_file():
+        kept["index"] = ApproximateIndex().fit(ids, vectors)
+        return (lambda q, k: kept["index"].query(q, k)[0]), len(vectors) * (vectors.shape[1] + 16)
+
+    cells = cells_for(len(vectors))
+    for probes in (8, 1, 32):
+        def probed(probes=probes):
+            if "index" not in kept:
+                return inverted_file()
+            kept["index"].probes = probes
+            return (lambda q, k: kept["index"].query(q, k)[0]), len(vectors) * (vectors.shape[1] + 16)
+
+        default = " (ProductLens)" if probes == ApproximateIndex().probes else " (the same index)"
+        rows.append(measure(f"faiss inverted file, 8-bit scalar quantised, {cells} cells, {probes} probed{default}",
+                            probed, vectors, queries, truth)[0])
+
+    def graph():
+        import faiss
+
+        hnsw = faiss.IndexHNSWSQ(int(vectors.shape[1]), faiss.ScalarQuantizer.QT_8bit, 16, faiss.METRIC_INNER_PRODUCT)
+        hnsw.hnsw.efConstruction, hnsw.hnsw.efSearch = 40, 64
+        hnsw.train(vectors[:20_000])
+        hnsw.add(vectors)
+        return (lambda q, k: hnsw.search(q, k)[1]), len(vectors) * (vectors.shape[1] + 2 * 16 * 8)
+
+    rows.append(measure("faiss HNSW, 8-bit scalar quantised, M 16, ef 64 (until stop 23)", graph, vectors, queries,
                         truth)[0])
     try:
         import hnswlib

@@ -1,15 +1,18 @@
-"""Approximate nearest neighbours for big catalogues: an HNSW graph (faiss), built once, kept, grown.
+"""Approximate nearest neighbours for big catalogues: an inverted file (faiss), built once, kept, grown.
 
 Up to :data:`APPROXIMATE_FROM` products, similar products are found exactly
 (:class:`~core.curation.similarity.ExactIndex`, one matrix product). Above it,
 :class:`ApproximateIndex` answers the same ``fit``/``query`` calls from faiss's
-hierarchical navigable small-world graph over 8-bit scalar-quantised vectors (cosine
-similarity as the inner product of unit vectors): far less work per query and a quarter
-of the memory, at a recall measured in ``benchmarks/ann.py`` (which also measured
-hnswlib's full-precision graph: slower to build and query, four times the memory).
-:func:`persistent_index` keeps the graph in ``workspace/cache/`` and, when products
-have arrived since it was saved, adds only those (reading only their vectors); archived
-products are left out of every answer.
+inverted file over 8-bit scalar-quantised vectors (cosine similarity as the inner
+product of unit vectors): the catalogue is split into cells around k-means centres
+and a query scans only the ``probes`` cells nearest to it, at a quarter of the
+vectors' memory. Chosen by measurement (``benchmarks/ann.py``, ``benchmarks/scale.py``):
+faiss's HNSW graph over the same codes answered faster but found fewer of the true
+ten nearest in a million products, where many products have near-equal neighbours;
+scanning whole cells finds them. :func:`persistent_index` keeps the index in
+``workspace/cache/`` and, when products have arrived since it was saved, adds only
+those (reading only their vectors), and builds it again once the catalogue has
+outgrown its cells; archived products are left out of every answer.
 """
 
 from __future__ import annotations
@@ -24,11 +27,18 @@ import numpy as np
 from core.storage.catalog import Catalog
 
 # Exact search answers a query over 50,000 vectors of the default features in about 20 ms
-# on 2 cores; above that the graph pays for itself (benchmarks/ann.py).
+# on 2 cores; above that the index pays for itself (benchmarks/ann.py).
 APPROXIMATE_FROM = 50_000
-# The scalar quantiser learns each dimension's range from this many vectors.
-_TRAINING_VECTORS = 20_000
+# Cells and the vectors the cells' centres (and the 8-bit ranges) are learned from; k-means
+# over more cells costs more than it saves a query at these sizes.
+MAX_CELLS = 1024
+_TRAINING_VECTORS = 50_000
 _SAVE_LOCK = threading.Lock()
+
+
+def cells_for(count: int) -> int:
+    """The index's cell count for a catalogue of ``count`` products: about its square root."""
+    return int(np.clip(round(np.sqrt(max(count, 1))), 1, MAX_CELLS))
 
 
 def _unit(vectors: np.ndarray) -> np.ndarray:
@@ -37,30 +47,35 @@ def _unit(vectors: np.ndarray) -> np.ndarray:
 
 
 class ApproximateIndex:
-    """Cosine k-NN over ``(id, vector)`` pairs from an HNSW graph; ``add`` grows it, ``save``/``load`` keep it.
+    """Cosine k-NN over ``(id, vector)`` pairs from an inverted file; ``add`` grows it, ``save``/``load`` keep it.
 
-    ``m`` (links per node) and ``ef_construction`` trade build time and memory for
-    recall; ``ef_search`` (at least ``k`` at query time) trades query time for recall.
+    ``cells`` (default: :func:`cells_for` the vectors given to ``fit``) splits the
+    catalogue; a query scans its ``probes`` nearest cells (more: slower, fewer misses),
+    the near-duplicate sweep over every product its ``bulk_probes`` nearest.
     Similarities carry the 8-bit quantisation's error (about 0.001).
     """
 
-    def __init__(self, m: int = 16, ef_construction: int = 40, ef_search: int = 64):
-        if m < 2 or ef_construction < 1 or ef_search < 1:
-            raise ValueError(f"m must be at least 2 and ef_construction, ef_search at least 1; got {m}, "
-                             f"{ef_construction}, {ef_search}")
-        self.m, self.ef_construction, self.ef_search = int(m), int(ef_construction), int(ef_search)
+    def __init__(self, cells: int | None = None, probes: int = 8, bulk_probes: int = 1):
+        if (cells is not None and cells < 1) or probes < 1 or bulk_probes < 1:
+            raise ValueError(f"cells, probes and bulk_probes must be at least 1; got {cells}, {probes}, "
+                             f"{bulk_probes}")
+        self.cells, self.probes, self.bulk_probes = cells, int(probes), int(bulk_probes)
 
-    def fit(self, ids: Sequence[int], vectors: np.ndarray) -> "ApproximateIndex":
+    def fit(self, ids: Sequence[int], vectors: np.ndarray, training: np.ndarray | None = None) -> "ApproximateIndex":
+        """Learn the cells from ``training`` vectors (default: ``vectors``), then add ``(ids, vectors)``."""
         import faiss
 
         vectors = np.asarray(vectors, dtype=np.float32)
         if len(ids) != len(vectors) or vectors.ndim != 2 or not len(ids):
             raise ValueError(f"{len(ids)} ids but {len(vectors)} vectors (expected a non-empty 2-d array)")
-        graph = faiss.IndexHNSWSQ(int(vectors.shape[1]), faiss.ScalarQuantizer.QT_8bit, self.m,
-                                  faiss.METRIC_INNER_PRODUCT)
-        graph.hnsw.efConstruction = self.ef_construction
-        self.index_ = faiss.IndexIDMap2(graph)
-        self.index_.train(_unit(vectors[:_TRAINING_VECTORS]))
+        training = _unit(vectors if training is None else training)[:_TRAINING_VECTORS]
+        cells = min(self.cells or cells_for(len(vectors)), len(training))
+        dim = int(vectors.shape[1])
+        inverted = faiss.IndexIVFScalarQuantizer(faiss.IndexFlatIP(dim), dim, cells,
+                                                 faiss.ScalarQuantizer.QT_8bit, faiss.METRIC_INNER_PRODUCT)
+        inverted.cp.niter = 10  # the centres settle in a few passes; each costs a pass over the sample
+        self.index_ = faiss.IndexIDMap2(inverted)
+        self.index_.train(training)
         self.deleted_: set[int] = set()
         self.add(ids, vectors)
         return self
@@ -69,10 +84,15 @@ class ApproximateIndex:
         if not hasattr(self, "index_"):
             raise RuntimeError("index is empty: call fit() first")
 
-    def _graph(self):
+    def _inverted(self):
         import faiss
 
-        return faiss.downcast_index(self.index_.index)
+        return faiss.extract_index_ivf(self.index_)
+
+    @property
+    def cells_(self) -> int:
+        self._check_fitted()
+        return int(self._inverted().nlist)
 
     def add(self, ids: Sequence[int], vectors: np.ndarray) -> None:
         """Add products (an id already present comes back once, with its newest vector among the candidates)."""
@@ -84,7 +104,7 @@ class ApproximateIndex:
         self._count = None
 
     def remove(self, ids: Sequence[int]) -> None:
-        """Leave products out of every answer (the graph keeps their nodes: faiss's HNSW cannot drop one)."""
+        """Leave products out of every answer (their codes stay in the cells until the index is built again)."""
         self._check_fitted()
         self.deleted_ |= {int(pid) for pid in ids}
         self._count = None
@@ -104,16 +124,16 @@ class ApproximateIndex:
             self._count = len(self.ids_)
         return self._count
 
-    def query(self, vectors: np.ndarray, k: int = 10) -> tuple[np.ndarray, np.ndarray]:
-        """``(ids, similarities)``, each ``(n_queries, k)``, most similar first."""
+    def query(self, vectors: np.ndarray, k: int = 10, bulk: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """``(ids, similarities)``, each ``(n_queries, k)``, most similar first (``bulk``: with ``bulk_probes``)."""
         self._check_fitted()
         queries = _unit(vectors)
         k = int(min(k, len(self)))
         if k == 0:
             return np.zeros((len(queries), 0), np.int64), np.zeros((len(queries), 0), np.float32)
-        # Removed (or re-added) products still sit in the graph: ask for enough to drop them.
+        # Removed (or re-added) products still sit in the cells: ask for enough to drop them.
         fetch = int(min(self.index_.ntotal, k + len(self.deleted_) + 8))
-        self._graph().hnsw.efSearch = max(self.ef_search, fetch)
+        self._inverted().nprobe = self.bulk_probes if bulk else self.probes
         similarities, found = self.index_.search(queries, fetch)
         ids = np.full((len(queries), k), -1, np.int64)
         scores = np.full((len(queries), k), -np.inf, np.float32)
@@ -129,7 +149,7 @@ class ApproximateIndex:
         return ids, scores
 
     def save(self, path: Path) -> None:
-        """Write the graph and the removed ids beside it (``.deleted.npy``), each replaced atomically."""
+        """Write the index and the removed ids beside it (``.deleted.npy``), each replaced atomically."""
         import faiss
 
         self._check_fitted()
@@ -157,25 +177,33 @@ class ApproximateIndex:
 
 def _index_path(catalog: Catalog, embedding_key: str) -> Path:
     digest = hashlib.sha256(embedding_key.encode()).hexdigest()[:16]
-    return catalog.workspace / "cache" / f"ann-{digest}.faiss"
+    return catalog.workspace / "cache" / f"ann-ivf-{digest}.faiss"
 
 
 def persistent_index(catalog: Catalog, embedding_key: str, chunk: int = 20_000) -> ApproximateIndex:
-    """The catalogue's graph for ``embedding_key``: loaded from the workspace cache and brought up to date
-    (new products added, archived ones removed), or built in chunks the first time; saved when changed."""
+    """The catalogue's index for ``embedding_key``: loaded from the workspace cache and brought up to date
+    (new products added, archived ones removed), or built in chunks the first time and whenever the
+    catalogue has grown to want at least twice the cells; saved when changed."""
     live = np.asarray(catalog.embedded_product_ids(embedding_key), dtype=np.int64)
     path = _index_path(catalog, embedding_key)
     index, changed = None, False
     if path.exists() and len(live):
         try:
             index = ApproximateIndex.load(path)
+            if cells_for(len(live)) >= 2 * index.cells_:
+                index = None  # cells learned on a far smaller catalogue: each now too full to scan quickly
         except (RuntimeError, OSError, ValueError):
             index = None  # a damaged cache file: built again below
     if index is None:
-        index, changed = ApproximateIndex(), True
+        index, changed = ApproximateIndex(cells=cells_for(len(live))), True
+        # The cells are learned from a sample of the whole catalogue, not from whichever products came first.
+        sample = np.sort(np.random.default_rng(0).choice(live, min(len(live), _TRAINING_VECTORS), replace=False))
         first = live[:chunk].tolist()
-        index.fit(*catalog.embeddings(embedding_key, first))
+        index.fit(*catalog.embeddings(embedding_key, first), training=catalog.embeddings(embedding_key,
+                                                                                         sample.tolist())[1])
         present = set(first)
+        for stale in path.parent.glob(f"ann-{path.name.removeprefix('ann-ivf-')}*"):
+            stale.unlink(missing_ok=True)  # the HNSW graph kept until stop 23
     else:
         present = set(index.ids_.tolist())
     missing = [int(pid) for pid in live.tolist() if int(pid) not in present]

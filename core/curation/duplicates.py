@@ -39,7 +39,7 @@ def duplicate_groups(catalog: Catalog, embedding_key: str, threshold: float = DE
     threshold when the group is a chain of look-alikes) and
     ``majority_label``. From ``approximate_from`` products on (default
     :data:`~core.curation.ann.APPROXIMATE_FROM`) the links come from each product's
-    nearest neighbours in the kept HNSW graph instead of all pairs.
+    nearest neighbours in the kept approximate index instead of all pairs.
     """
     if not 0.0 < threshold <= 1.0:
         raise InvalidInputError(f"threshold must be in (0, 1], got {threshold}")

@@ -36,8 +36,9 @@ class ExactIndex:
         self.vectors_ = _normalise(vectors) if len(vectors) else np.zeros((0, 0), np.float32)
         return self
 
-    def query(self, vectors: np.ndarray, k: int = 10) -> tuple[np.ndarray, np.ndarray]:
-        """``(ids, similarities)``, each ``(n_queries, k)``, most similar first."""
+    def query(self, vectors: np.ndarray, k: int = 10, bulk: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """``(ids, similarities)``, each ``(n_queries, k)``, most similar first (``bulk`` changes nothing here:
+        the same call as the approximate index's)."""
         if not hasattr(self, "ids_"):
             raise RuntimeError("index is empty: call fit() first")
         queries = _normalise(np.atleast_2d(vectors))
@@ -53,7 +54,7 @@ class ExactIndex:
 
 def catalog_index(catalog: Catalog, embedding_key: str, approximate_from: int | None = None):
     """The index similar products are searched in: exact up to ``approximate_from`` products (default
-    :data:`~core.curation.ann.APPROXIMATE_FROM`), above that the workspace's kept HNSW graph."""
+    :data:`~core.curation.ann.APPROXIMATE_FROM`), above that the workspace's kept approximate index."""
     from core.curation.ann import APPROXIMATE_FROM, persistent_index
 
     count = catalog.count_embeddings(embedding_key)
@@ -80,7 +81,7 @@ def neighbour_groups(catalog: Catalog, embedding_key: str, index, threshold: flo
     rows, columns = [], []
     for start in range(0, len(ids), chunk):
         chunk_ids, vectors = catalog.embeddings(embedding_key, ids[start:start + chunk].tolist())
-        found, similarities = index.query(vectors, k=k + 1)
+        found, similarities = index.query(vectors, k=k + 1, bulk=True)
         for pid, neighbours, scores in zip(chunk_ids.tolist(), found, similarities):
             for neighbour in neighbours[(scores >= threshold) & (neighbours != pid)].tolist():
                 if neighbour in position:

@@ -4,7 +4,7 @@ import pytest
 from conftest import embedded_demo
 from core.curation import duplicates
 from core.curation.ann import ApproximateIndex, persistent_index
-from core.curation.similarity import ExactIndex, catalog_index
+from core.curation.similarity import ExactIndex, catalog_index, neighbour_groups
 from core.features.embeddings import embed_catalog
 from core.storage import ingest
 from core.storage.catalog import Catalog
@@ -85,6 +85,47 @@ def test_the_kept_graph_adds_only_new_products_and_drops_archived_ones(demo_cata
 def test_near_duplicates_from_neighbours_match_all_pairs(demo_catalogue, embedder):
     catalog = Catalog(demo_catalogue)
     exact = duplicates.duplicate_groups(catalog, embedder.key, threshold=0.8)
-    approximate = duplicates.duplicate_groups(catalog, embedder.key, threshold=0.8, approximate_from=10)
     assert exact, "the demo has look-alikes at 0.8"
-    assert [g["product_ids"] for g in approximate] == [g["product_ids"] for g in exact]
+    # Scanning every cell, the sweep over each product's neighbours finds exactly the groups of all pairs.
+    index = catalog_index(catalog, embedder.key, approximate_from=10)
+    index.bulk_probes = index.cells_
+    assert sorted(neighbour_groups(catalog, embedder.key, index, 0.8)) == sorted(g["product_ids"] for g in exact)
+    # With one cell per product (the default sweep), a group may come out split, never wrongly joined, and
+    # most of it is found.
+    approximate = duplicates.duplicate_groups(catalog, embedder.key, threshold=0.8, approximate_from=10)
+    group_of = {pid: number for number, group in enumerate(exact) for pid in group["product_ids"]}
+    assert all(len({group_of.get(pid) for pid in group["product_ids"]}) == 1 and group["product_ids"][0] in group_of
+               for group in approximate)
+    found = sum(len(group["product_ids"]) for group in approximate)
+    assert found >= 0.75 * sum(len(group["product_ids"]) for group in exact), (found, exact)
+
+
+def add_vectors(catalog: Catalog, vectors: np.ndarray) -> list[int]:
+    """Products with tiny real photos (each its own pixels) and the given vectors under the key "test"."""
+    import io
+
+    from PIL import Image
+
+    ids, start = [], catalog.count_products()
+    for number in range(len(vectors)):
+        buffer = io.BytesIO()
+        Image.new("RGB", (2, 2), ((start + number) % 256, (start + number) // 256, 7)).save(buffer, "PNG")
+        ids.append(catalog.add_image(buffer.getvalue(), f"p{start + number}.png", "PNG", ".png", 2, 2)[0])
+    catalog.store_embeddings("test", ids, vectors)
+    return ids
+
+
+def test_the_kept_index_is_built_again_once_the_catalogue_outgrows_its_cells(tmp_path, monkeypatch):
+    catalog = Catalog(tmp_path / "workspace")
+    vectors = clustered(1300, seed=3)
+    add_vectors(catalog, vectors[:100])
+    first = persistent_index(catalog, "test")
+    assert first.cells_ == 10
+    add_vectors(catalog, vectors[100:300])  # three times as many: the cells still hold them
+    grown = persistent_index(catalog, "test")
+    assert grown.cells_ == 10 and len(grown) == 300
+    add_vectors(catalog, vectors[300:])  # thirteen times: twice the cells' worth of products and more
+    rebuilt = persistent_index(catalog, "test")
+    assert rebuilt.cells_ == 36 and len(rebuilt) == 1300
+    exact = ExactIndex().fit(*catalog.embeddings("test"))
+    assert recall_at(10, rebuilt.query(vectors[:100], k=10)[0], exact.query(vectors[:100], k=10)[0]) >= 0.95
