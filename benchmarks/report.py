@@ -449,7 +449,8 @@ def scale(name: str = "scale") -> str:
     for row in result["rows"]:
         details = [f"{row['milliseconds']} ms, recall@10 {row['recall_at_10']:.3f}" if "milliseconds" in row else "",
                    f"fitted on {row['fitted_on']:,}" if "fitted_on" in row else "",
-                   f"{row['groups']:,} groups" if "groups" in row else ""]
+                   f"{row['groups']:,} groups" if "groups" in row else "",
+                   f"{row['products']:,} products" if "products" in row and row["group"] == "predict" else ""]
         rows.append([row["step"], row["seconds"], f"{row['peak_memory_mb']:,}", "; ".join(d for d in details if d)])
     fill = result.get("fill_seconds")
     written = f"; writing it took {round(sum(fill.values()))} s" if fill else ""
