@@ -50,16 +50,15 @@ class ApproximateIndex:
     """Cosine k-NN over ``(id, vector)`` pairs from an inverted file; ``add`` grows it, ``save``/``load`` keep it.
 
     ``cells`` (default: :func:`cells_for` the vectors given to ``fit``) splits the
-    catalogue; a query scans its ``probes`` nearest cells (more: slower, fewer misses),
-    the near-duplicate sweep over every product its ``bulk_probes`` nearest.
+    catalogue; a query scans its ``probes`` nearest cells (more: slower, fewer misses).
+    :meth:`close_pairs` compares the products of each cell with each other.
     Similarities carry the 8-bit quantisation's error (about 0.001).
     """
 
-    def __init__(self, cells: int | None = None, probes: int = 8, bulk_probes: int = 1):
-        if (cells is not None and cells < 1) or probes < 1 or bulk_probes < 1:
-            raise ValueError(f"cells, probes and bulk_probes must be at least 1; got {cells}, {probes}, "
-                             f"{bulk_probes}")
-        self.cells, self.probes, self.bulk_probes = cells, int(probes), int(bulk_probes)
+    def __init__(self, cells: int | None = None, probes: int = 8):
+        if (cells is not None and cells < 1) or probes < 1:
+            raise ValueError(f"cells and probes must be at least 1; got {cells}, {probes}")
+        self.cells, self.probes = cells, int(probes)
 
     def fit(self, ids: Sequence[int], vectors: np.ndarray, training: np.ndarray | None = None) -> "ApproximateIndex":
         """Learn the cells from ``training`` vectors (default: ``vectors``), then add ``(ids, vectors)``."""
@@ -124,8 +123,8 @@ class ApproximateIndex:
             self._count = len(self.ids_)
         return self._count
 
-    def query(self, vectors: np.ndarray, k: int = 10, bulk: bool = False) -> tuple[np.ndarray, np.ndarray]:
-        """``(ids, similarities)``, each ``(n_queries, k)``, most similar first (``bulk``: with ``bulk_probes``)."""
+    def query(self, vectors: np.ndarray, k: int = 10) -> tuple[np.ndarray, np.ndarray]:
+        """``(ids, similarities)``, each ``(n_queries, k)``, most similar first."""
         self._check_fitted()
         queries = _unit(vectors)
         k = int(min(k, len(self)))
@@ -133,7 +132,7 @@ class ApproximateIndex:
             return np.zeros((len(queries), 0), np.int64), np.zeros((len(queries), 0), np.float32)
         # Removed (or re-added) products still sit in the cells: ask for enough to drop them.
         fetch = int(min(self.index_.ntotal, k + len(self.deleted_) + 8))
-        self._inverted().nprobe = self.bulk_probes if bulk else self.probes
+        self._inverted().nprobe = self.probes
         similarities, found = self.index_.search(queries, fetch)
         ids = np.full((len(queries), k), -1, np.int64)
         scores = np.full((len(queries), k), -np.inf, np.float32)
@@ -147,6 +146,40 @@ class ApproximateIndex:
                         break
             ids[row, :len(kept)] = kept
         return ids, scores
+
+    def close_pairs(self, threshold: float) -> np.ndarray:
+        """``(m, 2)`` ids of products at least ``threshold`` similar that share a cell, each pair once.
+
+        Near-identical products almost always share their nearest centre; comparing each
+        cell's products with each other (one matrix product per cell, from their decoded
+        8-bit codes) costs about the catalogue times a cell, not the catalogue squared. A
+        pair split between two cells is missed.
+        """
+        import faiss
+
+        self._check_fitted()
+        inverted = self._inverted()
+        external = faiss.vector_to_array(self.index_.id_map).astype(np.int64)
+        deleted = np.array(sorted(self.deleted_), np.int64)
+        found = [np.zeros((0, 2), np.int64)]
+        inverted.make_direct_map(True)  # decode by position; dropped again below
+        try:
+            for cell in range(inverted.nlist):
+                size = inverted.invlists.list_size(cell)
+                if size < 2:
+                    continue
+                internal = faiss.rev_swig_ptr(inverted.invlists.get_ids(cell), size).copy()
+                ids = external[internal]
+                keep = ~np.isin(ids, deleted)
+                if keep.sum() < 2:
+                    continue
+                ids, vectors = ids[keep], inverted.reconstruct_batch(internal[keep])
+                first, second = np.nonzero(np.triu(vectors @ vectors.T >= threshold, k=1))
+                pairs = np.stack([ids[first], ids[second]], axis=1)
+                found.append(pairs[pairs[:, 0] != pairs[:, 1]])  # a re-added product meets its old self
+        finally:
+            inverted.make_direct_map(False)
+        return np.concatenate(found)
 
     def save(self, path: Path) -> None:
         """Write the index and the removed ids beside it (``.deleted.npy``), each replaced atomically."""

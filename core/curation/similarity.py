@@ -36,9 +36,8 @@ class ExactIndex:
         self.vectors_ = _normalise(vectors) if len(vectors) else np.zeros((0, 0), np.float32)
         return self
 
-    def query(self, vectors: np.ndarray, k: int = 10, bulk: bool = False) -> tuple[np.ndarray, np.ndarray]:
-        """``(ids, similarities)``, each ``(n_queries, k)``, most similar first (``bulk`` changes nothing here:
-        the same call as the approximate index's)."""
+    def query(self, vectors: np.ndarray, k: int = 10) -> tuple[np.ndarray, np.ndarray]:
+        """``(ids, similarities)``, each ``(n_queries, k)``, most similar first."""
         if not hasattr(self, "ids_"):
             raise RuntimeError("index is empty: call fit() first")
         queries = _normalise(np.atleast_2d(vectors))
@@ -68,25 +67,35 @@ def catalog_index(catalog: Catalog, embedding_key: str, approximate_from: int | 
 
 def neighbour_groups(catalog: Catalog, embedding_key: str, index, threshold: float, k: int = 10,
                      chunk: int = 20_000) -> list[list[int]]:
-    """:func:`near_duplicate_groups` from each product's ``k`` nearest neighbours in ``index`` instead of all
-    pairs: linear in the catalogue, vectors read a chunk at a time. A group whose members each have more
-    than ``k`` near-identical shots may be split."""
+    """:func:`near_duplicate_groups` without comparing every pair: linear in the catalogue.
+
+    From an index that compares the products of each of its cells with each other
+    (:meth:`core.curation.ann.ApproximateIndex.close_pairs`: a pair split between two
+    cells is missed), or else from each product's ``k`` nearest neighbours, its vectors read
+    a chunk at a time (a group whose members each have more than ``k`` near-identical
+    shots may be split). Only live products of ``embedding_key`` are grouped.
+    """
     from scipy import sparse
     from scipy.sparse.csgraph import connected_components
 
     ids = np.asarray(catalog.embedded_product_ids(embedding_key), dtype=np.int64)
     if not len(ids):
         return []
-    position = {int(pid): row for row, pid in enumerate(ids)}
-    rows, columns = [], []
-    for start in range(0, len(ids), chunk):
-        chunk_ids, vectors = catalog.embeddings(embedding_key, ids[start:start + chunk].tolist())
-        found, similarities = index.query(vectors, k=k + 1, bulk=True)
-        for pid, neighbours, scores in zip(chunk_ids.tolist(), found, similarities):
-            for neighbour in neighbours[(scores >= threshold) & (neighbours != pid)].tolist():
-                if neighbour in position:
-                    rows.append(position[pid])
-                    columns.append(position[neighbour])
+    if hasattr(index, "close_pairs"):
+        pairs = index.close_pairs(threshold)
+        pairs = pairs[np.isin(pairs, ids).all(axis=1)]
+        rows, columns = np.searchsorted(ids, pairs[:, 0]), np.searchsorted(ids, pairs[:, 1])
+    else:
+        position = {int(pid): row for row, pid in enumerate(ids)}
+        rows, columns = [], []
+        for start in range(0, len(ids), chunk):
+            chunk_ids, vectors = catalog.embeddings(embedding_key, ids[start:start + chunk].tolist())
+            found, similarities = index.query(vectors, k=k + 1)
+            for pid, neighbours, scores in zip(chunk_ids.tolist(), found, similarities):
+                for neighbour in neighbours[(scores >= threshold) & (neighbours != pid)].tolist():
+                    if neighbour in position:
+                        rows.append(position[pid])
+                        columns.append(position[neighbour])
     graph = sparse.csr_matrix((np.ones(len(rows), np.float32), (rows, columns)), shape=(len(ids), len(ids)))
     return _groups(ids, connected_components(graph, directed=False)[1])
 

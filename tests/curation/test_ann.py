@@ -86,12 +86,11 @@ def test_near_duplicates_from_neighbours_match_all_pairs(demo_catalogue, embedde
     catalog = Catalog(demo_catalogue)
     exact = duplicates.duplicate_groups(catalog, embedder.key, threshold=0.8)
     assert exact, "the demo has look-alikes at 0.8"
-    # Scanning every cell, the sweep over each product's neighbours finds exactly the groups of all pairs.
-    index = catalog_index(catalog, embedder.key, approximate_from=10)
-    index.bulk_probes = index.cells_
-    assert sorted(neighbour_groups(catalog, embedder.key, index, 0.8)) == sorted(g["product_ids"] for g in exact)
-    # With one cell per product (the default sweep), a group may come out split, never wrongly joined, and
-    # most of it is found.
+    # In a single cell every pair is compared: exactly the groups of all pairs.
+    one_cell = ApproximateIndex(cells=1).fit(*catalog.embeddings(embedder.key))
+    assert sorted(neighbour_groups(catalog, embedder.key, one_cell, 0.8)) == sorted(g["product_ids"] for g in exact)
+    # In the kept index's cells, a group may come out split (a pair across two cells), never wrongly
+    # joined, and most of it is found.
     approximate = duplicates.duplicate_groups(catalog, embedder.key, threshold=0.8, approximate_from=10)
     group_of = {pid: number for number, group in enumerate(exact) for pid in group["product_ids"]}
     assert all(len({group_of.get(pid) for pid in group["product_ids"]}) == 1 and group["product_ids"][0] in group_of
