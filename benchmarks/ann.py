@@ -28,9 +28,18 @@ from _grocery import grocery_features
 from _results import write_result
 
 
-def catalogue_vectors(count: int, seed: int = 0) -> np.ndarray:
+def real_vectors() -> np.ndarray:
+    """The grocery photos' default features: train and val photos, then the train photos' crop views."""
     data = grocery_features()
-    real = np.concatenate([data.train.features, data.val.features, *data.train.views]).astype(np.float32)
+    return np.concatenate([data.train.features, data.val.features, *data.train.views]).astype(np.float32)
+
+
+def real_count() -> int:
+    return len(real_vectors())
+
+
+def catalogue_vectors(count: int, seed: int = 0) -> np.ndarray:
+    real = real_vectors()
     real /= np.linalg.norm(real, axis=1, keepdims=True)
     rng = np.random.default_rng(seed)
     vectors = np.empty((count, real.shape[1]), np.float32)
@@ -100,6 +109,22 @@ def main() -> None:
         rows.append(measure(f"faiss inverted file, 8-bit scalar quantised, {cells} cells, {probes} probed{default}",
                             probed, vectors, queries, truth)[0])
 
+    # Near-duplicate pairs (cosine >= 0.92) among the real photos and their crop views: all pairs vs the
+    # index's in-cell sweep (what duplicate groups come from above APPROXIMATE_FROM).
+    from core.curation.duplicates import DEFAULT_THRESHOLD
+    from core.curation.similarity import close_pairs
+
+    real = real_count()
+    truth_pairs = {(min(a, b), max(a, b)) for a, b in zip(*close_pairs(vectors[:real], DEFAULT_THRESHOLD).nonzero())}
+    started = time.perf_counter()
+    swept = kept["index"].close_pairs(DEFAULT_THRESHOLD)
+    sweep_seconds = time.perf_counter() - started
+    swept = {(min(a, b), max(a, b)) for a, b in swept.tolist() if a < real and b < real}
+    near_duplicates = {"threshold": DEFAULT_THRESHOLD, "pairs": len(truth_pairs), "found": len(swept & truth_pairs),
+                       "recall": round(len(swept & truth_pairs) / max(len(truth_pairs), 1), 4),
+                       "not_in_all_pairs": len(swept - truth_pairs), "sweep_seconds": round(sweep_seconds, 1)}
+    print(json.dumps(near_duplicates), flush=True)
+
     def graph():
         import faiss
 
@@ -125,7 +150,7 @@ def main() -> None:
 
         rows.append(measure("hnswlib HNSW, float32, M 16, ef 64", full_precision, vectors, queries, truth)[0])
     write_result("ann", {"rows": rows, "products": int(len(vectors)), "dim": int(vectors.shape[1]),
-                         "queries": int(len(queries))})
+                         "queries": int(len(queries)), "near_duplicates": near_duplicates})
 
 
 if __name__ == "__main__":

@@ -404,9 +404,15 @@ def ann() -> str:
         return missing("ann.py")
     rows = [[row["index"], row["build_seconds"], row["query_ms"], f"{row['recall_at_10']:.3f}", row["memory_mb"]]
             for row in result["rows"]]
+    pairs = result.get("near_duplicates")
+    swept = (f"Near-duplicate pairs (cosine ≥ {pairs['threshold']}) among the real photos and their crop views: "
+             f"the in-cell sweep finds {pairs['found']:,} of the {pairs['pairs']:,} that all pairs find "
+             f"(recall {pairs['recall']:.2f}; {pairs['not_in_all_pairs']} more at the threshold's edge, 8-bit "
+             f"rounding), sweeping all {result['products']:,} products in {pairs['sweep_seconds']} s. "
+             ) if pairs else ""
     return "\n".join([table(["index", "build s", "one query, ms", "recall@10 vs exact", "memory MB"], rows), "",
                       f"{result['products']:,} products × {result['dim']} dimensions, {result['queries']} queries. "
-                      + measured_on(result)])
+                      + swept + measured_on(result)])
 
 
 def database() -> str:
