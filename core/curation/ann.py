@@ -147,13 +147,15 @@ class ApproximateIndex:
             ids[row, :len(kept)] = kept
         return ids, scores
 
-    def close_pairs(self, threshold: float) -> np.ndarray:
+    def close_pairs(self, threshold: float, second_cells: bool = True) -> np.ndarray:
         """``(m, 2)`` ids of products at least ``threshold`` similar that share a cell, each pair once.
 
         Near-identical products almost always share their nearest centre; comparing each
         cell's products with each other (one matrix product per cell, from their decoded
-        8-bit codes) costs about the catalogue times a cell, not the catalogue squared. A
-        pair split between two cells is missed.
+        8-bit codes) costs about the catalogue times a cell, not the catalogue squared.
+        With ``second_cells`` each product is also compared with the cell whose centre is
+        its second nearest (near a border between cells its twin may lie across it), for
+        about three times the work. A pair split between two cells is missed.
         """
         import faiss
 
@@ -162,24 +164,45 @@ class ApproximateIndex:
         external = faiss.vector_to_array(self.index_.id_map).astype(np.int64)
         deleted = np.array(sorted(self.deleted_), np.int64)
         found = [np.zeros((0, 2), np.int64)]
+        visitors: list[list[np.ndarray]] = [[] for _ in range(inverted.nlist)]
+
+        def members(cell):
+            size = inverted.invlists.list_size(cell)
+            internal = faiss.rev_swig_ptr(inverted.invlists.get_ids(cell), size).copy() if size else \
+                np.zeros(0, np.int64)
+            return internal[~np.isin(external[internal], deleted)]
+
+        def pairs_between(left, left_vectors, right, right_vectors, same):
+            close = left_vectors @ right_vectors.T >= threshold
+            first, second = np.nonzero(np.triu(close, k=1) if same else close)
+            pairs = np.stack([external[left[first]], external[right[second]]], axis=1)
+            found.append(pairs[pairs[:, 0] != pairs[:, 1]])  # a re-added product meets its old self
+
         inverted.make_direct_map(True)  # decode by position; dropped again below
         try:
             for cell in range(inverted.nlist):
-                size = inverted.invlists.list_size(cell)
-                if size < 2:
+                internal = members(cell)
+                if not len(internal):
                     continue
-                internal = faiss.rev_swig_ptr(inverted.invlists.get_ids(cell), size).copy()
-                ids = external[internal]
-                keep = ~np.isin(ids, deleted)
-                if keep.sum() < 2:
+                vectors = inverted.reconstruct_batch(internal)
+                pairs_between(internal, vectors, internal, vectors, same=True)
+                if second_cells and inverted.nlist > 1:
+                    nearest = inverted.quantizer.search(vectors, 2)[1]
+                    # The second nearest is the other one of the two (the nearest is this cell, up to rounding).
+                    other = np.where(nearest[:, 0] == cell, nearest[:, 1], nearest[:, 0])
+                    for target in np.unique(other[other >= 0]):
+                        visitors[target].append(internal[other == target])
+            for cell in range(inverted.nlist if second_cells else 0):
+                if not visitors[cell]:
                     continue
-                ids, vectors = ids[keep], inverted.reconstruct_batch(internal[keep])
-                first, second = np.nonzero(np.triu(vectors @ vectors.T >= threshold, k=1))
-                pairs = np.stack([ids[first], ids[second]], axis=1)
-                found.append(pairs[pairs[:, 0] != pairs[:, 1]])  # a re-added product meets its old self
+                internal, guests = members(cell), np.concatenate(visitors[cell])
+                if len(internal):
+                    pairs_between(internal, inverted.reconstruct_batch(internal), guests,
+                                  inverted.reconstruct_batch(guests), same=False)
         finally:
             inverted.make_direct_map(False)
-        return np.concatenate(found)
+        found = np.concatenate(found)
+        return np.unique(np.sort(found, axis=1), axis=0) if len(found) else found
 
     def save(self, path: Path) -> None:
         """Write the index and the removed ids beside it (``.deleted.npy``), each replaced atomically."""

@@ -128,3 +128,30 @@ def test_the_kept_index_is_built_again_once_the_catalogue_outgrows_its_cells(tmp
     assert rebuilt.cells_ == 36 and len(rebuilt) == 1300
     exact = ExactIndex().fit(*catalog.embeddings("test"))
     assert recall_at(10, rebuilt.query(vectors[:100], k=10)[0], exact.query(vectors[:100], k=10)[0]) >= 0.95
+
+
+def test_twins_on_either_side_of_a_cell_border_are_paired_through_the_second_nearest_cell():
+    rng = np.random.default_rng(4)
+    dim = 8
+    left = np.eye(dim)[0] + 0.05 * rng.normal(size=(300, dim))
+    right = np.eye(dim)[1] + 0.05 * rng.normal(size=(300, dim))
+    border = (np.eye(dim)[0] + np.eye(dim)[1]) / np.sqrt(2)
+    twins = np.stack([border + 0.02 * np.eye(dim)[0], border + 0.02 * np.eye(dim)[1]])  # cosine > 0.999
+    vectors = np.concatenate([left, right, twins]).astype(np.float32)
+    index = ApproximateIndex(cells=2).fit(np.arange(len(vectors)), vectors)
+    cell_of = index._inverted().quantizer.search(np.ascontiguousarray(twins / np.linalg.norm(twins, axis=1,
+                                                                                            keepdims=True),
+                                                                      dtype=np.float32), 1)[1][:, 0]
+    assert cell_of[0] != cell_of[1], "the twins sit in different cells"
+    twin_pair = [600, 601]
+    assert twin_pair not in index.close_pairs(0.99, second_cells=False).tolist()
+    pairs = index.close_pairs(0.99)
+    assert twin_pair in pairs.tolist()
+    # Every pair is a real one, up to the 8-bit codes' rounding, and none twice.
+    assert (_cosines(vectors)[pairs[:, 0], pairs[:, 1]] >= 0.99 - 0.01).all()
+    assert len({tuple(pair) for pair in pairs.tolist()}) == len(pairs) and (pairs[:, 0] < pairs[:, 1]).all()
+
+
+def _cosines(vectors):
+    unit = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+    return unit @ unit.T
