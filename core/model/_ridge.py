@@ -243,3 +243,77 @@ def _solve(fit_moments, l2: float, shift: np.ndarray, centre: bool) -> tuple[np.
     factor = scipy.linalg.cho_factor(centred.T, overwrite_a=True, check_finite=False)
     weights = scipy.linalg.cho_solve(factor, right, overwrite_b=True, check_finite=False).astype(np.float32)
     return weights, (target_mean - (feature_mean + shift) @ weights).astype(np.float32)
+
+
+def streamed_ridge(chunks, targets: np.ndarray, weights: np.ndarray, held_out: np.ndarray, num_classes: int,
+                   l2: float, refit: bool = True) -> tuple[np.ndarray, np.ndarray, list[tuple[np.ndarray, np.ndarray]]]:
+    """:func:`fit_standardised_ridge_many` with one held-out set, from ``(rows, vectors)`` chunks.
+
+    ``chunks`` yields row indices (into ``targets``, ``weights``, ``held_out``) and
+    their raw vectors; every row once. ``(mean, variance, [hold-out fit, refit on
+    everything])``, the same numbers the in-memory fit gives (up to rounding). Each
+    part's weighted moments are summed about a fixed shift (the first chunk's mean,
+    so that float32 products of nearly equal vectors keep their digits) in float64;
+    the standardisation and the centring by the weighted mean are applied to the sums
+    afterwards, as they are linear.
+    """
+    shift = None
+    count, plain_sum, plain_squares = 0, None, None
+    parts = [None, None]  # [rows in every fit, held-out rows]: gram, row sum, total, cross, target sum
+    for rows, vectors in chunks:
+        vectors = np.asarray(vectors, dtype=np.float32)
+        if shift is None:
+            shift = vectors.mean(axis=0)
+            dim = vectors.shape[1]
+            plain_sum, plain_squares = np.zeros(dim), np.zeros(dim)
+            parts = [[np.zeros((dim, dim)), np.zeros(dim), 0.0, np.zeros((dim, num_classes)), np.zeros(num_classes)]
+                     for _ in range(2)]
+        shifted = vectors - shift
+        count += len(rows)
+        plain_sum += shifted.sum(axis=0, dtype=np.float64)
+        plain_squares += np.square(shifted).sum(axis=0, dtype=np.float64)
+        for part, chosen in enumerate((~held_out[rows], held_out[rows])):
+            if not chosen.any():
+                continue
+            part_rows, part_vectors = rows[chosen], shifted[chosen]
+            row_weights = weights[part_rows].astype(np.float32)
+            rooted = part_vectors * np.sqrt(row_weights)[:, None]
+            one_hot = np.zeros((len(part_rows), num_classes), np.float32)
+            one_hot[np.arange(len(part_rows)), targets[part_rows]] = row_weights
+            moments = parts[part]
+            moments[0] += rooted.T @ rooted
+            moments[1] += row_weights @ part_vectors
+            moments[2] += float(row_weights.sum(dtype=np.float64))
+            moments[3] += part_vectors.T @ one_hot
+            moments[4] += one_hot.sum(axis=0, dtype=np.float64)
+    if shift is None or count != len(targets):
+        raise ValueError(f"the chunks held {count} rows for {len(targets)} targets")
+    offset = plain_sum / count
+    mean = (shift + offset).astype(np.float32)
+    variance = (plain_squares / count - offset ** 2 + 1e-6).astype(np.float32)
+    scale = 1.0 / np.sqrt(variance.astype(np.float64))
+    total = parts[0][2] + parts[1][2]
+    weighted_mean = (parts[0][1] + parts[1][1]) / total  # of the shifted rows
+    standardised = []
+    for gram, row_sum, part_total, cross, target_sum in parts:
+        if not part_total:
+            standardised.append(None)
+            continue
+        # Moments of the rows standardised and centred on the weighted mean of every row.
+        centred_gram = (gram - np.outer(row_sum, weighted_mean) - np.outer(weighted_mean, row_sum)
+                        + part_total * np.outer(weighted_mean, weighted_mean))
+        standardised.append([(centred_gram * np.outer(scale, scale)).astype(np.float32),
+                             (scale * (row_sum - part_total * weighted_mean)).astype(np.float32), part_total,
+                             (scale[:, None] * (cross - np.outer(weighted_mean, target_sum))).astype(np.float32),
+                             target_sum.astype(np.float32)])
+    centre_shift = ((weighted_mean + shift - mean) * scale).astype(np.float32)
+    solutions = []
+    if standardised[0] is None:
+        raise ValueError("every product is held out: nothing to fit on")
+    if refit:
+        everything = [standardised[0][0] + (standardised[1][0] if standardised[1] else 0)] + [
+            sum(values[index] for values in standardised if values is not None) for index in range(1, 5)]
+    solutions.append(_solve(standardised[0], l2, centre_shift, centre=True))
+    if refit:
+        solutions.append(_solve(everything, l2, centre_shift, centre=False))
+    return mean, variance, solutions

@@ -253,7 +253,7 @@ class HeadClassifier:
 
     def _fit_closed_form(self, features, labels, targets, train, validation, augmented_views, start, progress,
                          view_scatter=None, view_means=None, excluded=None):
-        from core.model._ridge import cap_temperature, fit_standardised_ridge_many, fit_temperature, product_weights
+        from core.model._ridge import fit_standardised_ridge_many, product_weights
 
         steps = 2 if self.refit_full and len(validation) else 1
         # Both fits come from one set of per-part moments: the hold-out fit is the non-validation
@@ -277,6 +277,14 @@ class HeadClassifier:
             mean, variance, weights, bias = solution
             return ((scored[rows] - mean) / np.sqrt(variance)) @ weights + bias
 
+        return self._calibrated(labels, targets, train, validation, solutions, scores, features.shape[1], start,
+                                progress)
+
+    def _calibrated(self, labels, targets, train, validation, solutions, scores, feature_dim, start, progress):
+        """The closed-form fits made a model: temperature from held-out scores, metrics, the Keras head."""
+        from core.model._ridge import cap_temperature, fit_temperature
+
+        steps = len(solutions)
         solution = solutions[0]
         if progress:
             progress(1, steps, "solved")
@@ -287,7 +295,7 @@ class HeadClassifier:
                                       fit_temperature(held_out_scores, targets[calibration]))
         self.validation_probabilities_ = np.zeros((0, len(self.classes_)))
         if len(validation):
-            held_out = scores(solution, validation) * temperature
+            held_out = (held_out_scores if calibration is validation else scores(solution, validation)) * temperature
             exponentials = np.exp(held_out - held_out.max(axis=1, keepdims=True))
             self.validation_probabilities_ = exponentials / exponentials.sum(axis=1, keepdims=True)
             confidence = self.validation_probabilities_.max(axis=1)
@@ -300,14 +308,67 @@ class HeadClassifier:
             if progress:
                 progress(2, steps, "refitted on every labelled product")
         mean, variance, weights, bias = solution
-        self.model_ = self._build(features.shape[1], len(self.classes_), mean, variance)
+        self.model_ = self._build(feature_dim, len(self.classes_), mean, variance)
         self.model_.get_layer("predictions").set_weights([weights * temperature, bias * temperature])
         self.temperature_ = float(temperature)
         self.history_ = {"solver": "closed_form", "temperature": self.temperature_}
         self.best_epoch_ = 0
-        self.n_train_ = int(len(features))
+        self.n_train_ = int(len(labels))
         self.fit_seconds_ = time.perf_counter() - start
         return self
+
+    def fit_streamed(self, read, product_ids: Sequence[int], labels: Sequence[str], chunk: int = 20_000,
+                     progress=None) -> "HeadClassifier":
+        """The closed-form fit without holding every vector: ``read(ids)`` returns the vectors of ``ids`` (row for
+        row), asked for ``chunk`` products at a time.
+
+        The same split, class weights and solution as :meth:`fit` on the same rows
+        with ``group_threshold=None`` (above ``GROUPED_SPLIT_UP_TO`` products the
+        split is not grouped anyway); no views or propagated rows. Each chunk adds to
+        the moments of its part (held out or not), so memory holds two Gram matrices
+        and one chunk; the held-out products are read once more for the temperature.
+        """
+        from core.model._ridge import product_weights, streamed_ridge
+
+        if self.resolved_solver != "closed_form":
+            raise ValueError("fit_streamed fits the closed-form linear head only (solver 'auto' or 'closed_form', "
+                             "no hidden layer)")
+        start = time.perf_counter()
+        product_ids = np.asarray(product_ids, dtype=np.int64)
+        labels = np.asarray([str(label) for label in labels], dtype=object)
+        if product_ids.ndim != 1 or len(product_ids) != len(labels):
+            raise ValueError(f"one label per product: {len(product_ids)} products, {len(labels)} labels")
+        self.classes_ = np.array(sorted(set(labels)), dtype=object)
+        if len(self.classes_) < 2:
+            raise ValueError(f"training needs at least 2 categories with labelled products; "
+                             f"found {len(self.classes_)}")
+        targets = np.searchsorted(self.classes_, labels)
+        train, validation = self._split(labels)
+        self.validation_rows_ = validation
+        held_out = np.zeros(len(labels), bool)
+        held_out[validation] = True
+        weights = product_weights(targets, len(self.classes_), self.class_weight == "balanced")
+        refit = self.refit_full and len(validation)
+
+        def chunks():
+            for first in range(0, len(product_ids), chunk):
+                rows = np.arange(first, min(first + chunk, len(product_ids)))
+                yield rows, _read_rows(read, product_ids[rows])
+
+        mean, variance, fits = streamed_ridge(chunks(), targets, weights, held_out, len(self.classes_), self.l2,
+                                              refit=bool(refit))
+        solutions = [(mean, variance, *fit) for fit in fits]
+        validation_vectors = {}
+
+        def scores(solution, rows):
+            key = rows.tobytes()
+            if key not in validation_vectors:
+                validation_vectors[key] = np.concatenate([_read_rows(read, product_ids[rows[first:first + chunk]])
+                                                          for first in range(0, len(rows), chunk)])
+            mean, variance, weights, bias = solution
+            return ((validation_vectors[key] - mean) / np.sqrt(variance)) @ weights + bias
+
+        return self._calibrated(labels, targets, train, validation, solutions, scores, len(mean), start, progress)
 
     def _predict(self, features: np.ndarray) -> np.ndarray:
         import tensorflow as tf
@@ -362,6 +423,14 @@ class HeadClassifier:
             raise ValueError(f"model in {path} has {head.model_.output_shape[-1]} outputs but "
                              f"{len(head.classes_)} classes were given")
         return head
+
+
+def _read_rows(read, product_ids: np.ndarray) -> np.ndarray:
+    vectors = np.asarray(read(product_ids), dtype=np.float32)
+    if vectors.ndim != 2 or len(vectors) != len(product_ids) or not np.isfinite(vectors).all():
+        raise ValueError(f"read() must return one finite vector per product; got {vectors.shape} for "
+                         f"{len(product_ids)} products")
+    return vectors
 
 
 def _train(model, features, targets, train, validation, settings: HeadClassifier, progress,

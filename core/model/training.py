@@ -146,8 +146,16 @@ def train_version(catalog: Catalog, embedder: Embedder, head: HeadClassifier | N
     augmented_views = embedder.views if augmented_views is None else augmented_views
     summarised = augmented_views > 0 and augmented_views == embedder.views and \
         head.resolved_solver == "closed_form"
-    ids, features, labels = labelled_embeddings(catalog, embedder.key, product_ids)
     labelled = catalog.current_labels()
+    if product_ids is None and head.resolved_solver == "closed_form" and len(labelled) > STREAMED_FROM:
+        ids, labels, detector = train_streamed(catalog, embedder.key, embedder.prediction_key, head, labelled,
+                                               progress)
+        metrics = {"streamed": True, "n_propagated": 0}
+        return _keep_version(catalog, embedder, head, detector, ids, labels, len(labelled) - len(ids), metrics,
+                             {"augmented_views": augmented_views, "views_summarised": False,
+                              "propagation_threshold": None, "propagation_margin": propagation_margin,
+                              "streamed": True, **(extra_params or {})}, extra_metrics, activate)
+    ids, features, labels = labelled_embeddings(catalog, embedder.key, product_ids)
     skipped = len(labelled if product_ids is None else {int(p) for p in product_ids} & set(labelled)) - len(ids)
     if len(ids) == 0:
         raise TrainingError("no labelled products with embeddings: import labelled photos (a folder of "
@@ -179,17 +187,8 @@ def train_version(catalog: Catalog, embedder: Embedder, head: HeadClassifier | N
     head.fit(rows_features, rows_labels, augmented_views=views, progress=progress, view_scatter=scatter,
              view_means=means, propagated_from=propagated_from)
     train_seconds = time.perf_counter() - started
-    relative = f"models/head-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}.keras"
-    metrics = dict(head.metrics_)
-    # "New category?" flags for predictions (core.model.novelty), kept beside the head; written first, so a
-    # head file never lacks its detector.
     detector = novelty.NoveltyDetector().fit(features, labels)
-    detector.save(novelty_path(catalog.workspace / relative))
-    metrics["novelty_distance_threshold"] = round(detector.threshold_, 4)
-    head.save(catalog.workspace / relative)
-    metrics.update(n_train=int(len(ids)), n_skipped_without_features=int(skipped),
-                   n_propagated=int(len(rows_ids) - len(ids)),
-                   train_seconds=round(train_seconds, 3), best_epoch=head.best_epoch_)
+    metrics = {"n_propagated": int(len(rows_ids) - len(ids)), "train_seconds": round(train_seconds, 3)}
     if scatter is not None:  # how much of the cached view scatter this retrain had to redo
         metrics["view_scatter_products_read"] = scatter.recomputed_products_
     taxonomy = Taxonomy(catalog.category_parents())
@@ -198,11 +197,59 @@ def train_version(catalog: Catalog, embedder: Embedder, head: HeadClassifier | N
         held_out_labels = np.asarray(rows_labels, dtype=object)[head.validation_rows_]
         metrics["levels"] = accuracy_by_level(taxonomy, list(held_out_labels), head.validation_probabilities_,
                                               list(head.classes_))
+    params = {"augmented_views": augmented_views, "views_summarised": summarised,
+              "propagation_threshold": propagation_threshold, "propagation_margin": propagation_margin,
+              **(extra_params or {})}
+    return _keep_version(catalog, embedder, head, detector, ids, labels, skipped, metrics, params, extra_metrics,
+                         activate)
+
+
+# Above this many labelled products training streams the vectors (bounded memory): no near-duplicate
+# propagation (it compares every unlabelled product with every labelled one) and the crop views enter
+# through the vectors predictions use (each photo averaged with its views), not their scatter.
+STREAMED_FROM = 50_000
+# The "new category?" detector of a streamed training learns from this many labelled products drawn at random.
+_DETECTOR_SAMPLE = 10_000
+
+
+def train_streamed(catalog: Catalog, embedding_key: str, prediction_key: str, head: HeadClassifier,
+                   labelled: dict[int, str], progress: ProgressCallback | None = None, chunk: int = 20_000):
+    """Fit ``head`` on every labelled product's ``prediction_key`` vector (else its ``embedding_key`` one),
+    read ``chunk`` at a time; ``(ids, labels, novelty detector)``."""
+    embedded = np.asarray(catalog.embedded_product_ids(embedding_key), dtype=np.int64)
+    ids = embedded[np.isin(embedded, np.fromiter(labelled, np.int64, len(labelled)))]
+    if len(ids) == 0:
+        raise TrainingError("no labelled products with embeddings: run `embed` first")
+    labels = np.array([labelled[int(pid)] for pid in ids], dtype=object)
+
+    def read(chunk_ids):
+        found_ids, found = catalog.embeddings(prediction_key, chunk_ids.tolist())
+        if np.array_equal(found_ids, chunk_ids):
+            return found
+        return _with_fallback(catalog, prediction_key, chunk_ids, catalog.embeddings(embedding_key,
+                                                                                      chunk_ids.tolist())[1])
+
+    started = time.perf_counter()
+    head.fit_streamed(read, ids, labels, chunk=chunk, progress=progress)
+    head.train_seconds_ = time.perf_counter() - started
+    sample = np.sort(np.random.default_rng(0).choice(len(ids), min(len(ids), _DETECTOR_SAMPLE), replace=False))
+    _, photos = catalog.embeddings(embedding_key, ids[sample].tolist())
+    return ids, labels, novelty.NoveltyDetector().fit(photos, labels[sample])
+
+
+def _keep_version(catalog, embedder, head, detector, ids, labels, skipped, metrics, params, extra_metrics,
+                  activate) -> ModelVersion:
+    """Save the head and its "new category?" detector, then record them as a model version."""
+    relative = f"models/head-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}.keras"
+    # Kept beside the head and written first, so a head file never lacks its detector.
+    detector.save(novelty_path(catalog.workspace / relative))
+    head.save(catalog.workspace / relative)
+    metrics = {**head.metrics_, "novelty_distance_threshold": round(detector.threshold_, 4),
+               "n_train": int(len(ids)), "n_skipped_without_features": int(skipped),
+               "best_epoch": head.best_epoch_, **metrics, **(extra_metrics or {})}
+    metrics.setdefault("train_seconds", round(getattr(head, "train_seconds_", head.fit_seconds_), 3))
     params = {"embedder": asdict(EmbedderSettings.of(embedder)), "head": head.get_params(),
-              "augmented_views": augmented_views, "prediction_key": embedder.prediction_key,
-              "views_summarised": summarised, "propagation_threshold": propagation_threshold,
-              "propagation_margin": propagation_margin, **(extra_params or {})}
-    metrics.update(extra_metrics or {})
+              "prediction_key": embedder.prediction_key, **params}
     version_id = catalog.add_model_version(embedder.key, list(head.classes_), metrics, params, relative,
                                            activate=activate)
     return catalog.model_version(version_id)

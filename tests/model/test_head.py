@@ -276,3 +276,31 @@ def test_a_small_perfect_hold_out_does_not_make_every_confidence_100_percent():
     mean_confidence = sum(b["n"] * b["confidence"] for b in calibration["bins"]) / n
     assert mean_confidence <= (n + 1) / (n + 2) + 1e-6 and head.temperature_ < 199
     assert head.predict_proba(blobs(n_per_class=5, spread=0.3, sample_seed=4)[0]).max(axis=1).min() < 0.999
+
+
+def test_a_streamed_fit_equals_the_fit_on_every_row_held_in_memory():
+    features, labels = blobs(n_per_class=90, n_classes=5, dim=24, spread=6.0)
+    features += 50.0  # far from the origin, as non-negative CNN features are: the sums must keep their digits
+    order = np.random.default_rng(2).permutation(len(labels))
+    features, labels = features[order], labels[order]
+    in_memory = HeadClassifier(group_threshold=None).fit(features, labels)
+    ids = np.arange(5000, 5000 + len(labels))
+    requests = []
+
+    def read(chunk_ids):
+        requests.append(len(chunk_ids))
+        return features[chunk_ids - 5000]
+
+    streamed = HeadClassifier(group_threshold=None).fit_streamed(read, ids, labels, chunk=37)
+    assert max(requests) <= 37, "never more than a chunk at a time"
+    assert 0.5 < in_memory.metrics_["accuracy"] < 1.0, "a case where the temperature matters"
+    np.testing.assert_array_equal(streamed.validation_rows_, in_memory.validation_rows_)
+    assert streamed.temperature_ == pytest.approx(in_memory.temperature_, rel=1e-4)
+    np.testing.assert_allclose(streamed.predict_proba(features), in_memory.predict_proba(features), atol=1e-4)
+    assert streamed.metrics_["accuracy"] == in_memory.metrics_["accuracy"]
+    with pytest.raises(ValueError, match="closed-form"):
+        HeadClassifier(hidden_units=8).fit_streamed(read, ids, labels)
+    with pytest.raises(ValueError, match="one label per product"):
+        HeadClassifier().fit_streamed(read, ids, labels[:-1])
+    with pytest.raises(ValueError, match="one finite vector"):
+        HeadClassifier().fit_streamed(lambda chunk_ids: features[:3], ids, labels)

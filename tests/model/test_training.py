@@ -228,3 +228,31 @@ def test_predicting_in_small_chunks_gives_the_same_predictions(trained_workspace
     assert all(chunked[pid]["labels"] == whole[pid]["labels"] for pid in whole)
     np.testing.assert_allclose([chunked[pid]["probabilities"] for pid in whole],
                                [whole[pid]["probabilities"] for pid in whole], atol=1e-6)
+
+
+def test_above_the_streaming_size_training_reads_vectors_by_chunk_and_fits_the_same_head(trained_workspace, embedder,
+                                                                                          monkeypatch):
+    from core.model import training
+    from core.model.training import novelty_path
+
+    catalog = Catalog(trained_workspace)
+    labels = catalog.current_labels()
+    ids, vectors = catalog.embeddings(embedder.prediction_key, sorted(labels))
+    expected = HeadClassifier(group_threshold=None).fit(vectors, [labels[int(pid)] for pid in ids])
+    asked = []
+    reading = Catalog.embeddings
+
+    def spy(self, key, product_ids=None):
+        asked.append(None if product_ids is None else len(product_ids))
+        return reading(self, key, product_ids)
+
+    monkeypatch.setattr(training, "STREAMED_FROM", 10)
+    monkeypatch.setattr(Catalog, "embeddings", spy)
+    version = train_version(catalog, embedder, activate=False)
+    monkeypatch.undo()
+    assert None not in asked, "no read of every vector at once"
+    assert version.metrics["streamed"] and version.metrics["n_train"] == 60 and version.metrics["n_propagated"] == 0
+    assert novelty_path(catalog.model_path(version)).is_file()
+    _, head = load_version(catalog, version.id)
+    np.testing.assert_allclose(head.predict_proba(vectors), expected.predict_proba(vectors), atol=1e-4)
+    assert predict_catalog(catalog, version.id)["predicted"] == 80
