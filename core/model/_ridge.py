@@ -278,14 +278,19 @@ def streamed_ridge(chunks, targets: np.ndarray, weights: np.ndarray, held_out: n
             part_rows, part_vectors = rows[chosen], shifted[chosen]
             row_weights = weights[part_rows].astype(np.float32)
             rooted = part_vectors * np.sqrt(row_weights)[:, None]
-            one_hot = np.zeros((len(part_rows), num_classes), np.float32)
-            one_hot[np.arange(len(part_rows)), targets[part_rows]] = row_weights
             moments = parts[part]
             moments[0] += rooted.T @ rooted
             moments[1] += row_weights @ part_vectors
             moments[2] += float(row_weights.sum(dtype=np.float64))
-            moments[3] += part_vectors.T @ one_hot
-            moments[4] += one_hot.sum(axis=0, dtype=np.float64)
+            # Cross product with one-hot targets: each class's weighted row sum (no product with zeros).
+            part_targets = targets[part_rows]
+            order = np.argsort(part_targets, kind="stable")
+            sorted_targets = part_targets[order]
+            starts = np.flatnonzero(np.r_[True, sorted_targets[1:] != sorted_targets[:-1]])
+            present = sorted_targets[starts]
+            moments[3][:, present] += np.add.reduceat((part_vectors * row_weights[:, None])[order], starts,
+                                                      axis=0).T
+            moments[4] += np.bincount(part_targets, weights=row_weights, minlength=num_classes)
     if shift is None or count != len(targets):
         raise ValueError(f"the chunks held {count} rows for {len(targets)} targets")
     offset = plain_sum / count

@@ -326,7 +326,8 @@ class HeadClassifier:
         with ``group_threshold=None`` (above ``GROUPED_SPLIT_UP_TO`` products the
         split is not grouped anyway); no views or propagated rows. Each chunk adds to
         the moments of its part (held out or not), so memory holds two Gram matrices
-        and one chunk; the held-out products are read once more for the temperature.
+        and two chunks (the next is read meanwhile), plus the held-out products' vectors
+        for the temperature.
         """
         from core.model._ridge import product_weights, streamed_ridge
 
@@ -350,23 +351,33 @@ class HeadClassifier:
         weights = product_weights(targets, len(self.classes_), self.class_weight == "balanced")
         refit = self.refit_full and len(validation)
 
+        kept = []  # the held-out products' vectors, in row order: scored for the temperature
+
         def chunks():
-            for first in range(0, len(product_ids), chunk):
-                rows = np.arange(first, min(first + chunk, len(product_ids)))
-                yield rows, _read_rows(read, product_ids[rows])
+            from concurrent.futures import ThreadPoolExecutor
+
+            bounds = [np.arange(first, min(first + chunk, len(product_ids)))
+                      for first in range(0, len(product_ids), chunk)]
+            # The next chunk is read while this one is summed: reading waits on the database, summing on BLAS.
+            with ThreadPoolExecutor(max_workers=1) as reader:
+                pending = reader.submit(_read_rows, read, product_ids[bounds[0]])
+                for number, rows in enumerate(bounds):
+                    vectors = pending.result()
+                    if number + 1 < len(bounds):
+                        pending = reader.submit(_read_rows, read, product_ids[bounds[number + 1]])
+                    kept.append(vectors[held_out[rows]])
+                    yield rows, vectors
 
         mean, variance, fits = streamed_ridge(chunks(), targets, weights, held_out, len(self.classes_), self.l2,
                                               refit=bool(refit))
         solutions = [(mean, variance, *fit) for fit in fits]
-        validation_vectors = {}
+        held_out_vectors = np.concatenate(kept)
 
         def scores(solution, rows):
-            key = rows.tobytes()
-            if key not in validation_vectors:
-                validation_vectors[key] = np.concatenate([_read_rows(read, product_ids[rows[first:first + chunk]])
-                                                          for first in range(0, len(rows), chunk)])
+            vectors = held_out_vectors if np.array_equal(rows, validation) else np.concatenate(
+                [_read_rows(read, product_ids[rows[first:first + chunk]]) for first in range(0, len(rows), chunk)])
             mean, variance, weights, bias = solution
-            return ((validation_vectors[key] - mean) / np.sqrt(variance)) @ weights + bias
+            return ((vectors - mean) / np.sqrt(variance)) @ weights + bias
 
         return self._calibrated(labels, targets, train, validation, solutions, scores, len(mean), start, progress)
 
