@@ -326,8 +326,7 @@ class HeadClassifier:
         with ``group_threshold=None`` (above ``GROUPED_SPLIT_UP_TO`` products the
         split is not grouped anyway); no views or propagated rows. Each chunk adds to
         the moments of its part (held out or not), so memory holds two Gram matrices
-        and two chunks (the next is read meanwhile), plus the held-out products' vectors
-        for the temperature.
+        and one chunk, plus the held-out products' vectors for the temperature.
         """
         from core.model._ridge import product_weights, streamed_ridge
 
@@ -354,19 +353,13 @@ class HeadClassifier:
         kept = []  # the held-out products' vectors, in row order: scored for the temperature
 
         def chunks():
-            from concurrent.futures import ThreadPoolExecutor
-
-            bounds = [np.arange(first, min(first + chunk, len(product_ids)))
-                      for first in range(0, len(product_ids), chunk)]
-            # The next chunk is read while this one is summed: reading waits on the database, summing on BLAS.
-            with ThreadPoolExecutor(max_workers=1) as reader:
-                pending = reader.submit(_read_rows, read, product_ids[bounds[0]])
-                for number, rows in enumerate(bounds):
-                    vectors = pending.result()
-                    if number + 1 < len(bounds):
-                        pending = reader.submit(_read_rows, read, product_ids[bounds[number + 1]])
-                    kept.append(vectors[held_out[rows]])
-                    yield rows, vectors
+            # (Reading the next chunk in a thread while this one is summed gained nothing on 2 cores: both
+            # halves want the CPU.)
+            for first in range(0, len(product_ids), chunk):
+                rows = np.arange(first, min(first + chunk, len(product_ids)))
+                vectors = _read_rows(read, product_ids[rows])
+                kept.append(vectors[held_out[rows]])
+                yield rows, vectors
 
         mean, variance, fits = streamed_ridge(chunks(), targets, weights, held_out, len(self.classes_), self.l2,
                                               refit=bool(refit))
