@@ -406,7 +406,8 @@ def ann() -> str:
             for row in result["rows"]]
     pairs = result.get("near_duplicates")
     swept = (f"Near-duplicate pairs (cosine ≥ {pairs['threshold']}) among the real photos and their crop views: "
-             f"the sweep through the cells (each with the products whose second-nearest centre it is) finds {pairs['found']:,} of the {pairs['pairs']:,} that all pairs find "
+             "the sweep through the cells (each with the products whose second-nearest centre it is) finds "
+             f"{pairs['found']:,} of the {pairs['pairs']:,} that all pairs find "
              f"(recall {pairs['recall']:.2f}; {pairs['not_in_all_pairs']} more at the threshold's edge, 8-bit "
              f"rounding), sweeping all {result['products']:,} products in {pairs['sweep_seconds']} s. "
              ) if pairs else ""
