@@ -148,7 +148,8 @@ class ApproximateIndex:
         return ids, scores
 
     def close_pairs(self, threshold: float, second_cells: bool = True) -> np.ndarray:
-        """``(m, 2)`` ids of products at least ``threshold`` similar that share a cell, each pair once.
+        """``(m, 2)`` ids of products at least ``threshold`` similar that share a cell (or, with
+        ``second_cells``, one's second-nearest cell is the other's cell), each pair once, smaller id first.
 
         Near-identical products almost always share their nearest centre; comparing each
         cell's products with each other (one matrix product per cell, from their decoded
