@@ -20,7 +20,7 @@ DEFAULT_WORKSPACE = "workspace"
 # The most accurate offline backbone (README, accuracy ablation).
 DEFAULT_BACKBONE = "efficientnet_lite0_lite2"
 DEFAULT_VIEWS = 4
-PRECISIONS = ("float32", "bfloat16")
+PRECISIONS = ("float32", "bfloat16", "int8")
 
 
 @dataclass(frozen=True)
@@ -32,7 +32,7 @@ class Settings:
     backbone: str = DEFAULT_BACKBONE
     views: int = DEFAULT_VIEWS
     batch_size: int | None = None  # None: chosen per machine, see embedding_batch_size()
-    precision: str = "float32"
+    precision: str | None = None  # None: chosen per machine, see embedding_precision()
     max_file_bytes: int = 50 * 2**20
     max_pixels: int = 64_000_000
     max_zip_bytes: int = 2048 * 2**20
@@ -62,9 +62,9 @@ def _cache_dir() -> Path:
 
 def current() -> Settings:
     """The settings in force now, read from the environment."""
-    precision = os.environ.get("PRODUCTLENS_PRECISION") or "float32"
-    if precision not in PRECISIONS:
-        raise InvalidInputError(f"PRODUCTLENS_PRECISION must be float32 or bfloat16, got {precision!r}")
+    precision = os.environ.get("PRODUCTLENS_PRECISION") or None
+    if precision is not None and precision not in PRECISIONS:
+        raise InvalidInputError(f"PRODUCTLENS_PRECISION must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     batch_size = _int("PRODUCTLENS_BATCH_SIZE", 0, minimum=0)
     return Settings(
         workspace=Path(os.environ.get("PRODUCTLENS_WORKSPACE") or DEFAULT_WORKSPACE).expanduser(),
@@ -121,10 +121,16 @@ def has_native_bfloat16() -> bool:
 
 
 def embedding_precision() -> str:
-    """``float32`` (default) or ``bfloat16`` for the backbone, from ``$PRODUCTLENS_PRECISION``.
+    """Arithmetic of the backbone: ``$PRODUCTLENS_PRECISION``, else int8 on a CPU, float32 with a GPU.
 
-    bfloat16 is opt-in because it changes some top-1 predictions (README,
-    benchmarks/precision.py), and the default must not; without native support
-    (AVX512-BF16 / AMX) it is emulated and slower.
+    int8 (:mod:`core.features.quantized`, ONNX Runtime) is as accurate as float32 on grocery val
+    at a third of the cost on a CPU (README, benchmarks/precision.py); it runs on the CPU only,
+    so a machine with a GPU keeps TensorFlow's float32. bfloat16 is opt-in: it changes some
+    top-1 predictions, and without native support (AVX512-BF16 / AMX) it is emulated and slower.
     """
-    return current().precision
+    configured = current().precision
+    if configured:
+        return configured
+    import tensorflow as tf
+
+    return "float32" if tf.config.list_physical_devices("GPU") else "int8"

@@ -133,7 +133,7 @@ def _load_weights_file(model, weights_path: Path | None) -> None:
         raise BackboneUnavailableError(f"cannot load weights from {weights_path}: {error}") from None
 
 
-def _side_by_side(backbone: BackboneSpec, weights, image_size: int, pooling: str):
+def _side_by_side(backbone: BackboneSpec, weights, image_size: int, pooling: str, portable: bool = False):
     """The member networks on one input, their pooled features combined."""
     import keras
     from keras import layers
@@ -148,7 +148,8 @@ def _side_by_side(backbone: BackboneSpec, weights, image_size: int, pooling: str
         # resized in the graph so the photo is decoded once.
         member_size = round(spec(member).image_size * image_size / backbone.image_size)
         pixels = inputs if member_size == image_size else layers.Resizing(
-            member_size, member_size, interpolation="bilinear", antialias=True, name=f"{member}_resize")(inputs)
+            member_size, member_size, interpolation="bilinear", antialias=not portable,
+            name=f"{member}_resize")(inputs)
         parts.append(build_feature_model(member, member_weights, member_size, pooling)(pixels))
     return keras.Model(inputs, pooling_module.combine(parts, pooling), name=backbone.name)
 
@@ -203,7 +204,8 @@ def _keras_application_or_explain(name: str, weights, image_size: int):
 
 
 def build_feature_model(name: str, weights: str | None = "imagenet",
-                        image_size: int | None = None, pooling: str | None = None, precision: str = "float32"):
+                        image_size: int | None = None, pooling: str | None = None, precision: str = "float32",
+                        portable: bool = False):
     """Return the Keras feature extractor for backbone ``name``.
 
     ``weights``: ``"imagenet"`` (pretrained), ``None`` (random, for tests and
@@ -211,6 +213,8 @@ def build_feature_model(name: str, weights: str | None = "imagenet",
     ``pooling``: ``"avg"`` or ``"multi"`` (EfficientNet-Lite only; the default there).
     ``precision``: ``"float32"`` or ``"bfloat16"`` (computes in bfloat16, weights and
     output features stay float32; see :func:`settings.embedding_precision`).
+    ``portable``: only operations that ONNX converters map (the side-by-side networks'
+    in-graph resize without antialiasing; :mod:`core.features.quantized`).
     """
     import keras
 
@@ -236,7 +240,7 @@ def build_feature_model(name: str, weights: str | None = "imagenet",
             raise BackboneUnavailableError(f"weights file {weights_path} not found")
 
     if backbone.members:
-        model = _side_by_side(backbone, weights, image_size, pooling)
+        model = _side_by_side(backbone, weights, image_size, pooling, portable)
         _load_weights_file(model, weights_path)
     elif name.startswith("efficientnet_lite"):
         model = _efficientnet_lite(name, weights, image_size, pooling, weights_path)

@@ -59,6 +59,8 @@ class Embedder:
         spec = backbones.spec(backbone)
         if crop not in ("full", "center"):
             raise ValueError(f"crop must be 'full' or 'center', got {crop!r}")
+        if precision is not None and precision not in settings.PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(settings.PRECISIONS)}, got {precision!r}")
         if batch_size is not None and batch_size < 1:
             raise ValueError("batch_size must be at least 1")
         self.backbone = backbone
@@ -76,6 +78,8 @@ class Embedder:
             raise ValueError(f"views must be 0 or more, got {views}")
         self._model = None
         self._forward = None
+        # CPU threads of the int8 runtime; None: all of this machine's (a Ray actor sets its share).
+        self.threads: int | None = None
 
     @property
     def key(self) -> str:
@@ -92,6 +96,8 @@ class Embedder:
             key += "+noflip"
         if self.weights not in ("imagenet",):
             key += "+random" if self.weights is None else f"+weights:{os.path.basename(str(self.weights))}"
+        if self.precision == "int8":
+            key += "+int8"
         return key
 
     @property
@@ -107,9 +113,10 @@ class Embedder:
 
     @property
     def precision(self) -> str:
-        """Arithmetic of the forward pass: float32 unless given or ``$PRODUCTLENS_PRECISION``
-        (see :func:`core.settings.embedding_precision`). Not part of the key: bfloat16 features
-        are the float32 ones up to rounding (README, ``benchmarks/precision.py``)."""
+        """Arithmetic of the forward pass: as given, else ``$PRODUCTLENS_PRECISION``
+        (see :func:`core.settings.embedding_precision`). bfloat16 is not part of the key: its
+        features are the float32 ones up to rounding (README, ``benchmarks/precision.py``);
+        int8 (:mod:`core.features.quantized`) is, being further from them."""
         if self._precision is None:
             self._precision = settings.embedding_precision()
         return self._precision
@@ -117,11 +124,25 @@ class Embedder:
     @property
     def model(self):
         if self._model is None:
+            # An int8 embedder's Keras model (fine-tuning, export) is the float32 one it was quantized from.
+            precision = "float32" if self.precision == "int8" else self.precision
             self._model = backbones.build_feature_model(self.backbone, self.weights, self.image_size, self.pooling,
-                                                        self.precision)
+                                                        precision)
         return self._model
 
     def _compiled_forward(self):
+        if self._forward is None and self.precision == "int8":
+            from core.features.quantized import quantized_backbone
+
+            network = quantized_backbone(self.backbone, self.weights, self.image_size, self.pooling, self.threads)
+
+            def forward(pixels, flip):
+                features = network(pixels)
+                if flip:
+                    features = (features + network(pixels[:, :, ::-1])) / 2.0
+                return features
+
+            self._forward = forward
         if self._forward is None:
             import tensorflow as tf
 
@@ -159,7 +180,7 @@ class Embedder:
         padding = -count % self.batch_size
         if padding:
             pixels = np.concatenate([pixels, np.zeros((padding, *pixels.shape[1:]), dtype=pixels.dtype)])
-        outputs = [forward(pixels[start:start + self.batch_size], flip).numpy()
+        outputs = [np.asarray(forward(pixels[start:start + self.batch_size], flip))
                    for start in range(0, len(pixels), self.batch_size)]
         return np.concatenate(outputs)[:count].astype(np.float32)
 
@@ -177,10 +198,11 @@ class Embedder:
 
     def load_photo_and_views(self, source_and_sha256) -> np.ndarray:
         """``(1 + views, size, size, 3)``: the photo, then its views (the crops :meth:`load_view_pixels`
-        makes with :func:`view_seed`)."""
+        makes with :func:`view_seed`), all from one decode of the file."""
         source, sha256 = source_and_sha256
-        photo = self.load_pixels(source)
-        crops = [self.load_view_pixels((source, view_seed(sha256, view))) for view in range(self.views)]
+        image = images.decode(source, target_size=self.image_size)
+        photo = images.resize_for_model(image, self.image_size, self.crop)
+        crops = [self._view(image, view_seed(sha256, view)) for view in range(self.views)]
         return np.stack([photo, *crops])
 
     def load_view_pixels(self, source_and_seed) -> np.ndarray:
@@ -188,11 +210,13 @@ class Embedder:
 
         Seeded per product and view, so a view's features are reproducible.
         """
+        source, seed = source_and_seed
+        return self._view(images.decode(source, target_size=self.image_size), seed)
+
+    def _view(self, image, seed: int) -> np.ndarray:
         from PIL import Image
 
-        source, seed = source_and_seed
         rng = np.random.default_rng(seed)
-        image = images.decode(source, target_size=self.image_size)
         width, height = image.size
         side, aspect = rng.uniform(0.55, 0.9), rng.uniform(0.8, 1.25)
         crop_width = max(1, min(width, int(width * side * np.sqrt(aspect))))

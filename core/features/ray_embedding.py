@@ -40,6 +40,7 @@ class _EmbeddingActor:
         tf.config.threading.set_intra_op_parallelism_threads(threads)
         tf.config.threading.set_inter_op_parallelism_threads(1)
         self.embedder = Embedder(**settings)
+        self.embedder.threads = threads
 
     def __call__(self, batch: dict) -> dict:
         from pyarrow import fs

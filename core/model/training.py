@@ -38,11 +38,13 @@ class EmbedderSettings:
     # Versions saved before these settings existed used average pooling and no prediction views.
     pooling: str = "avg"
     views: int = 0
+    # ... and float32 arithmetic (int8 features are cached under their own key).
+    precision: str = "float32"
 
     @classmethod
     def of(cls, embedder: Embedder) -> "EmbedderSettings":
         return cls(embedder.backbone, embedder.image_size, embedder.crop, embedder.flip_tta, embedder.weights,
-                   embedder.pooling, embedder.views)
+                   embedder.pooling, embedder.views, embedder.precision)
 
     def embedder(self, **overrides) -> Embedder:
         return Embedder(**{**asdict(self), **overrides})

@@ -56,6 +56,8 @@ def test_prediction_vector_is_the_photo_averaged_with_its_views(workspace, embed
 
 
 def test_features_match_a_direct_forward_pass(embedder):
+    # The float32 path; the int8 one is compared with it in test_quantized.py.
+    embedder = Embedder(backbone=embedder.backbone, views=0, precision="float32")
     photo = demo_photos("Orange")[0]
     pixels = embedder.load_pixels(photo)
     direct = embedder.model.predict(pixels[None].astype("float32"), verbose=0)[0]
@@ -86,13 +88,16 @@ def test_a_photo_damaged_after_import_is_reported_not_fatal(workspace, embedder)
     assert catalog.missing_embeddings(embedder.key) == [damaged.id]
 
 
-def test_embedding_key_separates_settings():
+def test_embedding_key_separates_settings(monkeypatch):
     lite0 = "efficientnet_lite0"
+    monkeypatch.setenv("PRODUCTLENS_PRECISION", "float32")
     assert Embedder(backbone=lite0).key == "efficientnet_lite0+multi"
     assert Embedder(backbone=lite0, pooling="avg").key == "efficientnet_lite0", "the key of workspaces before pooling"
     assert Embedder(backbone=lite0, image_size=224).key == "efficientnet_lite0@224+multi"
     assert Embedder(backbone=lite0).view_key(1) == "efficientnet_lite0+multi#view1"
     assert Embedder(backbone=lite0, views=4).prediction_key == "efficientnet_lite0+multi#tta4"
+    assert Embedder(backbone=lite0, precision="bfloat16").key == "efficientnet_lite0+multi", "bfloat16 is rounding"
+    assert Embedder(backbone=lite0, precision="int8", views=4).prediction_key == "efficientnet_lite0+multi+int8#tta4"
     assert Embedder(backbone=lite0, flip_tta=False, crop="center", pooling="avg").key == lite0 + "+center+noflip"
     assert Embedder(backbone=lite0, weights=None).key.endswith("+random")
     assert Embedder(backbone="efficientnet_lite0_lite2").key == "efficientnet_lite0_lite2+multi"
@@ -113,7 +118,7 @@ def test_bfloat16_is_opt_in_and_close_to_float32(monkeypatch):
     from core import settings
 
     monkeypatch.delenv("PRODUCTLENS_PRECISION", raising=False)
-    assert settings.embedding_precision() == "float32", "the default must not change predictions"
+    assert settings.embedding_precision() != "bfloat16", "bfloat16 changes predictions: never the default"
     monkeypatch.setenv("PRODUCTLENS_PRECISION", "bfloat16")
     low = Embedder(backbone="efficientnet_lite0", views=0)
     assert low.precision == "bfloat16"

@@ -1,0 +1,69 @@
+"""The 8-bit backbone: real ImageNet weights, real demo photos, ONNX Runtime."""
+
+import numpy as np
+import pytest
+
+from conftest import DEMO, demo_photos
+from core.features.embeddings import Embedder
+from core.features.quantized import quantized_backbone
+
+
+def _cosine(a, b):
+    return (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+
+
+@pytest.fixture(scope="module")
+def photos():
+    return [photo for category in ("Banana", "Lemon", "Arla-Standard-Milk", "Red-Bell-Pepper")
+            for photo in demo_photos(category)[:3]]
+
+
+def test_int8_features_are_the_float32_ones_up_to_rounding(photos):
+    exact, failures = Embedder(backbone="efficientnet_lite0", views=0, precision="float32").embed_sources(photos)
+    int8 = Embedder(backbone="efficientnet_lite0", views=0, precision="int8")
+    rounded, int8_failures = int8.embed_sources(photos)
+    assert not failures and not int8_failures
+    assert rounded.dtype == np.float32 and rounded.shape == exact.shape
+    cosine = _cosine(exact, rounded)
+    assert cosine.min() > 0.97 and np.median(cosine) > 0.99, cosine
+    assert not np.array_equal(exact, rounded), "int8 ran the float32 network"
+    # Each photo stays nearest to its own float32 vector: rounding never swaps two products.
+    assert (np.argmax(rounded @ exact.T, axis=1) == np.arange(len(photos))).all()
+
+
+def test_int8_is_cached_under_its_own_key_and_converted_once(photos, monkeypatch, tmp_path):
+    monkeypatch.setenv("PRODUCTLENS_CACHE", str(tmp_path))
+    first = Embedder(backbone="efficientnet_lite0", views=0, precision="int8")
+    exact = Embedder(backbone="efficientnet_lite0", precision="float32")
+    assert first.key == exact.key + "+int8"
+    first.embed_sources(photos[:1])
+    graphs = list((tmp_path / "onnx").glob("*.onnx"))
+    assert len(graphs) == 1, graphs
+    written = graphs[0].stat().st_mtime_ns
+    again = quantized_backbone("efficientnet_lite0", "imagenet", first.image_size, first.pooling)
+    assert again.path == graphs[0] and graphs[0].stat().st_mtime_ns == written, "converted a second time"
+    # The flip average is the photo's and its mirror's, as in float32.
+    pixels = first.load_pixels(photos[0])[None]
+    mirrored = np.ascontiguousarray(pixels[:, :, ::-1])
+    both = (again(pixels) + again(mirrored)) / 2
+    np.testing.assert_allclose(first.embed_pixels(pixels), both, rtol=1e-5, atol=1e-6)
+
+
+def test_int8_calibrates_on_the_demo_photos_only():
+    from core.features.quantized import calibration_pixels
+
+    calibration = calibration_pixels(64)
+    assert len(calibration) == len(list(DEMO.glob("*/*.jpg")))
+    assert all(pixels.shape == (64, 64, 3) and pixels.dtype == np.uint8 for pixels in calibration)
+
+
+def test_int8_is_the_default_on_a_cpu_and_the_setting_names_its_choices(monkeypatch):
+    from core import settings
+
+    monkeypatch.delenv("PRODUCTLENS_PRECISION", raising=False)
+    assert Embedder(backbone="efficientnet_lite0").precision == "int8"
+    monkeypatch.setenv("PRODUCTLENS_PRECISION", "float32")
+    assert Embedder(backbone="efficientnet_lite0").precision == "float32"
+    monkeypatch.setenv("PRODUCTLENS_PRECISION", "int4")
+    with pytest.raises(ValueError, match="float32, bfloat16, int8"):
+        settings.embedding_precision()
