@@ -268,7 +268,102 @@ def export_classifier_formats(catalog: Catalog, folder: str | os.PathLike,
     written["tflite"] = _export_tflite(saved_model, folder / f"{CLASSIFIER_NAME}.tflite")
     if onnx:
         written["onnx"] = _export_onnx(saved_model, folder / f"{CLASSIFIER_NAME}.onnx")
+    embedder = embedder_for(version, catalog)
+    if embedder.precision == "int8":
+        written["onnx_int8"] = export_int8_classifier(catalog, folder / f"{CLASSIFIER_NAME}.int8.onnx", version)
     return written
+
+
+def export_int8_classifier(catalog: Catalog, path: str | os.PathLike,
+                           version: ModelVersion | int | None = None) -> Path:
+    """The app's own 8-bit backbone graph with the crop averaging and the head around it, as one ONNX file.
+
+    For a version trained on int8 features (the default on a CPU) this reproduces the stored
+    predictions; the float formats compute the float32 network it was quantized from, which
+    agrees up to the rounding. Input: uint8 :func:`classifier_inputs`; output: probabilities.
+    """
+    import onnx
+    from onnx import TensorProto, compose, helper, numpy_helper
+
+    from core.features.quantized import quantized_backbone
+
+    version, head = load_version(catalog, version)
+    embedder = embedder_for(version, catalog)
+    if embedder.precision != "int8":
+        raise InvalidInputError(f"model version {version.id} was trained on {embedder.precision} features, "
+                                "not int8: its exported float formats reproduce it")
+    views = embedder.views if version.prediction_key != version.embedding_key else 0
+    size, dim = embedder.image_size, embedder.feature_dim
+    backbone = onnx.load(str(quantized_backbone(embedder.backbone, embedder.weights, size, embedder.pooling).path))
+    opsets = [helper.make_opsetid(entry.domain, entry.version) for entry in backbone.opset_import]
+    # Each photo's passes side by side (photo, its mirror, its crops) so one reshape regroups the features.
+    passes = ["photo"] + (["mirror"] if embedder.flip_tta else []) + (["crops"] if views else [])
+    count = (2 if embedder.flip_tta else 1) + views
+    weights = np.full((1, count, 1), 1.0 / (1 + views), np.float32)
+    if embedder.flip_tta:
+        weights[0, :2] /= 2  # the photo's vector is its and its mirror's average
+    big = np.iinfo(np.int64).max
+
+    def constant(name, value):
+        return numpy_helper.from_array(np.asarray(value, np.int64 if name != "weights" else np.float32), name)
+
+    nodes = [helper.make_node("Slice", ["photo_and_views", "zero", "one", "axis1"], ["photo"])]
+    if embedder.flip_tta:
+        nodes.append(helper.make_node("Slice", ["photo", "minus_one", "smallest", "axis3", "minus_one"], ["mirror"]))
+    if views:
+        nodes.append(helper.make_node("Slice", ["photo_and_views", "one", "largest", "axis1"], ["crops"]))
+    nodes += [helper.make_node("Concat", passes, ["passes"], axis=1),
+              helper.make_node("Reshape", ["passes", "image_shape"], ["images"])]
+    before = helper.make_graph(
+        nodes, "before", [helper.make_tensor_value_info("photo_and_views", TensorProto.UINT8,
+                                                        ["photos", 1 + views, size, size, 3])],
+        [helper.make_tensor_value_info("images", TensorProto.UINT8, ["passes", size, size, 3])],
+        [constant("zero", [0]), constant("one", [1]), constant("minus_one", [-1]), constant("axis1", [1]),
+         constant("axis3", [3]), constant("smallest", [-big - 1]), constant("largest", [big]),
+         constant("image_shape", [-1, size, size, 3])])
+    # The head, written as ONNX operations (Keras's Normalization, the dense layers, softmax).
+    import keras
+
+    standardize = head.model_.get_layer("standardize")
+    mean, variance = (np.asarray(keras.ops.convert_to_numpy(value), np.float32).reshape(-1)
+                      for value in (standardize.mean, standardize.variance))
+    scale = np.maximum(np.sqrt(variance), np.float32(keras.backend.epsilon())).astype(np.float32)
+    after_nodes = [helper.make_node("Reshape", ["features", "grouped_shape"], ["grouped"]),
+                   helper.make_node("Mul", ["grouped", "weights"], ["weighted"]),
+                   helper.make_node("ReduceSum", ["weighted", "axis1"], ["prediction_vector"], keepdims=0),
+                   helper.make_node("Sub", ["prediction_vector", "mean"], ["centred"]),
+                   helper.make_node("Div", ["centred", "scale"], ["standardized"])]
+    tensors = [constant("grouped_shape", [-1, count, dim]), constant("weights", weights), constant("axis1", [1]),
+               numpy_helper.from_array(mean, "mean"), numpy_helper.from_array(scale, "scale")]
+    hidden = "standardized"
+    dense_layers = [layer for layer in head.model_.layers if isinstance(layer, keras.layers.Dense)]
+    for layer in dense_layers:
+        kernel, bias = (np.asarray(value, np.float32) for value in layer.get_weights())
+        tensors += [numpy_helper.from_array(kernel, f"{layer.name}_kernel"),
+                    numpy_helper.from_array(bias, f"{layer.name}_bias")]
+        after_nodes += [helper.make_node("MatMul", [hidden, f"{layer.name}_kernel"], [f"{layer.name}_product"]),
+                        helper.make_node("Add", [f"{layer.name}_product", f"{layer.name}_bias"], [f"{layer.name}_out"])]
+        hidden = f"{layer.name}_out"
+        if layer is not dense_layers[-1]:
+            after_nodes.append(helper.make_node("Relu", [hidden], [f"{layer.name}_relu"]))
+            hidden = f"{layer.name}_relu"
+    after_nodes.append(helper.make_node("Softmax", [hidden], ["probabilities"], axis=-1))
+    after = helper.make_graph(
+        after_nodes, "after", [helper.make_tensor_value_info("features", TensorProto.FLOAT, ["passes", dim])],
+        [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["photos", len(version.classes)])],
+        tensors)
+    glue = [helper.make_model(graph, opset_imports=opsets, ir_version=backbone.ir_version) for graph in (before, after)]
+    model = compose.merge_models(glue[0], backbone, io_map=[("images", backbone.graph.input[0].name)],
+                                 prefix2="backbone/")
+    model = compose.merge_models(model, glue[1], io_map=[("backbone/features", "features")], prefix2="after/")
+    model.graph.node.append(helper.make_node("Identity", ["after/probabilities"], ["probabilities"]))
+    del model.graph.output[:]
+    model.graph.output.append(helper.make_tensor_value_info("probabilities", TensorProto.FLOAT,
+                                                            ["photos", len(version.classes)]))
+    onnx.checker.check_model(model)
+    path = Path(path)
+    atomic_write_bytes(path, model.SerializeToString())
+    return path
 
 
 def _export_tflite(saved_model: Path, path: Path) -> Path | str:
@@ -290,7 +385,7 @@ def _export_onnx(saved_model: Path, path: Path) -> Path | str:
     try:
         import tf2onnx  # noqa: F401
     except ImportError:
-        return "skipped: tf2onnx is not installed (pip install -r requirements-export.txt)"
+        return "skipped: tf2onnx is not installed (pip install -r requirements.txt)"
     import subprocess
     import sys
 

@@ -14,16 +14,33 @@ from core.storage import ingest
 from core.storage.catalog import Catalog
 
 
-@pytest.fixture(scope="module")
-def catalog(tmp_path_factory, demo_dir, embedder):
+def _trained_catalog(folder, demo_dir, embedder):
     # All 10 demo categories, look-alikes included (two milks, apples): confidences below 100%,
     # so a classifier that skips the crop views cannot match the stored predictions by chance.
-    catalog = Catalog(tmp_path_factory.mktemp("export"))
+    catalog = Catalog(folder)
     ingest.import_paths(catalog, [demo_dir])
     embed_catalog(catalog, embedder)
-    version = train_version(catalog, embedder, HeadClassifier())
-    predict_catalog(catalog, version)
+    predict_catalog(catalog, train_version(catalog, embedder, HeadClassifier()))
     return catalog
+
+
+@pytest.fixture(scope="module")
+def float_embedder(embedder):
+    """The suite's network in float32: the arithmetic of the Keras, SavedModel, TFLite and ONNX exports."""
+    from core.features.embeddings import Embedder
+
+    return Embedder(backbone=embedder.backbone, precision="float32")
+
+
+@pytest.fixture(scope="module")
+def catalog(tmp_path_factory, demo_dir, float_embedder):
+    return _trained_catalog(tmp_path_factory.mktemp("export"), demo_dir, float_embedder)
+
+
+@pytest.fixture(scope="module")
+def int8_catalog(tmp_path_factory, demo_dir, embedder):
+    assert embedder.precision == "int8", "the suite runs on a CPU, where int8 is the default"
+    return _trained_catalog(tmp_path_factory.mktemp("export-int8"), demo_dir, embedder)
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +48,7 @@ def default_pair(tmp_path_factory, demo_dir):
     """The default backbone (Lite0 + Lite2, whose Lite0 member is fed by an antialiased resize) on the demo."""
     from core.features.embeddings import Embedder
 
-    embedder = Embedder(backbone="efficientnet_lite0_lite2")
+    embedder = Embedder(backbone="efficientnet_lite0_lite2", precision="float32")
     catalog = Catalog(tmp_path_factory.mktemp("export-default"))
     ingest.import_paths(catalog, [demo_dir])
     embed_catalog(catalog, embedder)
@@ -63,7 +80,8 @@ def test_labels_and_predictions_export(catalog, tmp_path, suffix):
         export.export_labels(catalog, tmp_path / "labels.xlsx")
 
 
-def test_embeddings_export(catalog, tmp_path, embedder):
+def test_embeddings_export(catalog, tmp_path, float_embedder):
+    embedder = float_embedder
     table = pd.read_parquet(export.export_embeddings(catalog, tmp_path / "emb.parquet", embedder.key))
     ids, stored = catalog.embeddings(embedder.key)
     assert table["product_id"].tolist() == ids.tolist()
@@ -75,7 +93,8 @@ def test_embeddings_export(catalog, tmp_path, embedder):
         export.export_embeddings(catalog, tmp_path / "x.npy", "no-such-key")
 
 
-def test_exported_classifier_reproduces_the_stored_predictions(catalog, tmp_path, embedder):
+def test_exported_classifier_reproduces_the_stored_predictions(catalog, tmp_path, float_embedder):
+    embedder = float_embedder
     import keras
 
     path = export.export_classifier(catalog, tmp_path / "classifier.keras")
@@ -117,7 +136,7 @@ def test_every_format_reproduces_the_app_without_productlens(request, tmp_path, 
     if backbone == "default pair":
         catalog, embedder = request.getfixturevalue("default_pair")
     else:
-        catalog, embedder = request.getfixturevalue("catalog"), request.getfixturevalue("embedder")
+        catalog, embedder = request.getfixturevalue("catalog"), request.getfixturevalue("float_embedder")
 
     written = export.export_classifier_formats(catalog, tmp_path / "out")
     assert written["savedmodel"].is_dir() and written["keras"].is_file()
@@ -171,6 +190,41 @@ def test_every_format_reproduces_the_app_without_productlens(request, tmp_path, 
             app = stored[product.id]
             np.testing.assert_allclose([probabilities[version.classes.index(name)] for name in app["labels"]],
                                        app["probabilities"], atol=1e-3)
+
+
+def test_the_int8_onnx_file_reproduces_an_int8_catalogue_without_productlens(int8_catalog, catalog, tmp_path,
+                                                                             embedder):
+    import subprocess
+    import sys
+
+    written = export.export_classifier_formats(int8_catalog, tmp_path / "out", onnx=False)
+    assert written["onnx_int8"].is_file()
+    version = int8_catalog.active_model_version()
+    assert version.embedding_key.endswith("+int8")
+    products = int8_catalog.products()
+    inputs = export.classifier_inputs(embedder, [(int8_catalog.image_path(p), p.sha256) for p in products])
+    np.save(tmp_path / "inputs.npy", inputs)
+    script = ("import sys, numpy as np, onnxruntime\n"
+              "session = onnxruntime.InferenceSession(sys.argv[1])\n"
+              "np.save(sys.argv[3], session.run(None, {session.get_inputs()[0].name: np.load(sys.argv[2])})[0])\n"
+              "assert 'core' not in sys.modules\n")
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    env = {name: value for name, value in __import__("os").environ.items() if name != "PYTHONPATH"}
+    completed = subprocess.run([sys.executable, "-c", script, str(written["onnx_int8"]), str(tmp_path / "inputs.npy"),
+                                str(tmp_path / "outputs.npy")], cwd=outside, env=env, capture_output=True, text=True,
+                               timeout=600)
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    stored = int8_catalog.predictions(version.id)
+    output = np.load(tmp_path / "outputs.npy")
+    assert output.shape == (len(products), len(version.classes))
+    for product, probabilities in zip(products, output):
+        app = stored[product.id]
+        assert version.classes[int(np.argmax(probabilities))] == app["label"]
+        np.testing.assert_allclose([probabilities[version.classes.index(name)] for name in app["labels"]],
+                                   app["probabilities"], atol=1e-3)
+    with pytest.raises(InvalidInputError, match="float32"):
+        export.export_int8_classifier(catalog, tmp_path / "x.onnx")
 
 
 def test_csv_cells_cannot_run_as_spreadsheet_formulas(tmp_path, demo_dir):
