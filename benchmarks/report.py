@@ -275,11 +275,13 @@ def throughput() -> str:
     rate = result["images_per_second"]
 
     def ceiling_for(name: str) -> float | None:
-        """The model-only rate doing the same passes per photo as ``name``."""
+        """The model-only rate doing the same passes per photo, in the same arithmetic, as ``name``."""
+        prefix = "float32: " if name.startswith("float32: ") else ""
+        name = name[len(prefix):]
         if name.startswith(("decode", "ceiling")):
             return None
         if "views" in name:
-            return next((v for n, v in rate.items() if n.startswith("ceiling, flip +")), None)
+            return next((v for n, v in rate.items() if n.startswith(prefix + "ceiling, flip +")), None)
         if "flip TTA" in name:
             return rate.get("ceiling, flip TTA (default)")
         return rate.get("ceiling: model only on decoded tensors")
@@ -290,7 +292,9 @@ def throughput() -> str:
     lever_text = ", ".join(f"{name} {value}" for name, value in levers.items())
     return "\n".join([table(["pipeline", "photos/s", "of the ceiling with the same passes"], rows), "",
                       f"{result['images']} grocery train photos, backbone `{result['backbone']}` at "
-                      f"{result['image_size']} px, batch {result['batch_size']}. Levers on the ceiling (images/s): "
+                      f"{result['image_size']} px, batch {result['batch_size']}, "
+                      f"{result.get('precision', 'float32')} arithmetic unless the row says float32. "
+                      "Levers on the ceiling (images/s): "
                       f"{lever_text}. " + measured_on(result)])
 
 
@@ -298,14 +302,19 @@ def precision() -> str:
     result = load("precision")
     if result is None:
         return missing("precision.py")
-    return "\n".join([table(
-        ["precision", "photos/s (with views)", "val accuracy"],
-        [[name, result[name]["photos_per_second"], percent(result[name]["accuracy"])]
-         for name in ("float32", "bfloat16")]), "",
-        f"bfloat16 changes the top-1 category of {result['top1_changed']} of {result['photos']} val photos "
-        f"(prediction-vector cosine min {result['prediction_vector_cosine']['min']}); speed-up "
-        f"{result['speedup']}×; native bfloat16 on this CPU: {result['cpu_has_native_bfloat16']}. "
-        + measured_on(result)])
+    if "top1_changed" in result:  # an older result: float32 and bfloat16 only
+        return missing("precision.py")
+    rows = []
+    for name in ("float32", "bfloat16", "int8"):
+        row = result[name]
+        rows.append([name + (" (default)" if name == result.get("default") else ""), row["photos_per_second"],
+                     with_interval(row["accuracy"]), row["head_trained_on"], row.get("top1_changed", ""),
+                     row.get("prediction_vector_cosine", {}).get("min", ""), f"{row.get('speedup', 1.0)}×"])
+    return "\n".join([table(["precision", "photos/s (with views)", "val accuracy (95% interval)", "head trained on",
+                             "val photos whose top-1 differs from float32", "prediction-vector cosine to float32, min",
+                             "speed-up"], rows), "",
+                      f"{result['photos']} val photos with their crop views; native bfloat16 on this CPU: "
+                      f"{result['cpu_has_native_bfloat16']}. " + measured_on(result)])
 
 
 def app_latency() -> str:

@@ -10,6 +10,8 @@ per photo unless said):
   model runs), also with flip test-time augmentation (2 passes), and the default
   work per photo: photo + mirror + 4 random-crop views (``Embedder.embed_with_views``,
   6 passes) against its own ceiling;
+- **float32**: the same default work per photo on TensorFlow in float32 (the default before
+  the 8-bit backbone, :mod:`core.features.quantized`), with its own ceiling;
 - **plain Keras**: ``keras.utils.image_dataset_from_directory`` + ``model.predict``;
 - **per-image loop**: ``keras.utils.load_img`` + ``model.predict`` on one photo at a time.
 
@@ -81,9 +83,11 @@ def main() -> None:
 
     backbone = args.backbone or settings.current().backbone
     embedder = Embedder(backbone=backbone)
+    exact = Embedder(backbone=backbone, precision="float32")
     size = embedder.image_size
-    model = embedder.model
+    model = exact.model
     results: dict = {"images": count, "backbone": embedder.backbone, "image_size": size,
+                     "precision": embedder.precision,
                      "batch_size": embedder.batch_size, "decode_workers": embedder.decode_workers}
     rate = {}
 
@@ -120,6 +124,18 @@ def main() -> None:
         report(f"ceiling, flip + {embedder.views} views", timed(ceiling_views), 2 + embedder.views)
         report(f"ProductLens default (flip + {embedder.views} views): files -> features",
                timed(lambda: embedder.embed_with_views(hashed)), 2 + embedder.views)
+        if embedder.precision != "float32":
+            exact.embed_pixels(pixels[:exact.batch_size], flip_tta=True)
+            exact.embed_pixels(view_pixels[:exact.batch_size], flip_tta=False)
+
+            def exact_ceiling_views():
+                exact.embed_pixels(pixels, flip_tta=True)
+                for start in range(0, count, 256):
+                    exact.embed_pixels(view_pixels[:exact.views * min(256, count - start)], flip_tta=False)
+
+            report(f"float32: ceiling, flip + {exact.views} views", timed(exact_ceiling_views), 2 + exact.views)
+            report(f"float32: ProductLens (flip + {exact.views} views): files -> features",
+                   timed(lambda: exact.embed_with_views(hashed)), 2 + exact.views)
 
     with tempfile.TemporaryDirectory() as scratch:
         # image_dataset_from_directory wants class folders: mirror the photos' folders with links.
@@ -156,7 +172,7 @@ def main() -> None:
 
     if backbone in VARIANTS:
         unfolded_classifier = load_efficientnet_lite(backbone, size)
-        unfolded = Embedder(backbone=backbone, pooling="avg", batch_size=32)
+        unfolded = Embedder(backbone=backbone, pooling="avg", batch_size=32, precision="float32")
         unfolded._model = keras.Model(unfolded_classifier.input, unfolded_classifier.get_layer("avg_pool").output)
         unfolded.embed_pixels(lever_pixels[:32], flip_tta=False)
         levers["avg pooling, BatchNorm not folded, batch 32 (before)"] = len(lever_pixels) / timed(
@@ -172,14 +188,19 @@ def main() -> None:
         levers["XLA jit_compile, batch 32 (64 photos)"] = 64 / timed(run_xla)
     except Exception as error:  # XLA is optional; report why it could not run
         levers["XLA jit_compile, batch 32 (64 photos)"] = f"failed: {type(error).__name__}"
+    reference = exact.embed_pixels(pixels, flip_tta=False)
+
+    def worst_cosine(vectors):
+        return float(np.min(np.sum(reference * vectors, axis=1)
+                            / (np.linalg.norm(reference, axis=1) * np.linalg.norm(vectors, axis=1))))
+
+    if embedder.precision == "int8":
+        levers["int8 min feature cosine vs float32"] = worst_cosine(embedder.embed_pixels(pixels, flip_tta=False))
     if settings.has_native_bfloat16():
-        reference = embedder.embed_pixels(pixels, flip_tta=False)
         bf16 = Embedder(backbone=backbone, precision="bfloat16")
         bf16.embed_pixels(pixels[:32], flip_tta=False)
         levers[f"bfloat16, batch {bf16.batch_size}"] = count / timed(lambda: bf16.embed_pixels(pixels, flip_tta=False))
-        low = bf16.embed_pixels(pixels, flip_tta=False)
-        cosine = np.sum(reference * low, axis=1) / (np.linalg.norm(reference, axis=1) * np.linalg.norm(low, axis=1))
-        levers["bfloat16 min feature cosine vs float32"] = float(cosine.min())
+        levers["bfloat16 min feature cosine vs float32"] = worst_cosine(bf16.embed_pixels(pixels, flip_tta=False))
     else:
         levers["bfloat16"] = "skipped: this CPU has no native bfloat16 (no AVX512_BF16 / AMX_BF16)"
     for name, value in levers.items():
@@ -201,6 +222,10 @@ def main() -> None:
         results["ratios"]["productlens_views_vs_ceiling_views"] = round(
             rate[f"ProductLens default (flip + {embedder.views} views): files -> features"]
             / rate[f"ceiling, flip + {embedder.views} views"], 3)
+    before = f"float32: ProductLens (flip + {embedder.views} views): files -> features"
+    if embedder.views and before in rate:
+        results["ratios"]["default_vs_float32"] = round(
+            rate[f"ProductLens default (flip + {embedder.views} views): files -> features"] / rate[before], 2)
     if "per-image loop: load_img + predict" in rate:
         results["ratios"]["productlens_vs_per_image_loop"] = round(
             rate["ProductLens: files -> features"] / rate["per-image loop: load_img + predict"], 2)

@@ -107,13 +107,12 @@ def test_a_bug_is_not_dressed_up_as_a_user_error(tmp_path, monkeypatch):
 
 
 def test_default_configuration_end_to_end(tmp_path, demo_dir):
-    """The shipped defaults (Lite0 + Lite2, multi pooling, 4 views), not the suite's fast backbone:
-    import -> embed -> train -> predict -> export, and the export reproduces the stored predictions."""
-    import keras
+    """The shipped defaults (Lite0 + Lite2, multi pooling, 4 views, 8-bit on a CPU), not the suite's fast
+    backbone: import -> embed -> train -> predict -> export, and the export reproduces the stored predictions."""
+    import onnxruntime
 
     from core import settings
     from core.features import Embedder
-    from core.features.pooling import GeneralizedMeanPooling
     from core.jobs.export import classifier_inputs
 
     workspace = tmp_path / "ws"
@@ -128,22 +127,24 @@ def test_default_configuration_end_to_end(tmp_path, demo_dir):
 
     cli("import", str(demo_dir), "--json")
     embedded = cli("embed")
-    assert embedded["embedding"] == "efficientnet_lite0_lite2+multi" and embedded["computed"] == 80
+    assert embedded["embedding"] == "efficientnet_lite0_lite2+multi+int8" and embedded["computed"] == 80
     trained = cli("train")
     assert trained["predicted"] == 80 and trained["classes"] == 10
     cli("predict")
     written = cli("export", "model", "--output", str(tmp_path / "out"))["written"]
     catalog = Catalog(workspace)
     version = catalog.active_model_version()
-    assert (version.embedding_key, version.prediction_key) == ("efficientnet_lite0_lite2+multi",
-                                                             "efficientnet_lite0_lite2+multi#tta4")
+    assert (version.embedding_key, version.prediction_key) == ("efficientnet_lite0_lite2+multi+int8",
+                                                             "efficientnet_lite0_lite2+multi+int8#tta4")
     assert version.params["embedder"]["views"] == settings.DEFAULT_VIEWS == 4
-    model = keras.models.load_model(written[0], custom_objects={"GeneralizedMeanPooling": GeneralizedMeanPooling})
+    assert version.params["embedder"]["precision"] == "int8"
+    int8_file = next(path for path in written if path.endswith(".int8.onnx"))
+    session = onnxruntime.InferenceSession(int8_file)
     products = catalog.products()[::20]
     inputs = classifier_inputs(Embedder(backbone="efficientnet_lite0_lite2", views=4),
                                [(catalog.image_path(p), p.sha256) for p in products])
     stored = catalog.predictions(version.id)
-    for product, probabilities in zip(products, model.predict(inputs, verbose=0)):
+    for product, probabilities in zip(products, session.run(None, {"photo_and_views": inputs})[0]):
         assert version.classes[int(np.argmax(probabilities))] == stored[product.id]["label"]
         assert abs(float(probabilities.max()) - stored[product.id]["confidence"]) < 2e-3
 

@@ -58,6 +58,11 @@ def quantized_backbone(backbone: str, weights, image_size: int, pooling: str,
     return QuantizedBackbone(path, threads)
 
 
+def is_converted(backbone: str, weights, image_size: int, pooling: str) -> bool:
+    """Whether this machine's cache already holds the quantized graph (no conversion on first use)."""
+    return _cached_path(backbone, weights, image_size, pooling).is_file()
+
+
 def _cached_path(backbone: str, weights, image_size: int, pooling: str) -> Path:
     if weights == "imagenet":
         origin = "imagenet"

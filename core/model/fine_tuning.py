@@ -76,7 +76,9 @@ class TopOfNetwork:
     def __init__(self, embedder: Embedder):
         _check_fine_tunable(embedder)
         # A backbone of its own: the one passed in may be embedding an upload meanwhile (the app shares it).
-        self.embedder = _copy(embedder)
+        # The top trains on float32 activations, so the tuned network runs in float32 too: an 8-bit
+        # copy would mix its features with the cached activations' (and fine-tuning is not the default).
+        self.embedder = _copy(embedder, precision="float32" if embedder.precision == "int8" else embedder.precision)
         self._members = _members(self.embedder.model)
         if not self._members:
             raise TrainingError(f"no top convolution found in {embedder.key}")

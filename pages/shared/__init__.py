@@ -16,9 +16,10 @@ import streamlit as st
 
 from core.curation import projection, review
 from core.errors import AccessDeniedError, CatalogError
-from core.features import Embedder
+from core.features import Embedder, backbones, quantized
 from core.jobs.pipeline import version_embedder
 from core.security import Account, SignInThrottle, require
+from core.settings import current as current_settings
 from core.settings import workspace_dir
 from core.storage import Catalog, database_url, thumbnail
 from pages.shared import state
@@ -82,7 +83,8 @@ def catalog() -> Catalog:
         st.stop()
 
 
-@st.cache_resource(show_spinner="Loading the image model (once per server)…")
+@st.cache_resource(show_spinner="Loading the image model (once per server; on a new machine it is first "
+                                "converted to 8 bits, about half a minute)…")
 def embedder() -> Embedder:
     model = Embedder()
     # Build, load weights and trace both forward passes (photo + mirror, and views) now,
@@ -100,28 +102,46 @@ WARM_UP_DELAY_S = 3.0
 
 @st.cache_resource(show_spinner=False)
 def warm_up_in_background() -> threading.Thread | None:
-    """Once per server, on a machine that has never drawn a map: compile the Explore map's kernels in a
-    background thread, a few seconds after the first page.
+    """Once per server, on a machine that has never drawn a map or never converted the 8-bit image
+    model: compile the Explore map's kernels and convert the model in a background thread, a few
+    seconds after the first page.
 
-    A thread, not a process (a fork from the server can deadlock it). Where numba's disk
-    cache already holds the kernels nothing runs: the warm-up would only load them, and
-    while it did, it slowed the first page of every new server by seconds (the
-    interpreter is shared). A failure here is not shown: the map reports its own error
-    when someone opens it.
+    A thread, not a process (a fork from the server can deadlock it). Where the disk caches
+    already hold them nothing runs: the warm-up would only load them, and while it did, it
+    slowed the first page of every new server by seconds (the interpreter is shared). A
+    failure here is not shown: the map and the first embedding report their own errors.
     """
-    if not projection.warm_up_needed():
+    kernels = projection.warm_up_needed()
+    conversion = quantized_model_needed()
+    if not kernels and not conversion:
         return None
 
     def warm_up() -> None:
         time.sleep(WARM_UP_DELAY_S)
         try:
-            projection.warm_up()
-        except Exception:  # noqa: BLE001 - best effort; Explore computes and reports for itself
+            if kernels:
+                projection.warm_up()
+            if conversion:
+                model = Embedder()
+                if model.precision == "int8":  # not where a GPU makes float32 the default
+                    quantized.quantized_backbone(model.backbone, model.weights, model.image_size, model.pooling)
+        except Exception:  # noqa: BLE001 - best effort; the map and the first embedding report for themselves
             pass
 
-    thread = threading.Thread(target=warm_up, name="productlens-map-warm-up", daemon=True)
+    thread = threading.Thread(target=warm_up, name="productlens-warm-up", daemon=True)
     thread.start()
     return thread
+
+
+def quantized_model_needed() -> bool:
+    """Whether the default image model may run in 8 bits and has not been converted on this machine yet.
+
+    Reads the settings and the cache only (importing TensorFlow to ask for a GPU costs seconds)."""
+    configured = current_settings()
+    if configured.precision not in (None, "int8"):
+        return False
+    spec = backbones.spec(configured.backbone)
+    return not quantized.is_converted(configured.backbone, "imagenet", spec.image_size, spec.default_pooling)
 
 
 def draw_map_ahead() -> threading.Thread | None:

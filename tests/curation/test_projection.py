@@ -72,23 +72,43 @@ def test_the_app_starts_the_warm_up_once_per_server(monkeypatch, tmp_path):
 
     import pages.shared
     from core.curation import projection
+    from core.features import quantized
     from pages.shared import warm_up_in_background  # a fresh server: nothing started yet
 
     monkeypatch.setenv("PRODUCTLENS_WORKSPACE", str(tmp_path / "ws"))
+    monkeypatch.delenv("PRODUCTLENS_PRECISION", raising=False)
     monkeypatch.setattr(pages.shared, "WARM_UP_DELAY_S", 0.0)
     calls = []
-    monkeypatch.setattr(projection, "warm_up", lambda: calls.append(threading.current_thread().name))
+    monkeypatch.setattr(projection, "warm_up", lambda: calls.append(("map", threading.current_thread().name)))
+    monkeypatch.setattr(quantized, "quantized_backbone",
+                        lambda *args, **kwargs: calls.append(("int8", threading.current_thread().name)))
     import time
 
-    for needed in (False, True):  # a machine whose disk cache holds the kernels; a new machine
-        monkeypatch.setattr(projection, "warm_up_needed", lambda: needed)
+    # A machine whose disk caches hold the kernels and the 8-bit model; then one without kernels; one without the model.
+    for kernels, conversion in ((False, False), (True, False), (False, True)):
+        monkeypatch.setattr(projection, "warm_up_needed", lambda: kernels)
+        monkeypatch.setattr(pages.shared, "quantized_model_needed", lambda: conversion)
         warm_up_in_background.clear()
+        calls.clear()
         for _ in range(2):
             AppTest.from_file(str(Path(__file__).resolve().parents[2] / "app.py"), default_timeout=120).run()
-            deadline = time.time() + (5 if not needed else 60)
+            deadline = time.time() + (5 if not (kernels or conversion) else 60)
             while not calls and time.time() < deadline:  # started by the app itself, not by this test
                 time.sleep(0.05)
-        assert calls == ([] if not needed else ["productlens-map-warm-up"])
+        time.sleep(0.5)
+        expected = [("map", "productlens-warm-up")] if kernels else []
+        expected += [("int8", "productlens-warm-up")] if conversion else []
+        assert calls == expected, (kernels, conversion)
+
+
+def test_a_new_machine_needs_the_8_bit_model_converted(monkeypatch, tmp_path):
+    from pages.shared import quantized_model_needed
+
+    monkeypatch.delenv("PRODUCTLENS_PRECISION", raising=False)
+    monkeypatch.setenv("PRODUCTLENS_CACHE", str(tmp_path))
+    assert quantized_model_needed()
+    monkeypatch.setenv("PRODUCTLENS_PRECISION", "float32")
+    assert not quantized_model_needed(), "float32 by choice: nothing to convert"
 
 
 def clustered(n: int, clusters: int = 12, dim: int = 48, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

@@ -30,8 +30,9 @@ def test_the_top_of_the_network_finishes_the_forward_pass_from_cached_activation
     catalog = Catalog(demo_workspace)
     products = catalog.products()[:6]
     top = TopOfNetwork(embedder)
+    assert top.embedder.precision == "float32", "the top trains on float32 activations"
     pixels = np.stack([embedder.load_pixels(catalog.image_path(product)) for product in products])
-    whole = embedder.embed_pixels(pixels, flip_tta=False)
+    whole = top.embedder.embed_pixels(pixels, flip_tta=False)
     np.testing.assert_allclose(top.features(top.activations(pixels)), whole, atol=2e-3)
 
 
@@ -76,7 +77,7 @@ def test_fine_tuning_stores_a_version_whose_backbone_reproduces_its_features(dem
     stored = catalog.embeddings(version.embedding_key, chosen)[1]
     cosine = (fresh * stored).sum(axis=1) / np.linalg.norm(fresh, axis=1) / np.linalg.norm(stored, axis=1)
     assert cosine.min() > 0.9995, cosine
-    imagenet_features = Embedder(backbone=embedder.backbone).embed_sources(
+    imagenet_features = Embedder(backbone=embedder.backbone, precision="float32").embed_sources(
         [catalog.image_path(pid) for pid in chosen])[0]
     assert np.abs(imagenet_features - fresh).max() > 1e-3, "the stored features are the tuned network's"
     result = predict_catalog(catalog, version)
