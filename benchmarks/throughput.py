@@ -115,25 +115,21 @@ def main() -> None:
         view_pixels = view_pixels.reshape(-1, size, size, 3)
         embedder.embed_pixels(view_pixels[:embedder.batch_size], flip_tta=False)
 
-        def ceiling_views():
+        def ceiling_views(model):
             # The same passes on pre-decoded tensors (256 photos' views, reused to cover all photos).
-            embedder.embed_pixels(pixels, flip_tta=True)
-            for start in range(0, count, 256):
-                embedder.embed_pixels(view_pixels[:embedder.views * min(256, count - start)], flip_tta=False)
+            def run():
+                model.embed_pixels(pixels, flip_tta=True)
+                for start in range(0, count, 256):
+                    model.embed_pixels(view_pixels[:model.views * min(256, count - start)], flip_tta=False)
+            return run
 
-        report(f"ceiling, flip + {embedder.views} views", timed(ceiling_views), 2 + embedder.views)
+        report(f"ceiling, flip + {embedder.views} views", timed(ceiling_views(embedder)), 2 + embedder.views)
         report(f"ProductLens default (flip + {embedder.views} views): files -> features",
                timed(lambda: embedder.embed_with_views(hashed)), 2 + embedder.views)
         if embedder.precision != "float32":
             exact.embed_pixels(pixels[:exact.batch_size], flip_tta=True)
             exact.embed_pixels(view_pixels[:exact.batch_size], flip_tta=False)
-
-            def exact_ceiling_views():
-                exact.embed_pixels(pixels, flip_tta=True)
-                for start in range(0, count, 256):
-                    exact.embed_pixels(view_pixels[:exact.views * min(256, count - start)], flip_tta=False)
-
-            report(f"float32: ceiling, flip + {exact.views} views", timed(exact_ceiling_views), 2 + exact.views)
+            report(f"float32: ceiling, flip + {exact.views} views", timed(ceiling_views(exact)), 2 + exact.views)
             report(f"float32: ProductLens (flip + {exact.views} views): files -> features",
                    timed(lambda: exact.embed_with_views(hashed)), 2 + exact.views)
 

@@ -126,12 +126,27 @@ def test_exported_classifier_reproduces_the_stored_predictions(catalog, tmp_path
     assert worst_cosine(photo_vectors, app_vectors) < 0.999, "the photo alone is measurably different"
 
 
+def run_where_productlens_is_not_installed(tmp_path, script: str, arguments: list) -> None:
+    """Run ``script`` with ``arguments`` in a Python that cannot import ProductLens; it must succeed."""
+    import os
+    import subprocess
+    import sys
+
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    env = {name: value for name, value in os.environ.items() if name != "PYTHONPATH"}
+    completed = subprocess.run([sys.executable, "-c", script, *map(str, arguments)], cwd=outside,
+                               env=dict(env, TF_CPP_MIN_LOG_LEVEL="3"), capture_output=True, text=True, timeout=600)
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    cannot_import = subprocess.run([sys.executable, "-c", "import core.jobs"], cwd=outside, env=env,
+                                   capture_output=True, text=True)
+    assert cannot_import.returncode != 0, "the check must run where ProductLens is not importable"
+
+
 @pytest.mark.parametrize("backbone", ["suite's single network", "default pair"])
 def test_every_format_reproduces_the_app_without_productlens(request, tmp_path, backbone):
     """The .keras file, the SavedModel, the TFLite file and the ONNX file load in a Python that cannot import
     ProductLens and return the stored probabilities, for a single network and for the default pair."""
-    import subprocess
-    import sys
 
     if backbone == "default pair":
         catalog, embedder = request.getfixturevalue("default_pair")
@@ -171,18 +186,10 @@ def test_every_format_reproduces_the_app_without_productlens(request, tmp_path, 
         "feed = {session.get_inputs()[0].name: np.load(sys.argv[2]).astype('float32')}\n"
         "np.save(sys.argv[3] + '.onnx.npy', session.run(None, feed)[0])\n"
         "assert 'core' not in sys.modules\n")
-    outside = tmp_path / "elsewhere"
-    outside.mkdir()
-    env = {name: value for name, value in __import__("os").environ.items() if name != "PYTHONPATH"}
     assert not isinstance(written["onnx"], str), written["onnx"]
-    arguments = [written["savedmodel"], tmp_path / "inputs.npy", tmp_path / "outputs.npy", tflite, written["keras"],
-                 written["onnx"]]
-    completed = subprocess.run([sys.executable, "-c", script, *map(str, arguments)], cwd=outside,
-                               env=dict(env, TF_CPP_MIN_LOG_LEVEL="3"), capture_output=True, text=True, timeout=600)
-    assert completed.returncode == 0, completed.stderr[-2000:]
-    cannot_import = subprocess.run([sys.executable, "-c", "import core.jobs"], cwd=outside, env=env,
-                                   capture_output=True, text=True)
-    assert cannot_import.returncode != 0, "the check must run where ProductLens is not importable"
+    run_where_productlens_is_not_installed(tmp_path, script, [written["savedmodel"], tmp_path / "inputs.npy",
+                                                              tmp_path / "outputs.npy", tflite, written["keras"],
+                                                              written["onnx"]])
     stored = catalog.predictions(version.id)
     outputs = [np.load(tmp_path / f"outputs.npy{suffix}") for suffix in ("", ".tflite.npy", ".keras.npy", ".onnx.npy")]
     for output in outputs:
@@ -194,8 +201,6 @@ def test_every_format_reproduces_the_app_without_productlens(request, tmp_path, 
 
 def test_the_int8_onnx_file_reproduces_an_int8_catalogue_without_productlens(int8_catalog, catalog, tmp_path,
                                                                              embedder):
-    import subprocess
-    import sys
 
     written = export.export_classifier_formats(int8_catalog, tmp_path / "out", onnx=False)
     assert written["onnx_int8"].is_file()
@@ -208,13 +213,8 @@ def test_the_int8_onnx_file_reproduces_an_int8_catalogue_without_productlens(int
               "session = onnxruntime.InferenceSession(sys.argv[1])\n"
               "np.save(sys.argv[3], session.run(None, {session.get_inputs()[0].name: np.load(sys.argv[2])})[0])\n"
               "assert 'core' not in sys.modules\n")
-    outside = tmp_path / "elsewhere"
-    outside.mkdir()
-    env = {name: value for name, value in __import__("os").environ.items() if name != "PYTHONPATH"}
-    completed = subprocess.run([sys.executable, "-c", script, str(written["onnx_int8"]), str(tmp_path / "inputs.npy"),
-                                str(tmp_path / "outputs.npy")], cwd=outside, env=env, capture_output=True, text=True,
-                               timeout=600)
-    assert completed.returncode == 0, completed.stderr[-2000:]
+    run_where_productlens_is_not_installed(tmp_path, script, [written["onnx_int8"], tmp_path / "inputs.npy",
+                                                              tmp_path / "outputs.npy"])
     stored = int8_catalog.predictions(version.id)
     output = np.load(tmp_path / "outputs.npy")
     assert output.shape == (len(products), len(version.classes))
