@@ -195,7 +195,8 @@ def first_waits() -> str:
     if result is None:
         return missing("first_waits.py")
     return "\n".join([table(["a new user's first …", "seconds"], [
-        [f"*Load demo catalogue* ({result['demo_products']} photos imported, features computed)",
+        [f"*Load demo catalogue* ({result['demo_products']} photos imported, features computed; on a new machine "
+         "the 8-bit model converted first)",
          result["load_demo_seconds"]],
         ["first *Retrain now*", result["first_train_seconds"]],
         ["first Explore map, on a machine that never drew one (after loading the demo and training)",
