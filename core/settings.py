@@ -124,7 +124,7 @@ def embedding_precision() -> str:
     """Arithmetic of the backbone: ``$PRODUCTLENS_PRECISION``, else int8 on a CPU, float32 with a GPU.
 
     int8 (:mod:`core.features.quantized`, ONNX Runtime) is as accurate as float32 on grocery val
-    at a third of the cost on a CPU (README, benchmarks/precision.py); it runs on the CPU only,
+    at a fraction of the cost on a CPU (README, benchmarks/precision.py); it runs on the CPU only,
     so a machine with a GPU keeps TensorFlow's float32. bfloat16 is opt-in: it changes some
     top-1 predictions, and without native support (AVX512-BF16 / AMX) it is emulated and slower.
     """

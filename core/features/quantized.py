@@ -1,4 +1,4 @@
-"""The backbone as an 8-bit ONNX Runtime graph: the same features at a third of the cost.
+"""The backbone as an 8-bit ONNX Runtime graph: float32's features, to rounding, at a fraction of the cost.
 
 EfficientNet-Lite was designed to survive 8-bit arithmetic (ReLU6, no squeeze-and-
 excitation), and CPUs with integer dot-product instructions (AVX512-VNNI, AVX-VNNI, ARM
