@@ -96,6 +96,9 @@ def _convert(backbone: str, weights, image_size: int, pooling: str, path: Path) 
 
     from core.features.backbones import build_feature_model
 
+    # portable: Lite0's in-graph resize without antialiasing, which ONNX has. Not the export's exact
+    # matrix form (core.jobs.export.portable_feature_model): its dense matrix products would cost a
+    # sizeable share of Lite0 itself on every photo, and int8 features have their own key anyway.
     model = build_feature_model(backbone, weights, image_size, pooling, portable=True)
 
     @tf.function(input_signature=[tf.TensorSpec([None, image_size, image_size, 3], tf.uint8, name="pixels")])
