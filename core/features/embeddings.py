@@ -69,7 +69,9 @@ class Embedder:
         self.crop = crop
         self.flip_tta = flip_tta
         self._batch_size = batch_size
-        self.decode_workers = decode_workers or max(1, min(4, os.cpu_count() or 1))
+        # Decoding a photo and its views is a small share of embedding them: one thread per two cores
+        # keeps ahead of the model without taking cores from it.
+        self.decode_workers = decode_workers or max(1, min(4, (os.cpu_count() or 1) // 2))
         self.pooling = pooling or spec.default_pooling
         self.feature_dim = spec.feature_dim_for(self.pooling)
         self._precision = precision
@@ -137,10 +139,11 @@ class Embedder:
             network = quantized_backbone(self.backbone, self.weights, self.image_size, self.pooling, self.threads)
 
             def forward(pixels, flip):
-                features = network(pixels)
-                if flip:
-                    features = (features + network(pixels[:, :, ::-1])) / 2.0
-                return features
+                if not flip:
+                    return network(pixels)
+                # Photos and mirrors in one call: its parts run on all the threads at once.
+                features = network(np.concatenate([pixels, pixels[:, :, ::-1]]))
+                return (features[:len(pixels)] + features[len(pixels):]) / 2.0
 
             self._forward = forward
         if self._forward is None:
@@ -175,10 +178,11 @@ class Embedder:
         count = len(pixels)
         if count == 0:
             return np.zeros((0, self.feature_dim), dtype=np.float32)
-        # Every call sees the same batch shape: a short last batch is padded (a few wasted
-        # images) rather than making TensorFlow trace the graph again (seconds, per shape).
+        # Every call to TensorFlow sees the same batch shape: a short last batch is padded (a few
+        # wasted images) rather than making it trace the graph again (seconds, per shape). The
+        # 8-bit runtime takes any batch as it comes.
         padding = -count % self.batch_size
-        if padding:
+        if padding and self.precision != "int8":
             pixels = np.concatenate([pixels, np.zeros((padding, *pixels.shape[1:]), dtype=pixels.dtype)])
         outputs = [np.asarray(forward(pixels[start:start + self.batch_size], flip))
                    for start in range(0, len(pixels), self.batch_size)]

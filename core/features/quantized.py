@@ -17,6 +17,7 @@ import hashlib
 import os
 import tempfile
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -31,25 +32,39 @@ _lock = threading.Lock()
 
 
 class QuantizedBackbone:
-    """Runs a quantized feature graph: uint8 pixels ``(n, size, size, 3)`` in, float32 features out."""
+    """Runs a quantized feature graph: uint8 pixels ``(n, size, size, 3)`` in, float32 features out.
+
+    A batch is split into ``threads`` parts run at the same time, each on one thread of
+    its own, rather than one run whose every layer is shared among the threads: these
+    layers are too small at a few photos for a split of each one to pay for its
+    synchronisation (``benchmarks/throughput.py``).
+    """
 
     def __init__(self, path: str | os.PathLike, threads: int | None = None):
         import onnxruntime
 
+        self.threads = max(1, threads or os.cpu_count() or 1)
         options = onnxruntime.SessionOptions()
-        options.intra_op_num_threads = threads or os.cpu_count() or 1
+        options.intra_op_num_threads = 1
         options.inter_op_num_threads = 1
         options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
-        # Idle workers sleep instead of spinning: spinning ones take the cores from the threads that
-        # decode the next photos (benchmarks/throughput.py: the whole pipeline ~13% faster, the
-        # model alone on decoded tensors ~4% slower).
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.path = Path(path)
+        # One session serves every run: ONNX Runtime's run is safe to call from several threads.
         self._session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         self._input = self._session.get_inputs()[0].name
+        self._runs = ThreadPoolExecutor(self.threads, thread_name_prefix="productlens-int8") \
+            if self.threads > 1 else None
+
+    def _run(self, pixels: np.ndarray) -> np.ndarray:
+        return self._session.run(None, {self._input: pixels})[0]
 
     def __call__(self, pixels: np.ndarray) -> np.ndarray:
-        return self._session.run(None, {self._input: np.ascontiguousarray(pixels, dtype=np.uint8)})[0]
+        pixels = np.ascontiguousarray(pixels, dtype=np.uint8)
+        parts = min(self.threads, len(pixels))
+        if self._runs is None or parts < 2:
+            return self._run(pixels)
+        runs = [self._runs.submit(self._run, part) for part in np.array_split(pixels, parts)]
+        return np.concatenate([run.result() for run in runs])
 
 
 def quantized_backbone(backbone: str, weights, image_size: int, pooling: str,

@@ -49,6 +49,21 @@ def test_int8_is_cached_under_its_own_key_and_converted_once(photos, monkeypatch
     np.testing.assert_allclose(first.embed_pixels(pixels), both, rtol=1e-5, atol=1e-6)
 
 
+def test_a_batch_split_across_threads_gives_each_photo_its_own_features(photos):
+    from core.features.quantized import QuantizedBackbone
+
+    embedder = Embedder(backbone="efficientnet_lite0", views=0, precision="int8")
+    embedder.embed_sources(photos[:1])  # converted into the cache
+    path = quantized_backbone("efficientnet_lite0", "imagenet", embedder.image_size, embedder.pooling).path
+    pixels = np.stack([embedder.load_pixels(photo) for photo in photos[:5]])
+    alone = np.concatenate([QuantizedBackbone(path, threads=1)(pixels[i:i + 1]) for i in range(len(pixels))])
+    # Odd batches, a batch smaller than the threads, one photo: each row is still its own photo's.
+    for threads in (2, 3, 8):
+        split = QuantizedBackbone(path, threads=threads)
+        np.testing.assert_allclose(split(pixels), alone, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(split(pixels[:1]), alone[:1], rtol=1e-5, atol=1e-5)
+
+
 def test_int8_calibrates_on_the_demo_photos_only():
     from core.features.quantized import calibration_pixels
 
