@@ -5,12 +5,15 @@ known (its category was trained on) or unknown. Protocols, each over several
 random splits: half of the 81 fine categories (an unknown is often a sibling
 variety of a known one: another apple); half of the coarse categories with all
 their fine ones (an unknown is another kind of product); and the issue's case,
-only the apple varieties labelled. Scores: the novelty detector's Mahalanobis
-distance to the nearest labelled category (:mod:`core.model.novelty`, what the app
-flags by), the cosine similarity to the nearest labelled product (the app's score
-until stop 23) and the head's confidence (maximum softmax probability), as AUROC
-with a bootstrap 95% interval over the val photos; and, at the app's threshold, the
-share of unknown and of known val photos flagged.
+only the apple varieties labelled. The head is trained as the app trains it (with
+the crop views) and predicts from each photo averaged with its views, as the app
+does. Scores: what the app flags by (:mod:`core.model.novelty`: the ranks of the
+distance to the nearest labelled category and of the head's confidence among
+held-out labelled products', averaged), and each part alone: the Mahalanobis
+distance (the app's score in stops 23-25), the head's confidence (maximum softmax
+probability); and the cosine similarity to the nearest labelled product (the app's
+score until stop 23); as AUROC with a bootstrap 95% interval over the val photos;
+and, at the app's threshold, the share of unknown and of known val photos flagged.
 
     python benchmarks/open_set.py [--splits 5]
 """
@@ -59,33 +62,40 @@ def main() -> None:
     args = parser.parse_args()
     from core.model.head import HeadClassifier
     from core.model.novelty import DEFAULT_QUANTILE, NoveltyDetector
+    from core.model.training import held_out_confidence
 
     data = grocery_features()
     train, val = data.train, data.val
+    prediction_key = data.embedder.prediction_key
+    val_predicted = data.catalog.embeddings(prediction_key, val.ids.tolist())[1]
     coarse_train = np.array([data.coarse[label] for label in train.labels])
     coarse_val = np.array([data.coarse[label] for label in val.labels])
     fine, coarse = np.unique(train.labels), np.unique(coarse_train)
     started = time.perf_counter()
 
     def protocol(name, known_sets_of_categories, level_train, level_val):
-        knowns, distances, similarities, confidences, flagged_unknown, flagged_known = [], [], [], [], [], []
+        scores = {score: [] for score in ("combined", "distance", "confidence", "similarity")}
+        knowns, flagged_unknown, flagged_known = [], [], []
         for categories in known_sets_of_categories:
             in_train = np.isin(level_train, list(categories))
             known = np.isin(level_val, list(categories))
-            head = HeadClassifier().fit(train.features[in_train], train.labels[in_train])
-            detector = NoveltyDetector().fit(train.features[in_train], train.labels[in_train])
-            distance = detector.score(val.features)
+            features, labels = train.features[in_train], train.labels[in_train]
+            head = HeadClassifier().fit(features, labels, augmented_views=[view[in_train] for view in train.views])
+            confidence = head.predict_proba(val_predicted).max(axis=1)
+            detector = NoveltyDetector().fit(features, labels, held_out_confidence(head, len(features)))
+            combined = detector.score(val.features, confidence)
             knowns.append(known)
-            distances.append(distance)
-            similarities.append(nearest_similarity(train.features[in_train], val.features))
-            confidences.append(head.predict_proba(val.features).max(axis=1))
-            new = distance < detector.threshold_
+            scores["combined"].append(combined)
+            scores["distance"].append(detector.distance(val.features))
+            scores["confidence"].append(confidence)
+            scores["similarity"].append(nearest_similarity(features, val.features))
+            new = combined < detector.threshold_
             flagged_unknown.append(float(new[~known].mean()))
             flagged_known.append(float(new[known].mean()))
         row = {"protocol": name, "splits": len(knowns),
                "known_val_photos": int(np.mean([k.sum() for k in knowns])),
                "unknown_val_photos": int(np.mean([(~k).sum() for k in knowns]))}
-        for score, values in (("distance", distances), ("similarity", similarities), ("confidence", confidences)):
+        for score, values in scores.items():
             low, high = interval(knowns, values)
             row[f"auroc_{score}"] = {"value": round(float(np.mean([auroc(k, v) for k, v in zip(knowns, values)])), 4),
                                      "low": round(low, 4), "high": round(high, 4),

@@ -350,11 +350,13 @@ def open_set() -> str:
         return f"{value['value']:.3f} ({value['low']:.3f}–{value['high']:.3f})"
 
     rows = [[row["protocol"], row["splits"], f"{row['known_val_photos']} / {row['unknown_val_photos']}",
-             auroc(row["auroc_distance"]), auroc(row["auroc_similarity"]), auroc(row["auroc_confidence"]),
-             percent(row["unknown_flagged"]), percent(row["known_flagged"])] for row in result["rows"]]
+             auroc(row["auroc_combined"]), auroc(row["auroc_distance"]), auroc(row["auroc_confidence"]),
+             auroc(row["auroc_similarity"]), percent(row["unknown_flagged"]), percent(row["known_flagged"])]
+            for row in result["rows"]]
     return "\n".join([table(["labelled categories", "splits", "val photos known / unknown",
-                             "AUROC, distance to nearest labelled category (the flag's score)",
-                             "AUROC, similarity to nearest labelled product (until stop 23)", "AUROC, confidence",
+                             "AUROC, the flag's score (distance and confidence ranks)",
+                             "AUROC, distance to nearest labelled category alone (stops 23-25)",
+                             "AUROC, confidence alone", "AUROC, similarity to nearest labelled product (until stop 23)",
                              "unknown flagged", "known flagged"], rows), "",
                       f"AUROC averaged over the splits, 95% bootstrap interval over the {result['val_photos']} val "
                       f"photos; flags at the app's threshold (quantile {result['quantile']}). " + measured_on(result)])

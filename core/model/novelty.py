@@ -2,21 +2,23 @@
 
 A classifier only knows the categories it was trained on, and its softmax shares
 all the probability among them: with four apple varieties labelled, a banana is
-an apple at 100%. Confidence cannot say "none of these"; distance can.
-:class:`NoveltyDetector` models each labelled category as a Gaussian in a
-low-dimensional principal subspace of the standardised features (one covariance
-shared by all categories, shrunk towards a multiple of the identity) and scores a
-product by its Mahalanobis distance to the nearest category: a distance that
-discounts the directions in which shots of one category always differ (light,
-angle) and weighs those in which categories differ. Its threshold comes from
-the labelled products themselves, scored by a model fitted without their own
-series of near-identical shots (a new photo of a known category is a new shot,
-not a twin): the ``quantile`` of those scores is the share of known products
-that would be flagged if new photos looked like the old ones. A product below
-the threshold is flagged; bulk acceptance skips it. ``benchmarks/open_set.py``
-measures how well the score separates known from unknown categories on grocery
-val, beside the similarity to the nearest labelled product (the score until
-stop 23) and the classifier's confidence.
+an apple at 100%. Confidence alone cannot say "none of these"; distance can, and the
+two miss different products. :class:`NoveltyDetector` models each labelled category
+as a Gaussian in a low-dimensional principal subspace of the standardised features
+(one covariance shared by all categories, shrunk towards a multiple of the identity)
+and measures a product's Mahalanobis distance to the nearest category: a distance
+that discounts the directions in which shots of one category always differ (light,
+angle) and weighs those in which categories differ. Given the head's confidence in
+each held-out labelled product, its score adds two standard scores: how the product's
+distance, and how its confidence (as log-odds), compare with those of labelled products
+scored by models that never saw them (for the distance: fitted without their own
+series of near-identical shots, since a new photo of a known category is a new shot,
+not a twin). Standard scores rather than ranks: a product far beyond every labelled one
+stays far, however sure the head is. The threshold is the ``quantile`` of the held-out labelled products'
+scores: the share of known products that would be flagged if new photos looked like
+the old ones. A product below it is flagged; bulk acceptance skips it.
+``benchmarks/open_set.py`` measures how well each score separates known from unknown
+categories on grocery val.
 """
 
 from __future__ import annotations
@@ -34,10 +36,14 @@ _FIT_SAMPLE = 20_000
 # Held-out scores for the threshold: the series are found among at most this many (all pairs are compared).
 _THRESHOLD_SAMPLE = 5000
 _STATE = ("mean_", "scale_", "components_", "whitening_", "centres_", "threshold_")
+# Mean and spread of held-out labelled products' distance and confidence log-odds (NaN: no confidences);
+# a detector saved before them scores by the squared distance alone.
+_REFERENCES = ("reference_",)
 
 
 class NoveltyDetector:
-    """Mahalanobis distance to the nearest labelled category, in a principal subspace.
+    """Mahalanobis distance to the nearest labelled category, in a principal subspace, with the head's
+    confidence beside it when :meth:`fit` is given held-out confidences.
 
     ``components`` (dimensions of the subspace) and ``shrinkage`` (of the shared
     covariance towards its average variance) were chosen with
@@ -59,8 +65,12 @@ class NoveltyDetector:
         self.folds = folds
         self.random_state = random_state
 
-    def fit(self, features: np.ndarray, labels) -> "NoveltyDetector":
-        """Learn the categories of the labelled products' ``features`` (n, dim) and ``labels``, and the threshold."""
+    def fit(self, features: np.ndarray, labels, confidence: np.ndarray | None = None) -> "NoveltyDetector":
+        """Learn the categories of the labelled products' ``features`` (n, dim) and ``labels``, and the threshold.
+
+        ``confidence`` (n,): the head's top probability for each product it held out of its
+        training (NaN for the others); without it the score is the distance's rank alone.
+        """
         features = np.asarray(features, dtype=np.float32)
         labels = np.asarray([str(label) for label in labels], dtype=object)
         if features.ndim != 2 or len(features) != len(labels):
@@ -68,10 +78,13 @@ class NoveltyDetector:
                              f"and {len(labels)} labels")
         if len(features) < 2:
             raise ValueError("the novelty threshold needs at least 2 labelled products")
+        confidence = np.full(len(features), np.nan) if confidence is None else np.asarray(confidence, np.float64)
+        if confidence.shape != (len(features),):
+            raise ValueError(f"confidence must have one value (or NaN) per labelled product; got {confidence.shape}")
         rng = np.random.default_rng(self.random_state)
         if len(features) > _FIT_SAMPLE:
             keep = np.sort(rng.choice(len(features), _FIT_SAMPLE, replace=False))
-            features, labels = features[keep], labels[keep]
+            features, labels, confidence = features[keep], labels[keep], confidence[keep]
         self.mean_ = features.mean(axis=0)
         self.scale_ = (1.0 / (features.std(axis=0) + 1e-3)).astype(np.float32)
         standardised = (features - self.mean_) * self.scale_
@@ -80,7 +93,17 @@ class NoveltyDetector:
         projected = standardised @ self.components_.T
         _, codes = np.unique(labels, return_inverse=True)
         self.whitening_, self.centres_ = self._gaussians(projected, codes)
-        self.threshold_ = self._held_out_threshold(features, standardised, codes, rng)
+        rows, distances = self._held_out_distances(features, standardised, codes, rng)
+        both = np.isfinite(confidence[rows])
+        known_distances = -np.sqrt(-distances.astype(np.float64))
+        known_confidences = _log_odds(confidence[np.isfinite(confidence)])
+        self.reference_ = np.array([known_distances.mean(), max(known_distances.std(), 1e-6),
+                                    known_confidences.mean() if both.any() else np.nan,
+                                    max(known_confidences.std(), 1e-6) if both.any() else np.nan])
+        if not both.any():  # no product was held out by both: the distance alone
+            both = np.ones(len(rows), bool)
+        held_out = self._combined(distances[both], confidence[rows][both])
+        self.threshold_ = float(np.quantile(held_out, self.quantile))
         return self
 
     def _gaussians(self, projected: np.ndarray, codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -102,9 +125,9 @@ class NoveltyDetector:
         whitening = (vectors / np.sqrt(np.maximum(values, 1e-12))).astype(np.float32)
         return whitening, (means @ whitening).astype(np.float32)
 
-    def _held_out_threshold(self, features, standardised, codes, rng) -> float:
-        """The ``quantile`` of labelled products' scores under a subspace and Gaussians fitted without their
-        own series (a subspace that saw a series spans its quirks, and a new shot's look too close)."""
+    def _held_out_distances(self, features, standardised, codes, rng) -> tuple[np.ndarray, np.ndarray]:
+        """``(rows, distances)``: labelled products' distances under a subspace and Gaussians fitted without
+        their own series (a subspace that saw a series spans its quirks, and a new shot's look too close)."""
         from core.curation.similarity import near_duplicate_group_ids
 
         rows = np.arange(len(standardised))
@@ -113,7 +136,7 @@ class NoveltyDetector:
         units = features[rows] / np.maximum(np.linalg.norm(features[rows], axis=1, keepdims=True), 1e-12)
         series = near_duplicate_group_ids(units, self.group_threshold)
         fold_of_series = rng.permutation(series.max() + 1) % self.folds
-        scores = []
+        scored, distances = [], []
         for fold in range(self.folds):
             held = rows[fold_of_series[series] == fold]
             rest = np.setdiff1d(np.arange(len(standardised)), held)
@@ -123,19 +146,28 @@ class NoveltyDetector:
                 continue
             axes = _principal_axes(standardised[rest], min(len(self.components_), len(rest) - 1), self.random_state)
             whitening, centres = self._gaussians(standardised[rest] @ axes.T, codes[rest])
-            scores.append(_nearest(standardised[held] @ axes.T @ whitening, centres))
-        scores = np.concatenate(scores) if scores else np.zeros(0)
-        if not len(scores):  # every category is one series: nothing to measure a new shot by
-            return float(_nearest(standardised @ self.components_.T @ self.whitening_, self.centres_).min())
-        return float(np.quantile(scores, self.quantile))
+            scored.append(held)
+            distances.append(_nearest(standardised[held] @ axes.T @ whitening, centres))
+        if not scored:  # every category is one series: nothing to measure a new shot by but the products
+            rows = np.arange(len(standardised))
+            return rows, _nearest(standardised @ self.components_.T @ self.whitening_, self.centres_)
+        return np.concatenate(scored), np.concatenate(distances)
+
+    def _combined(self, distances: np.ndarray, confidence: np.ndarray | None) -> np.ndarray:
+        """The distance's standard score among held-out labelled products', plus the confidence's."""
+        distance_mean, distance_spread, confidence_mean, confidence_spread = self.reference_
+        known = (-np.sqrt(-np.asarray(distances, np.float64)) - distance_mean) / distance_spread
+        if np.isfinite(confidence_mean):
+            known = known + (_log_odds(confidence) - confidence_mean) / confidence_spread
+        return known.astype(np.float32)
 
     def _check_fitted(self) -> None:
         if not hasattr(self, "threshold_"):
             raise NotFittedError("this NoveltyDetector is not fitted yet: call fit() with the labelled features "
                                  "and labels, or load()")
 
-    def score(self, features: np.ndarray, block: int = 8192) -> np.ndarray:
-        """Each row's negated squared Mahalanobis distance to the nearest labelled category (higher: more known)."""
+    def distance(self, features: np.ndarray, block: int = 8192) -> np.ndarray:
+        """Each row's negated squared Mahalanobis distance to the nearest labelled category (higher: nearer)."""
         self._check_fitted()
         features = np.atleast_2d(np.asarray(features, dtype=np.float32))
         transform = (self.components_.T @ self.whitening_).astype(np.float32)
@@ -144,9 +176,33 @@ class NoveltyDetector:
                                         self.centres_) for start in range(0, len(features), block)]
                               or [np.zeros(0, np.float32)])
 
-    def is_new(self, features: np.ndarray) -> np.ndarray:
+    @property
+    def needs_confidence(self) -> bool:
+        """Whether :meth:`score` takes the head's confidence (it was fitted with held-out confidences)."""
+        self._check_fitted()
+        return self.reference_ is not None and bool(np.isfinite(self.reference_[2]))
+
+    def score(self, features: np.ndarray, confidence: np.ndarray | None = None) -> np.ndarray:
+        """How known each product looks, higher: more (see the module's description).
+
+        ``confidence``: the head's top probability for each row, needed when
+        :attr:`needs_confidence`.
+        """
+        distances = self.distance(features)
+        if self.reference_ is None:  # saved before the standard scores: its threshold is on the distance itself
+            return distances
+        if self.needs_confidence:
+            if confidence is None:
+                raise ValueError("this detector also ranks the head's confidence: pass confidence= (the top "
+                                 "probability of each product)")
+            confidence = np.asarray(confidence, dtype=np.float64).reshape(-1)
+            if len(confidence) != len(distances):
+                raise ValueError(f"one confidence per product: got {len(confidence)} for {len(distances)}")
+        return self._combined(distances, confidence)
+
+    def is_new(self, features: np.ndarray, confidence: np.ndarray | None = None) -> np.ndarray:
         """True where nothing labelled looks like the product (a category nobody has labelled yet?)."""
-        return self.score(features) < self.threshold_
+        return self.score(features, confidence) < self.threshold_
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write the learned state as one ``.npz`` (replaced atomically)."""
@@ -156,7 +212,8 @@ class NoveltyDetector:
         path = Path(path)
         with atomic_path(path) as temporary:
             with open(temporary, "wb") as handle:
-                np.savez(handle, **{name: np.asarray(getattr(self, name)) for name in _STATE})
+                np.savez(handle, **{name: np.asarray(getattr(self, name)) for name in _STATE + _REFERENCES
+                                    if getattr(self, name) is not None})
         return path
 
     @classmethod
@@ -168,8 +225,15 @@ class NoveltyDetector:
                 raise ValueError(f"{Path(path).name} is not a novelty detector (missing {', '.join(missing)})")
             for name in _STATE:
                 setattr(detector, name, state[name])
+            for name in _REFERENCES:
+                setattr(detector, name, state[name] if name in state else None)
         detector.threshold_ = float(detector.threshold_)
         return detector
+
+
+def _log_odds(probability) -> np.ndarray:
+    probability = np.clip(np.asarray(probability, np.float64), 1e-6, 1 - 1e-6)
+    return np.log(probability / (1 - probability))
 
 
 def _nearest(whitened: np.ndarray, centres: np.ndarray) -> np.ndarray:

@@ -14,6 +14,8 @@ from __future__ import annotations
 import zipfile
 from typing import Sequence
 
+import numpy as np
+
 from core.model.novelty import NoveltyDetector
 from core.model.training import load_version, novelty_path
 from core.storage.catalog import Catalog, ModelVersion
@@ -40,7 +42,10 @@ def predict_catalog(catalog: Catalog, version: ModelVersion | int | None = None,
         new = None
         if detector is not None:
             photo_ids, photos = catalog.embeddings(version.embedding_key, ids.tolist())
-            flagged = dict(zip(photo_ids.tolist(), detector.is_new(photos).tolist()))
+            # The head's confidence in each product, beside how far its photo is from every category.
+            confidence = dict(zip(ids.tolist(), probabilities[:, 0].tolist()))
+            flagged = dict(zip(photo_ids.tolist(), detector.is_new(
+                photos, np.array([confidence[pid] for pid in photo_ids.tolist()])).tolist()))
             new = [None if pid not in flagged else flagged[pid] and pid not in labelled for pid in ids.tolist()]
         catalog.store_predictions(version.id, ids, labels, probabilities, new)
         predicted += len(ids)

@@ -191,7 +191,7 @@ def train_version(catalog: Catalog, embedder: Embedder, head: HeadClassifier | N
     head.fit(rows_features, rows_labels, augmented_views=views, progress=progress, view_scatter=scatter,
              view_means=means, propagated_from=propagated_from)
     train_seconds = time.perf_counter() - started
-    detector = novelty.NoveltyDetector().fit(features, labels)
+    detector = novelty.NoveltyDetector().fit(features, labels, held_out_confidence(head, len(features)))
     metrics = {"n_propagated": int(len(rows_ids) - len(ids)), "train_seconds": round(train_seconds, 3)}
     if scatter is not None:  # how much of the cached view scatter this retrain had to redo
         metrics["view_scatter_products_read"] = scatter.recomputed_products_
@@ -236,7 +236,19 @@ def train_streamed(catalog: Catalog, embedding_key: str, prediction_key: str, he
     head.fit_streamed(read, ids, labels, chunk=chunk, progress=progress)
     sample = np.sort(np.random.default_rng(0).choice(len(ids), min(len(ids), _DETECTOR_SAMPLE), replace=False))
     _, photos = catalog.embeddings(embedding_key, ids[sample].tolist())
-    return ids, labels, novelty.NoveltyDetector().fit(photos, labels[sample])
+    confidence = held_out_confidence(head, len(ids))[sample]
+    return ids, labels, novelty.NoveltyDetector().fit(photos, labels[sample], confidence)
+
+
+def held_out_confidence(head: HeadClassifier, count: int) -> np.ndarray:
+    """The fitted ``head``'s top probability for each of its first ``count`` rows it held out of training
+    (NaN for the rest): what the "new category?" detector ranks a product's confidence among."""
+    confidence = np.full(count, np.nan)
+    rows = np.asarray(head.validation_rows_, dtype=np.int64)
+    if len(rows) and len(head.validation_probabilities_) == len(rows):
+        inside = rows < count  # propagated rows come after the labelled ones
+        confidence[rows[inside]] = head.validation_probabilities_.max(axis=1)[inside]
+    return confidence
 
 
 def _keep_version(catalog, embedder, head, detector, ids, labels, skipped, metrics, params, extra_metrics,
@@ -246,7 +258,7 @@ def _keep_version(catalog, embedder, head, detector, ids, labels, skipped, metri
     # Kept beside the head and written first, so a head file never lacks its detector.
     detector.save(novelty_path(catalog.workspace / relative))
     head.save(catalog.workspace / relative)
-    metrics = {**head.metrics_, "novelty_distance_threshold": round(detector.threshold_, 4),
+    metrics = {**head.metrics_, "novelty_threshold": round(detector.threshold_, 4),
                "n_train": int(len(ids)), "n_skipped_without_features": int(skipped),
                "best_epoch": head.best_epoch_, **metrics, **(extra_metrics or {})}
     params = {"embedder": asdict(EmbedderSettings.of(embedder)), "head": head.get_params(),

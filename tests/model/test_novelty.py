@@ -79,6 +79,50 @@ def test_distance_weighs_the_directions_categories_differ_in_not_those_shots_var
     assert detector.is_new(stranger[None])[0] and not detector.is_new(new_shot[None])[0]
 
 
+def _three_categories(rng):
+    known = [rng.normal(size=48) for _ in range(3)]
+    labelled = np.concatenate([series(centre, 10, 4, rng) for centre in known])
+    return known, labelled, np.repeat(["a", "b", "c"], 40)
+
+
+def test_the_head_s_doubt_flags_a_product_that_looks_near_a_known_category():
+    """A sibling variety sits near its known cousins, so distance alone calls it known; the head is unsure of it
+    where held-out labelled products were sure. A product far beyond every category stays flagged however sure
+    the head is (standard scores, not ranks that stop at the last labelled product)."""
+    rng = np.random.default_rng(2)
+    known, labelled, labels = _three_categories(rng)
+    held_out_confidence = np.where(rng.random(len(labels)) < 0.3, rng.uniform(0.85, 0.99, len(labels)), np.nan)
+    with_confidence = NoveltyDetector(components=16).fit(labelled, labels, held_out_confidence)
+    distance_only = NoveltyDetector(components=16).fit(labelled, labels)
+    assert with_confidence.needs_confidence and not distance_only.needs_confidence
+    looks_known = series(known[0], 6, 1, rng)
+    far = series(rng.normal(size=48) * 3, 6, 1, rng)
+    assert not distance_only.is_new(looks_known).any()
+    assert not with_confidence.is_new(looks_known, np.full(6, 0.95)).any(), "sure and near: known"
+    assert with_confidence.is_new(looks_known, np.full(6, 0.3)).all(), "near but the head is unsure: new?"
+    assert with_confidence.is_new(far, np.full(6, 0.999)).all(), "far beyond every category, even if sure"
+    with pytest.raises(ValueError, match="confidence"):
+        with_confidence.score(looks_known)
+    with pytest.raises(ValueError, match="one confidence per product"):
+        with_confidence.score(looks_known, np.full(5, 0.9))
+
+
+def test_a_detector_saved_before_the_confidence_still_flags_by_distance(tmp_path):
+    rng = np.random.default_rng(3)
+    known, labelled, labels = _three_categories(rng)
+    fitted = NoveltyDetector(components=16).fit(labelled, labels)
+    # What stops 23-25 wrote: the distance's state, its threshold on the negated squared distance.
+    older = tmp_path / "older.novelty.npz"
+    threshold = float(np.quantile(fitted.distance(labelled), 0.01))
+    np.savez(older, **{name: getattr(fitted, name) for name in ("mean_", "scale_", "components_", "whitening_",
+                                                                "centres_")}, threshold_=threshold)
+    loaded = NoveltyDetector.load(older)
+    assert not loaded.needs_confidence
+    unknown = series(rng.normal(size=48), 5, 1, rng)
+    np.testing.assert_allclose(loaded.score(unknown), fitted.distance(unknown), rtol=1e-6)
+    assert loaded.is_new(unknown).all() and not loaded.is_new(series(known[1], 5, 1, rng)).any()
+
+
 def test_only_apples_labelled_milk_is_flagged_and_bulk_accept_skips_it(tmp_path, embedder, demo_dir):
     """The issue's case: with only some fruit labelled, a milk carton must not be filed as fruit at 90%."""
     photos = tmp_path / "photos"
@@ -100,7 +144,9 @@ def test_only_apples_labelled_milk_is_flagged_and_bulk_accept_skips_it(tmp_path,
     known = ingest.import_paths(catalog, [photos / "unlabelled"], apply_labels=False).product_ids
     embed_catalog(catalog, embedder)
     version = train_version(catalog, embedder)
-    assert version.metrics["novelty_distance_threshold"] < 0
+    assert np.isfinite(version.metrics["novelty_threshold"])
+    assert NoveltyDetector.load(novelty_path(catalog.model_path(version))).needs_confidence, \
+        "the detector learned the head's held-out confidences"
     assert novelty_path(catalog.model_path(version)).is_file(), "the detector is kept beside the head"
     predict_catalog(catalog, version)
     predictions = catalog.predictions(version.id)
