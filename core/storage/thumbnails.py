@@ -23,7 +23,9 @@ def thumbnail(catalog: Catalog, product: Product | int) -> Path | None:
     path = catalog.workspace / "thumbnails" / f"{product.sha256}.jpg"
     if not path.exists():
         try:
-            atomic_write_bytes(path, images.thumbnail_bytes(catalog.image_path(product), THUMBNAIL_SIZE))
+            # A cache: rebuilt if a crash loses it, so not worth an fsync per photo while a grid renders.
+            atomic_write_bytes(path, images.thumbnail_bytes(catalog.image_path(product), THUMBNAIL_SIZE),
+                               durable=False)
         except (images.ImageError, OSError):
             return None
     return path
