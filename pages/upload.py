@@ -69,12 +69,13 @@ if result:
     if result.prediction_error:
         st.warning(f"Imported, but not predicted: {plain(result.prediction_error)}")
     active = catalog().active_model_version()
-    predictions = catalog().predictions(active.id) if active else {}
+    shown = result.product_ids[:60]
+    predictions = catalog().predictions(active.id, shown) if active else {}
     if not predictions and not result.prediction_error:
         st.info("No model yet: label some products and train one on the Train page to get predictions.")
     taxonomy = Taxonomy(catalog().category_parents())
     columns = st.columns(6)
-    for index, product_id in enumerate(result.product_ids[:60]):
+    for index, product_id in enumerate(shown):
         prediction = predictions.get(product_id)
         with columns[index % 6]:
             show_thumbnail(product_id)

@@ -940,9 +940,18 @@ class Catalog:
                 "probabilities = excluded.probabilities, created_at = excluded.created_at, "
                 "new_category = excluded.new_category", rows)
 
-    def predictions(self, model_id: int) -> dict[int, dict]:
-        rows = self._rows("SELECT product_id, top_label, confidence, labels, probabilities, new_category "
-                          "FROM predictions WHERE model_id = :model", {"model": int(model_id)}, mappings=False)
+    def predictions(self, model_id: int, product_ids: Sequence[int] | None = None) -> dict[int, dict]:
+        """The stored predictions of model version ``model_id``: of every product, or of ``product_ids`` only
+        (read by id, so a page showing a few products never reads the whole catalogue's)."""
+        query = ("SELECT product_id, top_label, confidence, labels, probabilities, new_category "
+                 "FROM predictions WHERE model_id = :model")
+        if product_ids is None:
+            rows = self._rows(query, {"model": int(model_id)}, mappings=False)
+        else:
+            ids, rows = sorted({int(pid) for pid in product_ids}), []
+            for start in range(0, len(ids), 500):
+                rows += self._rows(query + " AND product_id IN :ids",
+                                   {"model": int(model_id), "ids": ids[start:start + 500]}, mappings=False)
         return {
             int(pid): {
                 "label": top, "confidence": confidence, "labels": json.loads(labels),

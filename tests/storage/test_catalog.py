@@ -189,6 +189,22 @@ def test_ids_keep_growing_and_the_active_version_is_unique(workspace):
 
 
 
+def test_predictions_are_read_for_the_products_asked_for_only(workspace):
+    catalog = Catalog(workspace)
+    ids = [add(catalog, photo)[0] for photo in demo_photos("Lemon")[:4]]
+    first = catalog.add_model_version("test", ["Lemon", "Lime"], {}, {}, "models/a.keras")
+    second = catalog.add_model_version("test", ["Lemon", "Lime"], {}, {}, "models/b.keras")
+    catalog.store_predictions(first, ids[:3], [["Lemon", "Lime"]] * 3, np.array([[0.9, 0.1], [0.8, 0.2], [0.7, 0.3]]))
+    catalog.store_predictions(second, ids[:1], [["Lime", "Lemon"]], np.array([[0.6, 0.4]]))
+    every = catalog.predictions(first)
+    assert sorted(every) == ids[:3]
+    # Asked-for ids without a prediction (ids[3]) are simply absent; repeats are read once; other versions' never.
+    asked = catalog.predictions(first, [ids[2], ids[0], ids[3], ids[2]])
+    assert asked == {pid: every[pid] for pid in (ids[0], ids[2])}
+    assert catalog.predictions(second, ids)[ids[0]]["label"] == "Lime" and len(catalog.predictions(second, ids)) == 1
+    assert catalog.predictions(first, []) == {}
+
+
 def test_category_parents_refuse_loops_and_imports_never_override_a_choice(workspace):
     catalog = Catalog(workspace)
     assert catalog.set_category_parents([("Granny-Smith", "Apple"), ("Apple", "Fruit")], author="ana") == 2
