@@ -30,5 +30,6 @@ def chart_text(text: object) -> str:
 # How a "new category?" prediction flag reads on every page (core.model.novelty).
 NEW_CATEGORY = "⚠ New category? Nothing labelled looks like this product."
 NEW_CATEGORY_HELP = ("The model only knows the categories it was trained on and shares its confidence among "
-                     "them. No labelled product is this far from it, so it may belong to a category nobody has "
-                     "labelled yet. Bulk accept skips it.")
+                     "them. Taken together, how far this product is from every labelled category and how unsure "
+                     "the model is of it go beyond what labelled products it was tested on reach, so it may "
+                     "belong to a category nobody has labelled yet. Bulk accept skips it.")
