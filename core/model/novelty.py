@@ -13,10 +13,11 @@ each held-out labelled product, its score adds two standard scores: how the prod
 distance, and how its confidence (as log-odds), compare with those of labelled products
 scored by models that never saw them (for the distance: fitted without their own
 series of near-identical shots, since a new photo of a known category is a new shot,
-not a twin). Standard scores rather than ranks: a product far beyond every labelled one
-stays far, however sure the head is. The threshold is the ``quantile`` of the held-out labelled products'
-scores: the share of known products that would be flagged if new photos looked like
-the old ones. A product below it is flagged; bulk acceptance skips it.
+not a twin). Standard scores rather than ranks: a product far beyond every labelled
+one stays far, however sure the head is. The threshold is the ``quantile`` of the
+held-out labelled products' scores: the share of known products that would be flagged
+if new photos looked like the old ones. A product below it is flagged; bulk acceptance
+skips it.
 ``benchmarks/open_set.py`` measures how well each score separates known from unknown
 categories on grocery val.
 """
@@ -69,7 +70,7 @@ class NoveltyDetector:
         """Learn the categories of the labelled products' ``features`` (n, dim) and ``labels``, and the threshold.
 
         ``confidence`` (n,): the head's top probability for each product it held out of its
-        training (NaN for the others); without it the score is the distance's rank alone.
+        training (NaN for the others); without it the score is the distance's standard score alone.
         """
         features = np.asarray(features, dtype=np.float32)
         labels = np.asarray([str(label) for label in labels], dtype=object)
@@ -193,7 +194,7 @@ class NoveltyDetector:
             return distances
         if self.needs_confidence:
             if confidence is None:
-                raise ValueError("this detector also ranks the head's confidence: pass confidence= (the top "
+                raise ValueError("this detector also weighs the head's confidence: pass confidence= (the top "
                                  "probability of each product)")
             confidence = np.asarray(confidence, dtype=np.float64).reshape(-1)
             if len(confidence) != len(distances):

@@ -242,7 +242,7 @@ def train_streamed(catalog: Catalog, embedding_key: str, prediction_key: str, he
 
 def held_out_confidence(head: HeadClassifier, count: int) -> np.ndarray:
     """The fitted ``head``'s top probability for each of its first ``count`` rows it held out of training
-    (NaN for the rest): what the "new category?" detector ranks a product's confidence among."""
+    (NaN for the rest): what the "new category?" detector compares a product's confidence with."""
     confidence = np.full(count, np.nan)
     rows = np.asarray(head.validation_rows_, dtype=np.int64)
     if len(rows) and len(head.validation_probabilities_) == len(rows):
