@@ -354,7 +354,7 @@ def open_set() -> str:
              auroc(row["auroc_similarity"]), percent(row["unknown_flagged"]), percent(row["known_flagged"])]
             for row in result["rows"]]
     return "\n".join([table(["labelled categories", "splits", "val photos known / unknown",
-                             "AUROC, the flag's score (distance and confidence ranks)",
+                             "AUROC, the flag's score (distance + confidence standard scores)",
                              "AUROC, distance to nearest labelled category alone (stops 23-25)",
                              "AUROC, confidence alone", "AUROC, similarity to nearest labelled product (until stop 23)",
                              "unknown flagged", "known flagged"], rows), "",
