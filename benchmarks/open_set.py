@@ -7,9 +7,9 @@ variety of a known one: another apple); half of the coarse categories with all
 their fine ones (an unknown is another kind of product); and the issue's case,
 only the apple varieties labelled. The head is trained as the app trains it (with
 the crop views) and predicts from each photo averaged with its views, as the app
-does. Scores: what the app flags by (:mod:`core.model.novelty`: the ranks of the
-distance to the nearest labelled category and of the head's confidence among
-held-out labelled products', averaged), and each part alone: the Mahalanobis
+does. Scores: what the app flags by (:mod:`core.model.novelty`: the standard scores
+of the distance to the nearest labelled category and of the head's confidence
+against held-out labelled products', added), and each part alone: the Mahalanobis
 distance (the app's score in stops 23-25), the head's confidence (maximum softmax
 probability); and the cosine similarity to the nearest labelled product (the app's
 score until stop 23); as AUROC with a bootstrap 95% interval over the val photos;
