@@ -12,7 +12,12 @@ SQLite workspace, then times, in this process:
   after a retrain or an upload);
 * a render after that: the table plus the order read from the stored queue;
 * the Review page itself through Streamlit's AppTest (the queue already stored), first
-  run and a rerun.
+  run and a rerun, then with filters and other orders (each a rerun after changing them):
+  the database filters, sorts and pages, except the orders that rank by the probabilities
+  ("highest entropy", "smallest margin", "random"), which read the matching rows.
+
+``--dim`` sets the vectors' size: only the queue (and "highest entropy"'s diversity guard)
+reads vectors, so a small one lets a million products fit on a small disk.
 
     python benchmarks/review_scale.py [--products 100000]
 Writes ``benchmarks/results/review_scale.json``.
@@ -81,6 +86,37 @@ def main() -> None:
         at.run()
         rows["Review page, rerun (AppTest)"] = round(time.perf_counter() - started, 2)
         print(json.dumps(rows), flush=True)
+
+        def render(step: str, *changes) -> None:
+            for change in changes:
+                change()
+            started = time.perf_counter()
+            at.run()
+            rows[step] = round(time.perf_counter() - started, 2)
+            if at.exception:
+                sys.exit(f"{step} failed: {at.exception}")
+            print(json.dumps({step: rows[step]}), flush=True)
+
+        def status(value):
+            return lambda: at.radio(key="review_status").set_value(value)
+
+        def order(value):
+            return lambda: at.selectbox(key="review_order").set_value(value)
+
+        def predicted(values):
+            return lambda: next(box for box in at.multiselect if box.label == "Predicted category").set_value(values)
+
+        # Filters and other orders: the database filters, sorts and pages (review.filtered_page).
+        render("Review page, only unlabelled (AppTest)", status("unlabelled"))
+        render("Review page, only unlabelled, page 2", lambda: at.number_input(key="review_page").set_value(2))
+        render("Review page, only unlabelled, least confident first", order("least confident"))
+        render("Review page, newest first", status("all"), order("newest"))
+        render("Review page, by category", order("category"))
+        render("Review page, only disagreements", lambda: at.toggle(key="review_disagree").set_value(True))
+        render("Review page, one predicted category, highest entropy (reads that category's rows)",
+               lambda: at.toggle(key="review_disagree").set_value(False), predicted(["category-007"]),
+               order("highest entropy"))
+        render("Review page, highest entropy, no filter (reads every row)", predicted([]))
     write_result("review_scale", {"products": args.products, "dim": args.dim, "seconds": rows,
                                   "queue_length": len(queue)})
 

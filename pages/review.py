@@ -39,7 +39,7 @@ product_count = catalog().count_products()
 if not product_count:
     st.info("No products yet: upload photos or load the demo catalogue on the Home page.")
     st.stop()
-# A large catalogue's default view reads one page of the stored queue; filters and other orders read every row.
+# A large catalogue is filtered, sorted and paged by the database (the default view: one page of the stored queue).
 large = product_count >= review.PAGED_FROM
 table = None if large else review.review_table(catalog())
 categories = catalog().categories()
@@ -126,19 +126,21 @@ with st.expander("Filters and order", expanded=False):
                                 "(set parents under Manage categories).") if tree else []
 
 queue = review_queue() if order == review.DEFAULT_ORDER else None
-unfiltered = not (predicted or under or disagreements or new_only or status != "all" or confidence != (0.0, 1.0))
-paged = large and unfiltered and queue is not None
+filters = dict(predicted=predicted, confidence_range=confidence, disagreements_only=disagreements,
+               labelled={"all": None, "unlabelled": False, "labelled": True}[status], new_category_only=new_only,
+               under=under)
+vectors_of = review.catalog_vectors(catalog(), key)
 requested = max(1, st.session_state.get(state.REVIEW_PAGE, 1))
-if paged:
-    visible, matching = review.queue_page(catalog(), queue, requested, PAGE_SIZE)
+if large:  # the database filters, sorts and pages: a render reads its page
+    where = review.review_filter(catalog(), **filters)
+
+    def page_of(number):
+        return review.filtered_page(catalog(), number, PAGE_SIZE, order, where, queue, vectors_of)
+
+    with st.spinner("Finding the matching products…"):
+        visible, matching = page_of(requested)
 else:
-    if table is None:
-        with st.spinner(f"Filtering all {product_count:,} products…"):
-            table = review.review_table(catalog())
-    selected = review.select(table, order=order, predicted=predicted, confidence_range=confidence,
-                             labelled={"all": None, "unlabelled": False, "labelled": True}[status],
-                             disagreements_only=disagreements, vectors_of=review.catalog_vectors(catalog(), key),
-                             queue=queue, new_category_only=new_only, under=under, page_size=PAGE_SIZE)
+    selected = review.select(table, order=order, vectors_of=vectors_of, queue=queue, page_size=PAGE_SIZE, **filters)
     matching = len(selected)
 pages = max(1, -(-matching // PAGE_SIZE))
 if requested > pages:
@@ -154,10 +156,10 @@ if st.session_state.get(state.REVIEW_KEYS):
     st.table([{"key": keys, "does": does} for keys, does in KEYS])
 show_notices()
 
-if not paged:
+if not large:
     visible = selected.iloc[(page - 1) * PAGE_SIZE: page * PAGE_SIZE]
 elif page != requested:
-    visible, _ = review.queue_page(catalog(), queue, page, PAGE_SIZE)
+    visible, _ = page_of(page)
 ids = [int(pid) for pid in visible["product_id"]]
 card_order = (ids, pages)
 if st.session_state.get(state.REVIEW_FOCUS) not in ids:

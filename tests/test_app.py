@@ -137,8 +137,18 @@ def test_a_large_catalogues_review_reads_one_page_of_the_stored_queue(populated,
     assert after["label"].iloc[:moved].isna().all(), "the card labelled moved behind every unlabelled one"
     at.number_input(key="review_page").set_value(2).run()
     assert sorted(cards()) == sorted(review.queue_page(catalog, queue, 2)[0]["product_id"].tolist())
-    at.radio(key="review_status").set_value("unlabelled").run()  # a filter reads the whole table
-    assert not at.exception and whole_table_reads
+    at.number_input(key="review_page").set_value(1).run()
+    at.radio(key="review_status").set_value("unlabelled").run()  # the database filters: still one page read
+    assert not at.exception and not whole_table_reads
+    unlabelled = review.review_filter(catalog, labelled=False)
+    shown, matching = review.filtered_page(catalog, 1, 12, review.DEFAULT_ORDER, unlabelled, queue)
+    assert sorted(cards()) == sorted(shown["product_id"]) and cards()[0] == shown["product_id"].iloc[0]
+    assert shown["label"].isna().all()
+    assert [m.value for m in at.metric if m.label == "Matching products"] == [str(matching)]
+    at.selectbox(key="review_order").set_value("least confident").run()
+    assert not at.exception and not whole_table_reads
+    least = review.select(real(catalog), order="least confident", labelled=False)["product_id"].tolist()
+    assert sorted(cards()) == sorted(least[:12]) and cards()[0] == least[0]
     at.button(key="undo").click().run()
     assert catalog.label_history(first_page[0])[0].author == "ana" and catalog.current_label(first_page[0]) is None
 

@@ -29,7 +29,7 @@ from core.curation import active_learning
 from core.errors import InvalidInputError
 from core.model.hierarchy import DEFAULT_THRESHOLD, Taxonomy
 from core.storage.atomic import atomic_write_bytes
-from core.storage.catalog import ANY, Catalog, LabelConflict
+from core.storage.catalog import ANY, Catalog, LabelConflict, ReviewFilter
 
 ORDERS = ("most informative", "smallest margin", "highest entropy", "random", "least confident", "newest",
           "category")
@@ -158,13 +158,14 @@ def _informative(table: pd.DataFrame, strategy: str, vectors_of: VectorsOf | Non
     # then labelled ones (checking them still catches mistakes), then unpredicted.
     ranking = np.lexsort((product_ids, -scores, ~unlabelled, ~has_prediction))
     if strategy == "hybrid" and queue is not None:
-        # The stored queue of this model version; products labelled since move behind the unlabelled ones,
-        # products added since follow the queue in the plain ranking.
+        # The stored queue of this model version (which put the products it could not predict last);
+        # products labelled since move behind the unlabelled ones, products added since follow the
+        # queue in the plain ranking. (:func:`queue_page` and :func:`filtered_page` lay pages out alike.)
         position = {int(pid): i for i, pid in enumerate(queue)}
         queued = np.array([position.get(int(pid), len(position)) for pid in product_ids], dtype=np.int64)
         rank_of = np.empty(len(ranking), dtype=np.int64)
         rank_of[ranking] = np.arange(len(ranking))
-        return table.iloc[np.lexsort((rank_of, queued, ~unlabelled, ~has_prediction))]
+        return table.iloc[np.lexsort((rank_of, queued, ~unlabelled))]
     if vectors_of is None:
         return table.iloc[ranking]
     limit = page_size * _DIVERSIFIED_PAGES
@@ -267,12 +268,74 @@ def queue_page(catalog: Catalog, queue: Sequence[int], page: int, page_size: int
     return rows.reindex(wanted).dropna(subset=["filename"]).reset_index(), len(ordered)
 
 
+def review_filter(catalog: Catalog, predicted: Sequence[str] | None = None,
+                  confidence_range: tuple[float, float] = (0.0, 1.0), labelled: bool | None = None,
+                  disagreements_only: bool = False, new_category_only: bool = False,
+                  under: Sequence[str] | None = None) -> ReviewFilter:
+    """:func:`select`'s filters as the database applies them; ``under`` becomes every name whose path in
+    the category tree passes through one of these categories (none without a tree, as in the table)."""
+    named = None
+    if under:
+        taxonomy, wanted = Taxonomy(catalog.category_parents()), set(under)
+        named = frozenset()
+        if taxonomy:
+            active = catalog.active_model_version()
+            names = set(catalog.categories()) | set(taxonomy.parents) | set(taxonomy.parents.values()) \
+                | set(active.classes if active else [])
+            named = frozenset(name for name in names if not wanted.isdisjoint(taxonomy.path(name)))
+    return ReviewFilter(predicted=frozenset(predicted or ()), confidence_range=tuple(confidence_range),
+                        labelled=labelled, disagreements_only=disagreements_only,
+                        new_category_only=new_category_only, named=named)
+
+
+def filtered_page(catalog: Catalog, page: int, page_size: int = 12, order: str = DEFAULT_ORDER,
+                  where: ReviewFilter = ReviewFilter(), queue: Sequence[int] | None = None,
+                  vectors_of: VectorsOf | None = None, seed: int = 0) -> tuple[pd.DataFrame, int]:
+    """One page of :func:`select`'s view for a catalogue too large to read whole, and how many products
+    the view holds: the filters run in the database and a page reads its own rows.
+
+    "Least confident", "newest" and "category" are sorted and paged by the database. "Most informative"
+    with the version's stored ``queue`` reads the matching products' ids and label states and lays them
+    out in the queue's order (labelled ones behind, as in :func:`select`; products added since the queue
+    was made follow it by id until it is made again). The other orders (and "most informative" without a
+    stored queue) rank by the probabilities, so they read the matching products' rows (and, through
+    ``vectors_of``, the vectors their diversity guard spreads).
+    """
+    if order not in ORDERS:
+        raise ValueError(f"order must be one of {ORDERS}, got {order!r}")
+    if page < 1 or page_size < 1:
+        raise ValueError(f"page and page_size must be at least 1, got {page} and {page_size}")
+    active = catalog.active_model_version()
+    model_id = active.id if active else None
+    start = (page - 1) * page_size
+    if order in ("least confident", "newest", "category"):
+        wanted = catalog.review_ids(model_id, where, order, start, page_size)
+        matching = catalog.review_count(model_id, where)
+    elif order == DEFAULT_ORDER and queue is not None:
+        if where.keeps_everything:
+            return queue_page(catalog, queue, page, page_size)
+        ids, labelled = catalog.review_states(model_id, where).T
+        position = {int(pid): i for i, pid in enumerate(queue)}
+        queued = np.array([position.get(int(pid), len(position)) for pid in ids], dtype=np.int64)
+        ranked = ids[np.lexsort((ids, queued, labelled))]
+        wanted, matching = ranked[start:start + page_size].tolist(), len(ranked)
+    else:
+        table = review_table(catalog, product_ids=catalog.review_ids(model_id, where, "id"))
+        # What labels already cover is judged from every labelled product, as with the whole table.
+        covered = set(catalog.labelled_product_ids()) if order == DEFAULT_ORDER else None
+        selected = select(table, order=order, page_size=page_size, seed=seed, queue=queue, covered=covered,
+                          vectors_of=vectors_of)
+        return selected.iloc[start:start + page_size].reset_index(drop=True), len(selected)
+    rows = review_table(catalog, product_ids=wanted).set_index("product_id")
+    return rows.reindex(wanted).dropna(subset=["filename"]).reset_index(), matching
+
+
 def select(table: pd.DataFrame, order: str = DEFAULT_ORDER, predicted: Sequence[str] | None = None,
            confidence_range: tuple[float, float] = (0.0, 1.0), labelled: bool | None = None,
            disagreements_only: bool = False, features: tuple[np.ndarray, np.ndarray] | None = None,
            new_category_only: bool = False, under: Sequence[str] | None = None,
            page_size: int = 12, seed: int = 0, vectors_of: VectorsOf | None = None,
-           queue: Sequence[int] | None = None) -> pd.DataFrame:
+           queue: Sequence[int] | None = None, covered: set[int] | None = None) -> pd.DataFrame:
     """Filter and order the review table (see the module docstring).
 
     ``features`` = ``(product_ids, vectors)`` (or ``vectors_of``, which reads only the
@@ -281,11 +344,14 @@ def select(table: pd.DataFrame, order: str = DEFAULT_ORDER, predicted: Sequence[
     (:func:`informative_queue`), used instead of computing it again. ``new_category_only`` keeps
     the products flagged "new category?" (see :mod:`core.model.novelty`). ``under`` keeps the
     products whose label or prediction lies under (or is) one of these categories, at any level.
+    ``covered``: the labelled products whose neighbourhoods "most informative" counts as covered
+    (default: the table's labelled ones).
     """
     if order not in ORDERS:
         raise ValueError(f"order must be one of {ORDERS}, got {order!r}")
     selected = table
-    labelled_ids = {int(pid) for pid in table.loc[table["label"].notna(), "product_id"]}
+    labelled_ids = covered if covered is not None else \
+        {int(pid) for pid in table.loc[table["label"].notna(), "product_id"]}
     if predicted:
         selected = selected[selected["predicted_label"].isin(list(predicted))]
     low, high = confidence_range

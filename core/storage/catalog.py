@@ -21,6 +21,7 @@ import functools
 import hashlib
 import json
 import os
+import re
 import sqlite3
 import threading
 import uuid
@@ -148,6 +149,38 @@ CREATE TABLE IF NOT EXISTS users (
 # Archived products (e.g. the extra copies of a near-duplicate group) keep their
 # rows, photos and history but leave every listing, count and training set.
 _LIVE = "NOT IN (SELECT product_id FROM archived)"
+
+# The plain sorts of the review table the database does (see Catalog.review_ids); ties go by product id.
+REVIEW_SORTS = {
+    "id": "p.id",
+    # Products without a prediction come last: there is nothing to check.
+    "least confident": "CASE WHEN pr.confidence IS NULL THEN 1 ELSE 0 END, pr.confidence, p.id",
+    "newest": "p.added_at DESC, p.id DESC",
+    "category": "COALESCE(cl.label, pr.top_label, ''){collate}, p.id",
+}
+
+
+@dataclass(frozen=True)
+class ReviewFilter:
+    """Which products a review view keeps, as the database applies it (nothing set: every live product).
+
+    ``predicted``: these top categories only; ``confidence_range``: the prediction's confidence within
+    it (inclusive); ``labelled``: True / False for labelled / unlabelled only; ``disagreements_only``:
+    a label that differs from the prediction; ``new_category_only``: flagged "new category?";
+    ``named``: the label or the prediction is one of these names (the category tree's any-level filter
+    passes every category under the chosen ones).
+    """
+
+    predicted: frozenset[str] = frozenset()
+    confidence_range: tuple[float, float] = (0.0, 1.0)
+    labelled: bool | None = None
+    disagreements_only: bool = False
+    new_category_only: bool = False
+    named: frozenset[str] | None = None
+
+    @property
+    def keeps_everything(self) -> bool:
+        return self == ReviewFilter()
 
 _CURRENT_LABELS = f"SELECT product_id, label, source FROM current_labels WHERE label IS NOT NULL AND product_id {_LIVE}"
 
@@ -982,6 +1015,65 @@ class Catalog:
                                mappings=False)
         return rows
 
+    def review_count(self, model_id: int | None, where: ReviewFilter) -> int:
+        """How many live products ``where`` keeps, counted in the database."""
+        sql, parameters = self._review_query("COUNT(*)", model_id, where)
+        return int(self._value(sql, parameters))
+
+    def review_ids(self, model_id: int | None, where: ReviewFilter, order: str, offset: int = 0,
+                   limit: int | None = None) -> list[int]:
+        """The ids of the live products ``where`` keeps, sorted by ``order`` (one of :data:`REVIEW_SORTS`)
+        and paged in the database: a page of a million-product catalogue reads a page of ids."""
+        if order not in REVIEW_SORTS:
+            raise ValueError(f"order must be one of {tuple(REVIEW_SORTS)}, got {order!r}")
+        sql, parameters = self._review_query("p.id", model_id, where)
+        # Categories sort by code point, as in Python, on both databases (PostgreSQL would otherwise follow
+        # its server locale; the test server runs in the C locale, so the tests cannot tell).
+        sort = REVIEW_SORTS[order].format(collate="" if self.is_sqlite else ' COLLATE "C"')
+        sql += f" ORDER BY {sort}"
+        if limit is not None:
+            sql += " LIMIT :limit OFFSET :offset"
+            parameters.update(limit=int(limit), offset=int(offset))
+        return self._ids(sql, parameters)
+
+    def review_states(self, model_id: int | None, where: ReviewFilter) -> np.ndarray:
+        """``(n, 2)`` int64 rows ``(product id, labelled)`` of the live products ``where`` keeps, by id:
+        enough to lay them out in a stored queue's order without reading their rows."""
+        sql, parameters = self._review_query("p.id, CASE WHEN cl.label IS NULL THEN 0 ELSE 1 END", model_id, where)
+        connection = self._connection()
+        with self._translated_errors():
+            try:
+                rows = connection.execute(_statement(sql + " ORDER BY p.id"), parameters).cursor.fetchall()
+            finally:
+                if not self._in_transaction():
+                    connection.rollback()
+        return np.array(rows, dtype=np.int64).reshape(-1, 2)
+
+    def _review_query(self, columns: str, model_id: int | None, where: ReviewFilter) -> tuple[str, dict]:
+        conditions, parameters = [f"p.id {_LIVE}"], {"model": -1 if model_id is None else int(model_id)}
+        if where.predicted:
+            conditions.append("pr.top_label IN :predicted_in")
+            parameters["predicted_in"] = sorted(where.predicted)
+        if tuple(where.confidence_range) != (0.0, 1.0):
+            conditions.append("pr.confidence BETWEEN :low AND :high")
+            parameters.update(low=float(where.confidence_range[0]), high=float(where.confidence_range[1]))
+        if where.labelled is not None:
+            conditions.append("cl.label IS NOT NULL" if where.labelled else "cl.label IS NULL")
+        if where.disagreements_only:
+            conditions.append("cl.label IS NOT NULL AND pr.top_label IS NOT NULL AND cl.label <> pr.top_label")
+        if where.new_category_only:
+            conditions.append("pr.new_category = 1")
+        if where.named is not None:
+            if not where.named:
+                conditions.append("1 = 0")
+            else:
+                conditions.append("(cl.label IN :named_in OR pr.top_label IN :named_in)")
+                parameters["named_in"] = sorted(where.named)
+        return (f"SELECT {columns} FROM products p "
+                "LEFT JOIN current_labels cl ON cl.product_id = p.id AND cl.label IS NOT NULL "
+                "LEFT JOIN predictions pr ON pr.product_id = p.id AND pr.model_id = :model "
+                f"WHERE {' AND '.join(conditions)}"), parameters
+
     # -- accounts ------------------------------------------------------------------
     # Rows only; hashing, roles and permissions live in core.security.accounts.
     def add_user(self, name: str, password_hash: str, role: str) -> None:
@@ -1130,8 +1222,10 @@ _INSERT_LABELS = insert(_LABELS).returning(_LABELS.c.id, sort_by_parameter_order
 def _statement(sql: str):
     # Every query is written once with named parameters; SQLAlchemy renders it for SQLite or psycopg.
     statement = text(sql)
-    if ":ids" in sql:  # a list of ids: rendered as IN (..., ...)
-        statement = statement.bindparams(bindparam("ids", expanding=True))
+    # A list (``:ids``, or a name ending in ``_in``): rendered as IN (..., ...).
+    expanding = [name for name in dict.fromkeys(re.findall(r":(\w+)", sql)) if name == "ids" or name.endswith("_in")]
+    if expanding:
+        statement = statement.bindparams(*(bindparam(name, expanding=True) for name in expanding))
     return statement
 
 
