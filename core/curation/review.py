@@ -398,15 +398,14 @@ def accept_predictions(catalog: Catalog, threshold: float, author: str | None = 
     """Label every *unlabelled* product whose prediction's confidence is >= ``threshold``.
 
     A product flagged "new category?" is never accepted: its confidence is shared among the
-    categories the model knows, none of which may be right.
+    categories the model knows, none of which may be right. The database picks the products (no
+    table of the whole catalogue is read), and one labelled by someone in the meantime keeps its label.
     """
-    table = review_table(catalog)
-    candidates = table[table["label"].isna() & table["predicted_label"].notna() & (table["confidence"] >= threshold)
-                       & (table["new_category"] != True)]  # noqa: E712 - None (not judged) is accepted
-    if product_ids is not None:
-        candidates = candidates[candidates["product_id"].isin([int(pid) for pid in product_ids])]
-    return catalog.set_labels(zip(candidates["product_id"].tolist(), candidates["predicted_label"].tolist()),
-                              source="model-accepted", author=author)
+    active = catalog.active_model_version()
+    if active is None:
+        return 0
+    return catalog.set_labels(catalog.acceptable_predictions(active.id, threshold, product_ids),
+                              source="model-accepted", author=author, only_if_unlabelled=True)
 
 
 def confirm(catalog: Catalog, product_ids: Sequence[int], author: str | None = None) -> int:

@@ -1015,6 +1015,25 @@ class Catalog:
                                mappings=False)
         return rows
 
+    def acceptable_predictions(self, model_id: int, threshold: float,
+                               product_ids: Sequence[int] | None = None) -> list[tuple[int, str]]:
+        """``(product id, predicted label)`` of the live unlabelled products (of ``product_ids``, default
+        every one) whose prediction by ``model_id`` is at least ``threshold`` sure and not flagged "new
+        category?", selected by the database."""
+        query = ("SELECT pr.product_id, pr.top_label FROM predictions pr "
+                 "LEFT JOIN current_labels cl ON cl.product_id = pr.product_id AND cl.label IS NOT NULL "
+                 "WHERE pr.model_id = :model AND cl.product_id IS NULL AND pr.confidence >= :threshold "
+                 f"AND (pr.new_category IS NULL OR pr.new_category = 0) AND pr.product_id {_LIVE}")
+        parameters = {"model": int(model_id), "threshold": float(threshold)}
+        if product_ids is None:
+            return [(int(pid), label) for pid, label in self._rows(query + " ORDER BY pr.product_id", parameters,
+                                                                    mappings=False)]
+        ids, rows = sorted({int(pid) for pid in product_ids}), []
+        for start in range(0, len(ids), 500):
+            rows += self._rows(query + " AND pr.product_id IN :ids ORDER BY pr.product_id",
+                               {**parameters, "ids": ids[start:start + 500]}, mappings=False)
+        return [(int(pid), label) for pid, label in rows]
+
     def review_count(self, model_id: int | None, where: ReviewFilter) -> int:
         """How many live products ``where`` keeps, counted in the database."""
         sql, parameters = self._review_query("COUNT(*)", model_id, where)

@@ -103,6 +103,29 @@ def test_accept_only_touches_unlabelled_products_above_threshold(catalog):
     assert after.loc[untouched, "label"].equals(before.loc[untouched, "label"])
 
 
+def test_accepting_reads_no_table_skips_archived_and_flagged_and_never_overwrites_a_colleague(catalog, monkeypatch):
+    version = catalog.active_model_version().id
+    unlabelled = review.review_table(catalog).query("label.isna()")["product_id"].tolist()
+    archived, flagged, colleagues, *others = unlabelled
+    catalog.archive_products([archived], reason="duplicate")
+    catalog.store_predictions(version, [flagged], [["Banana", "Lemon"]], np.array([[0.99, 0.01]]), new_category=[True])
+    real = catalog.acceptable_predictions
+
+    def read_then_a_colleague_labels(*args, **kwargs):
+        chosen = real(*args, **kwargs)
+        if colleagues in dict(chosen):
+            catalog.set_labels([(colleagues, "Lemon")], author="ana")  # between the read and the write
+        return chosen
+
+    monkeypatch.setattr(catalog, "acceptable_predictions", read_then_a_colleague_labels)
+    monkeypatch.setattr(review, "review_table", lambda *args, **kwargs: pytest.fail("read the whole table"))
+    assert review.confirm(catalog, others[:2], author="bo") == 2, "a page's confirm takes only its products"
+    assert review.accept_predictions(catalog, 0.0, author="bo") == len(others) - 2
+    assert catalog.current_label(colleagues) == "Lemon", "a colleague's label in the meantime is kept"
+    assert catalog.current_label(archived) is None and catalog.current_label(flagged) is None
+    assert all(catalog.current_label(pid) == "Banana" for pid in others)
+
+
 def test_relabel_rename_merge_and_undo(catalog):
     ids = catalog.product_ids()
     assert review.relabel(catalog, ids[:2], "Lime", author="ana") == (2, [])
