@@ -456,10 +456,17 @@ def review_scale() -> str:
     result = load("review_scale")
     if result is None:
         return missing("review_scale.py")
-    rows = [[step, seconds] for step, seconds in result["seconds"].items()]
-    return "\n".join([table(["step", "seconds"], rows), "",
-                      f"{result['products']:,} synthetic products (a third labelled, {result['dim']}-d vectors, "
-                      "top-3 predictions each), SQLite. " + measured_on(result)])
+    postgresql = load("review_scale_postgresql")
+    same = postgresql is not None and (postgresql["products"], postgresql["dim"]) == (result["products"], result["dim"])
+    header = ["step", "SQLite, s"] + (["PostgreSQL, s"] if same else [])
+    rows = [[step, seconds] + ([postgresql["seconds"].get(step, "")] if same else [])
+            for step, seconds in result["seconds"].items()]
+    notes = [f"{result['products']:,} synthetic products (a third labelled, {result['dim']}-d vectors, "
+             "top-3 predictions each). SQLite: " + measured_on(result)]
+    if same:
+        notes.append("PostgreSQL (a throw-away local server over loopback, "
+                     "`python benchmarks/review_scale.py --postgresql`): " + measured_on(postgresql))
+    return "\n".join([table(header, rows), "", " ".join(notes)])
 
 
 def scale(name: str = "scale") -> str:

@@ -19,8 +19,8 @@ SQLite workspace, then times, in this process:
 ``--dim`` sets the vectors' size: only the queue (and "highest entropy"'s diversity guard)
 reads vectors, so a small one lets a million products fit on a small disk.
 
-    python benchmarks/review_scale.py [--products 100000]
-Writes ``benchmarks/results/review_scale.json``.
+    python benchmarks/review_scale.py [--products 100000] [--dim 3632] [--postgresql]
+Writes ``benchmarks/results/review_scale.json`` (``review_scale_postgresql.json``).
 """
 
 from __future__ import annotations
@@ -52,21 +52,39 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--products", type=int, default=100_000)
     parser.add_argument("--dim", type=int, default=3632)
+    parser.add_argument("--postgresql", action="store_true",
+                        help="the catalogue on a throw-away local PostgreSQL server (tests/postgres_server.py); "
+                             "writes review_scale_postgresql.json")
     args = parser.parse_args()
+    server = None
+    if args.postgresql:
+        sys.path.insert(0, str(REPO / "tests"))
+        import postgres_server
+
+        server = postgres_server.start()
+    try:
+        measure(args, server.new_database() if server else "sqlite")
+    finally:
+        if server is not None:
+            server.close()
+
+
+def measure(args, database: str) -> None:
     with tempfile.TemporaryDirectory(prefix="productlens-review-scale-") as workspace:
-        catalog = Catalog(workspace, database="sqlite")
+        catalog = Catalog(workspace, database=database)
         fill(catalog, args.products, args.dim)
         version = catalog.active_model_version().id
         vectors = review.catalog_vectors(catalog, "bench")
         rows = {}
-        rows["review table (one query)"], table = timed(lambda: review.review_table(catalog))
+        rows["review table, every product (one query: making the queue; a probability order without a filter)"], \
+            table = timed(lambda: review.review_table(catalog))
         print(json.dumps(rows), flush=True)
-        rows["most informative order, computed in memory (every render before)"], _ = timed(
+        rows["most informative order computed from that table"], _ = timed(
             lambda: review.select(table, order=review.DEFAULT_ORDER, vectors_of=vectors))
         print(json.dumps(rows), flush=True)
-        rows["storing the version's queue (once, in the background)"], queue = timed(
+        rows["the version's queue made and stored (once, in the background)"], queue = timed(
             lambda: review.informative_queue(catalog, version, vectors))
-        rows["a render's table and order with the stored queue"], _ = timed(
+        rows["whole table and stored queue (a small catalogue's render)"], _ = timed(
             lambda: review.select(review.review_table(catalog), order=review.DEFAULT_ORDER, vectors_of=vectors,
                                   queue=review.informative_queue(catalog, version, vectors)))
         print(json.dumps(rows), flush=True)
@@ -74,7 +92,7 @@ def main() -> None:
         from streamlit.testing.v1 import AppTest
 
         os.environ["PRODUCTLENS_WORKSPACE"] = workspace
-        os.environ["PRODUCTLENS_DATABASE"] = "sqlite"
+        os.environ["PRODUCTLENS_DATABASE"] = database
         at = AppTest.from_file(str(REPO / "app.py"), default_timeout=1800)
         at.run()
         started = time.perf_counter()
@@ -117,8 +135,9 @@ def main() -> None:
                lambda: at.toggle(key="review_disagree").set_value(False), predicted(["category-007"]),
                order("highest entropy"))
         render("Review page, highest entropy, no filter (reads every row)", predicted([]))
-    write_result("review_scale", {"products": args.products, "dim": args.dim, "seconds": rows,
-                                  "queue_length": len(queue)})
+    write_result("review_scale_postgresql" if args.postgresql else "review_scale",
+                 {"products": args.products, "dim": args.dim, "seconds": rows, "queue_length": len(queue),
+                  "database": "PostgreSQL (local server, loopback)" if args.postgresql else "SQLite"})
 
 
 if __name__ == "__main__":

@@ -288,6 +288,16 @@ def review_filter(catalog: Catalog, predicted: Sequence[str] | None = None,
                         new_category_only=new_category_only, named=named)
 
 
+def _positions(queue: Sequence[int], product_ids: np.ndarray) -> np.ndarray:
+    """Each product's place in ``queue`` (``len(queue)`` for one not in it), without a dict of a million ids."""
+    queue = np.asarray(queue, dtype=np.int64)
+    by_id = np.argsort(queue, kind="stable")
+    found = np.minimum(np.searchsorted(queue[by_id], product_ids), max(len(queue) - 1, 0))
+    if not len(queue):
+        return np.zeros(len(product_ids), dtype=np.int64)
+    return np.where(queue[by_id][found] == product_ids, by_id[found], len(queue))
+
+
 def filtered_page(catalog: Catalog, page: int, page_size: int = 12, order: str = DEFAULT_ORDER,
                   where: ReviewFilter = ReviewFilter(), queue: Sequence[int] | None = None,
                   vectors_of: VectorsOf | None = None, seed: int = 0) -> tuple[pd.DataFrame, int]:
@@ -315,9 +325,7 @@ def filtered_page(catalog: Catalog, page: int, page_size: int = 12, order: str =
         if where.keeps_everything:
             return queue_page(catalog, queue, page, page_size)
         ids, labelled = catalog.review_states(model_id, where).T
-        position = {int(pid): i for i, pid in enumerate(queue)}
-        queued = np.array([position.get(int(pid), len(position)) for pid in ids], dtype=np.int64)
-        ranked = ids[np.lexsort((ids, queued, labelled))]
+        ranked = ids[np.lexsort((ids, _positions(queue, ids), labelled))]
         wanted, matching = ranked[start:start + page_size].tolist(), len(ranked)
     else:
         table = review_table(catalog, product_ids=catalog.review_ids(model_id, where, "id"))

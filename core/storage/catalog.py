@@ -1088,9 +1088,11 @@ class Catalog:
             else:
                 conditions.append("(cl.label IN :named_in OR pr.top_label IN :named_in)")
                 parameters["named_in"] = sorted(where.named)
+        # "+pr.model_id" keeps SQLite from walking the (model, confidence) index and fetching a million
+        # prediction rows in its order once a filter makes the join an inner one: 5 s instead of 0.5 s at 1M.
         return (f"SELECT {columns} FROM products p "
                 "LEFT JOIN current_labels cl ON cl.product_id = p.id AND cl.label IS NOT NULL "
-                "LEFT JOIN predictions pr ON pr.product_id = p.id AND pr.model_id = :model "
+                "LEFT JOIN predictions pr ON pr.product_id = p.id AND +pr.model_id = :model "
                 f"WHERE {' AND '.join(conditions)}"), parameters
 
     # -- accounts ------------------------------------------------------------------
