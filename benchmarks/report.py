@@ -327,6 +327,8 @@ def app_latency() -> str:
     return "\n".join([table(["what", "seconds"], [
         [f"upload {result['upload_photos']} photos → predictions shown (backbone already loaded)",
          result["upload_to_predictions_seconds"]],
+        *([["of which until the summary line above them shows", result["upload_to_summary_seconds"]]]
+          if "upload_to_summary_seconds" in result else []),
         [f"Explore, first render of {result['explore_products']} products (UMAP computed)",
          result["explore_first_render_cold_seconds"]],
         ["Explore, reopened (projection cached)", result["explore_first_render_warm_seconds"]]]), "",

@@ -5,7 +5,6 @@ import streamlit as st
 from core import settings
 from core.curation import review
 from core.jobs import import_and_predict
-from core.model import Taxonomy
 from pages.shared import (
     can,
     catalog,
@@ -16,13 +15,15 @@ from pages.shared import (
     progress_bar,
     require_router,
     show_notices,
-    show_thumbnail,
     state,
 )
-from pages.shared.text import NEW_CATEGORY, NEW_CATEGORY_HELP, plain
+from pages.shared.text import NEW_CATEGORY_HELP, plain
 
 require_router()
 limits = settings.current()
+SHOWN = 200  # products listed after an upload; the Review page has every one
+UNSURE_HELP = ("A coarse category with “?” means the model is sure of that level of the category tree only; "
+               "see the best guess.")
 
 st.title("Upload products")
 st.caption(f"JPEG, PNG, WebP, BMP, GIF, TIFF or zip archives (folders inside name the category). "
@@ -68,26 +69,26 @@ if result:
             st.dataframe([{"file": name, "product": pid} for name, pid in report.duplicates], hide_index=True)
     if result.prediction_error:
         st.warning(f"Imported, but not predicted: {plain(result.prediction_error)}")
-    active = catalog().active_model_version()
-    shown = result.product_ids[:60]
-    predictions = catalog().predictions(active.id, shown) if active else {}
-    if not predictions and not result.prediction_error:
+    shown = result.product_ids[:SHOWN]
+    table = review.prediction_table(catalog(), shown, report.names)
+    if table["prediction"].isna().all() and not result.prediction_error:
         st.info("No model yet: label some products and train one on the Train page to get predictions.")
-    taxonomy = Taxonomy(catalog().category_parents())
-    columns = st.columns(6)
-    for index, product_id in enumerate(shown):
-        prediction = predictions.get(product_id)
-        with columns[index % 6]:
-            show_thumbnail(product_id)
-            st.text(report.names.get(product_id, ""))
-            answer = prediction and review.readable_answer(prediction, taxonomy)
-            if prediction and answer != prediction["label"]:  # sure of the coarse category only
-                st.markdown(f"**{plain(answer)}**")
-                st.caption(f"best guess {plain(prediction['label'])} · {prediction['confidence']:.0%}")
-            elif prediction:
-                st.markdown(f"**{plain(prediction['label'])}** · {prediction['confidence']:.0%}")
-            if prediction and prediction.get("new_category"):
-                st.caption(NEW_CATEGORY, help=NEW_CATEGORY_HELP)
-    if len(result.product_ids) > 60:
-        st.caption(f"…and {len(result.product_ids) - 60} more: see the Review page.")
+    # One table, not a card per product: 50 photos draw in a fraction of the time, and it sorts by any column.
+    unsure = table["best_guess"].notna().any()  # a coarse fallback needs its best guess beside it
+    shown_table = table.assign(confidence=table["confidence"] * 100, best_guess=table["best_guess"].fillna(""))
+    st.dataframe(
+        shown_table.drop(columns=["product_id"] + ([] if unsure else ["best_guess"])).rename(
+            columns={"new_category": "new category?"}), hide_index=True,
+        row_height=64, column_config={
+            "photo": st.column_config.ImageColumn("photo", width="small", help="Double-click to enlarge."),
+            "file": st.column_config.TextColumn("file"),
+            "prediction": st.column_config.TextColumn("predicted category", help=UNSURE_HELP),
+            "best_guess": st.column_config.TextColumn("best guess", help="The exact category the model leans to, "
+                                                      "when it is only sure of the coarser one."),
+            "confidence": st.column_config.ProgressColumn("confidence", min_value=0.0, max_value=100.0,
+                                                          format="%.0f%%"),
+            "new category?": st.column_config.CheckboxColumn("new category?", help=NEW_CATEGORY_HELP),
+        })
+    if len(result.product_ids) > SHOWN:
+        st.caption(f"…and {len(result.product_ids) - SHOWN:,} more: see the Review page.")
     st.page_link("pages/review.py", label="Review the predictions", icon=":material/fact_check:")

@@ -144,9 +144,15 @@ def test_whole_flow_in_the_browser(server, page, tmp_path):
     predictions = catalog.predictions(catalog.active_model_version().id)
     new = [product for product in catalog.products() if product.filename.startswith("new-")]
     assert len(new) == 4
-    for product in new:  # each new product shows its predicted category and confidence
-        shown = f"{predictions[product.id]['label']} · {predictions[product.id]['confidence']:.0%}"
-        assert page.get_by_text(shown).count() >= 1, shown
+    from core.curation import review
+    expected = review.prediction_table(catalog, [product.id for product in new]).set_index("file")
+    # The results table draws on a canvas; its accessible grid holds the same cells as text.
+    for product in new:  # each new product's row shows its predicted category and confidence
+        row = page.locator("[role=row]").filter(
+            has=page.get_by_role("gridcell", name=product.filename, exact=True, include_hidden=True))
+        cells = row.get_by_role("gridcell", include_hidden=True).all_text_contents()
+        assert expected.loc[product.filename, "prediction"] in cells, (product.filename, cells)
+        assert abs(float(cells[-2]) - 100 * predictions[product.id]["confidence"]) < 1e-3, cells
     shot(page, "04-upload-results")
 
     open_page(page, url, "review")

@@ -101,6 +101,36 @@ def review_table(catalog: Catalog, threshold: float = DEFAULT_THRESHOLD,
 _NOTHING = frozenset()
 
 
+def prediction_table(catalog: Catalog, product_ids: Sequence[int], names: Mapping[int, str] | None = None,
+                     threshold: float = DEFAULT_THRESHOLD) -> pd.DataFrame:
+    """The active model's predictions of ``product_ids`` as one row each, in that order, for a results
+    table: ``product_id``, ``photo`` (a small preview as a ``data:`` URL), ``file`` (``names``, default the
+    stored file name), ``prediction`` (as a person should read it, see :func:`readable_answer`),
+    ``best_guess`` (the fine category when ``prediction`` is a coarse fallback), ``confidence`` and
+    ``new_category``. Reads only these products' rows."""
+    from core.storage.thumbnails import preview_data_urls
+
+    product_ids = [int(pid) for pid in product_ids]
+    active = catalog.active_model_version()
+    predictions = catalog.predictions(active.id, product_ids) if active else {}
+    previews = preview_data_urls(catalog, product_ids)
+    stored_names = {product.id: product.filename for product in catalog.products(product_ids)} if names is None else {}
+    taxonomy = Taxonomy(catalog.category_parents())
+    rows = []
+    for product_id in product_ids:
+        prediction = predictions.get(product_id)
+        answer = readable_answer(prediction, taxonomy, threshold) if prediction else None
+        rows.append({
+            "product_id": product_id, "photo": previews.get(product_id),
+            "file": (names or stored_names).get(product_id, ""), "prediction": answer,
+            "best_guess": prediction["label"] if prediction and answer != prediction["label"] else None,
+            "confidence": prediction["confidence"] if prediction else None,
+            "new_category": prediction.get("new_category") if prediction else None,
+        })
+    return pd.DataFrame(rows, columns=["product_id", "photo", "file", "prediction", "best_guess", "confidence",
+                                       "new_category"])
+
+
 def seen_labels(table: pd.DataFrame, product_ids: Sequence[int]) -> dict[int, str | None]:
     """``{product_id: label the person was shown}`` from a review or map table, for the optimistic check.
 

@@ -23,9 +23,10 @@ from core.storage.database import database_url
 from core.storage.demo import load_demo
 from core.storage.history import history_rows
 from core.storage.ingest import ImportReport, Rejected, import_bytes, import_paths
-from core.storage.thumbnails import preview_data_url, thumbnail
+from core.storage.thumbnails import preview_data_url, preview_data_urls, thumbnail
 
 __all__ = ["ANY", "LABEL_SOURCES", "MAX_LABEL_LENGTH", "Catalog", "ImportReport", "LabelConflict", "LabelEvent",
            "ModelVersion", "Product", "Rejected", "atomic_path", "atomic_write_bytes", "backup", "database_url",
            "history_rows",
-           "import_bytes", "import_paths", "load_demo", "preview_data_url", "restore", "thumbnail"]
+           "import_bytes", "import_paths", "load_demo", "preview_data_url", "preview_data_urls", "restore",
+           "thumbnail"]

@@ -35,21 +35,25 @@ PREVIEW_SIZE = 96
 
 
 def preview_data_url(catalog: Catalog, product: Product | int, size: int = PREVIEW_SIZE) -> str | None:
-    """A tiny JPEG of the product as a ``data:`` URL (for tooltips that cannot fetch files), or None."""
+    """A tiny JPEG of the product as a ``data:`` URL (for tooltips and table cells that cannot fetch
+    files), or None if its photo can no longer be read."""
+    if isinstance(product, int):
+        product = catalog.get_product(product)
+    return _data_url(catalog, product, size)
+
+
+def preview_data_urls(catalog: Catalog, product_ids, size: int = PREVIEW_SIZE) -> dict[int, str | None]:
+    """:func:`preview_data_url` of several products, their rows read in one query."""
+    return {product.id: _data_url(catalog, product, size) for product in catalog.products(list(product_ids))}
+
+
+def _data_url(catalog: Catalog, product: Product, size: int) -> str | None:
     import base64
-    import io
 
-    from PIL import Image
-
-    path = thumbnail(catalog, product)
-    if path is None:
-        return None
     try:
-        with Image.open(path) as image:
-            image = image.convert("RGB")
-            image.thumbnail((size, size))
-            buffer = io.BytesIO()
-            image.save(buffer, format="JPEG", quality=80)
-    except OSError:
+        # From the photo itself, decoded at a reduced JPEG scale: about a millisecond, and the same bytes
+        # whether or not its thumbnail has been made yet.
+        data = images.thumbnail_bytes(catalog.image_path(product), size)
+    except (images.ImageError, OSError):
         return None
-    return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+    return "data:image/jpeg;base64," + base64.b64encode(data).decode("ascii")

@@ -318,3 +318,30 @@ def test_a_filtered_page_from_the_database_is_the_page_select_shows(catalog, dem
     assert review.filtered_page(catalog, 1, 4, "newest", review.review_filter(catalog, predicted=["Kiwi"]))[1] == 0
     with pytest.raises(ValueError, match="order must be one of"):
         review.filtered_page(catalog, 1, 4, "alphabetical")
+
+
+def test_a_prediction_table_lists_the_products_asked_for_in_order_with_previews(catalog, demo_dir):
+    import base64
+    import io
+
+    from PIL import Image
+
+    ids = catalog.product_ids()
+    catalog.set_category_parents([("Lemon", "Citrus"), ("Banana", "Fruit"), ("Citrus", "Fruit")])
+    version = catalog.active_model_version().id
+    catalog.store_predictions(version, ids[:2], [["Lemon", "Banana"], ["Banana", "Lemon"]],
+                              np.array([[0.55, 0.45], [0.95, 0.05]]), new_category=[True, False])
+    unpredicted = ingest.import_paths(catalog, [demo_dir / "Orange"]).added[0]
+    asked = [ids[1], unpredicted, ids[0]]
+    table = review.prediction_table(catalog, asked, names={ids[1]: "shelf <b>1</b>.jpg"}, threshold=0.7)
+    assert table["product_id"].tolist() == asked
+    assert table["prediction"].tolist()[::2] == ["Banana", "Fruit › ?"], "unsure of the fine category: coarse"
+    assert missing_as_none(table["best_guess"]) == [None, None, "Lemon"]
+    assert table["confidence"].tolist()[::2] == [0.95, 0.55] and table["new_category"].tolist()[::2] == [False, True]
+    assert missing_as_none(table.loc[[1], ["prediction", "confidence", "new_category"]].iloc[0]) == [None] * 3
+    assert table["file"].tolist() == ["shelf <b>1</b>.jpg", "", ""], "names as given, verbatim"
+    for url in table["photo"]:
+        with Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1]))) as preview:
+            assert preview.format == "JPEG" and max(preview.size) <= 96
+    plain = review.prediction_table(catalog, [ids[0]])
+    assert plain["file"].item() == catalog.get_product(ids[0]).filename
