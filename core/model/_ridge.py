@@ -30,6 +30,10 @@ from __future__ import annotations
 import functools
 
 import numpy as np
+from scipy import sparse as _sparse
+
+# Rows per block a streamed fit converts and sums at a time (float32 blocks, float64 sums).
+_BLOCK = 2048
 
 
 def balanced_class_weights(targets: np.ndarray, num_classes: int) -> np.ndarray:
@@ -260,37 +264,41 @@ def streamed_ridge(chunks, targets: np.ndarray, weights: np.ndarray, held_out: n
     shift = None
     count, plain_sum, plain_squares = 0, None, None
     parts = [None, None]  # [rows in every fit, held-out rows]: gram, row sum, total, cross, target sum
+    scratch = None  # one chunk-sized buffer, reused: a fresh 300 MB temporary per step cost more than the Gram
     for rows, vectors in chunks:
-        vectors = np.asarray(vectors, dtype=np.float32)
+        vectors = np.asarray(vectors)  # float32, or float16 as stored: converted into the buffer below
         if shift is None:
-            shift = vectors.mean(axis=0)
+            shift = vectors.mean(axis=0, dtype=np.float32)
             dim = vectors.shape[1]
             plain_sum, plain_squares = np.zeros(dim), np.zeros(dim)
             parts = [[np.zeros((dim, dim)), np.zeros(dim), 0.0, np.zeros((dim, num_classes)), np.zeros(num_classes)]
                      for _ in range(2)]
-        shifted = vectors - shift
+        if scratch is None or len(scratch) < len(rows):
+            scratch = np.empty((len(rows), vectors.shape[1]), dtype=np.float32)
         count += len(rows)
-        plain_sum += shifted.sum(axis=0, dtype=np.float64)
-        plain_squares += np.square(shifted).sum(axis=0, dtype=np.float64)
         for part, chosen in enumerate((~held_out[rows], held_out[rows])):
             if not chosen.any():
                 continue
-            part_rows, part_vectors = rows[chosen], shifted[chosen]
+            index = np.flatnonzero(chosen)
+            part_rows, part_vectors = rows[index], scratch[:len(index)]
+            for first in range(0, len(index), _BLOCK):  # the part's rows, float32, shifted; float64 sums
+                block = part_vectors[first:first + _BLOCK]
+                block[...] = vectors[index[first:first + _BLOCK]]
+                block -= shift
+                plain_sum += block.sum(axis=0)
+                plain_squares += np.einsum("ij,ij->j", block, block).astype(np.float64)
             row_weights = weights[part_rows].astype(np.float32)
-            rooted = part_vectors * np.sqrt(row_weights)[:, None]
             moments = parts[part]
-            moments[0] += rooted.T @ rooted
             moments[1] += row_weights @ part_vectors
             moments[2] += float(row_weights.sum(dtype=np.float64))
-            # Cross product with one-hot targets: each class's weighted row sum (no product with zeros).
+            # Cross product with one-hot targets: each class's weighted row sum, as a sparse product.
             part_targets = targets[part_rows]
-            order = np.argsort(part_targets, kind="stable")
-            sorted_targets = part_targets[order]
-            starts = np.flatnonzero(np.r_[True, sorted_targets[1:] != sorted_targets[:-1]])
-            present = sorted_targets[starts]
-            moments[3][:, present] += np.add.reduceat((part_vectors * row_weights[:, None])[order], starts,
-                                                      axis=0).T
+            one_hot = _sparse.csr_matrix((row_weights, (part_targets, np.arange(len(part_rows)))),
+                                         shape=(num_classes, len(part_rows)))
+            moments[3] += (one_hot @ part_vectors).T
             moments[4] += np.bincount(part_targets, weights=row_weights, minlength=num_classes)
+            part_vectors *= np.sqrt(row_weights)[:, None]  # rows scaled by sqrt(weight): the Gram is rooted^T rooted
+            moments[0] += part_vectors.T @ part_vectors
     if shift is None or count != len(targets):
         raise ValueError(f"the chunks held {count} rows for {len(targets)} targets")
     offset = plain_sum / count

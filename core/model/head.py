@@ -370,7 +370,9 @@ class HeadClassifier:
             vectors = held_out_vectors if np.array_equal(rows, validation) else np.concatenate(
                 [_read_rows(read, product_ids[rows[first:first + chunk]]) for first in range(0, len(rows), chunk)])
             mean, variance, weights, bias = solution
-            return ((vectors - mean) / np.sqrt(variance)) @ weights + bias
+            # The standardisation folded into the weights: no standardised copy of every held-out vector.
+            scaled = weights / np.sqrt(variance)[:, None]
+            return vectors.astype(np.float32, copy=False) @ scaled + (bias - mean @ scaled)
 
         return self._calibrated(labels, targets, train, validation, solutions, scores, len(mean), start, progress)
 
@@ -430,8 +432,12 @@ class HeadClassifier:
 
 
 def _read_rows(read, product_ids: np.ndarray) -> np.ndarray:
-    vectors = np.asarray(read(product_ids), dtype=np.float32)
-    if vectors.ndim != 2 or len(vectors) != len(product_ids) or not np.isfinite(vectors).all():
+    vectors = np.asarray(read(product_ids))
+    if vectors.dtype not in (np.float16, np.float32):  # float16 as stored stays so: the fit converts it once
+        vectors = vectors.astype(np.float32)
+    # A NaN or infinity anywhere makes its row's sum one: checked without a boolean copy of the chunk.
+    if vectors.ndim != 2 or len(vectors) != len(product_ids) \
+            or not np.isfinite(vectors.sum(axis=1, dtype=np.float32)).all():
         raise ValueError(f"read() must return one finite vector per product; got {vectors.shape} for "
                          f"{len(product_ids)} products")
     return vectors

@@ -227,7 +227,8 @@ def train_streamed(catalog: Catalog, embedding_key: str, prediction_key: str, he
     labels = np.array([labelled[int(pid)] for pid in ids], dtype=object)
 
     def read(chunk_ids):
-        found_ids, found = catalog.embeddings(prediction_key, chunk_ids.tolist())
+        # As stored (float16): the fit converts each chunk into one reused buffer.
+        found_ids, found = catalog.embeddings(prediction_key, chunk_ids.tolist(), dtype=np.float16)
         if np.array_equal(found_ids, chunk_ids):
             return found
         return _with_fallback(catalog, prediction_key, chunk_ids, catalog.embeddings(embedding_key,

@@ -348,16 +348,21 @@ class Catalog:
                     connection.rollback()  # ends SQLAlchemy's implicit transaction: no snapshot is kept
         return rows
 
-    def _ids(self, sql: str, parameters: dict | None = None) -> list[int]:
-        """The first column of a query's rows as ints, read from the driver's cursor: SQLAlchemy's row
-        objects cost more than the query itself for the million ids of a large catalogue."""
+    def _fetched(self, sql: str, parameters: dict | None = None) -> list[tuple]:
+        """A query's rows as the driver's tuples (no SQLAlchemy row objects: a streamed training reads a
+        third of a million vectors), read like :meth:`_rows`."""
         connection = self._connection()
         with self._translated_errors():
             try:
-                rows = connection.execute(_statement(sql), parameters or {}).cursor.fetchall()
+                return connection.execute(_statement(sql), parameters or {}).cursor.fetchall()
             finally:
                 if not self._in_transaction():
                     connection.rollback()
+
+    def _ids(self, sql: str, parameters: dict | None = None) -> list[int]:
+        """The first column of a query's rows as ints, read from the driver's cursor: SQLAlchemy's row
+        objects cost more than the query itself for the million ids of a large catalogue."""
+        rows = self._fetched(sql, parameters)
         return np.fromiter((row[0] for row in rows), np.int64, len(rows)).tolist()
 
     def _row(self, sql: str, parameters: dict | None = None):
@@ -890,24 +895,25 @@ class Catalog:
                           ":vector) ON CONFLICT (product_id, backbone) DO UPDATE SET dim = excluded.dim, "
                           "vector = excluded.vector", rows)
 
-    def embeddings(self, embedding_key: str, product_ids: Sequence[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Return ``(product_ids, vectors)`` (float32) of the products that have vectors under ``embedding_key``."""
+    def embeddings(self, embedding_key: str, product_ids: Sequence[int] | None = None,
+                   dtype=np.float32) -> tuple[np.ndarray, np.ndarray]:
+        """Return ``(product_ids, vectors)`` of the products that have vectors under ``embedding_key``; ``dtype``
+        ``np.float16`` gives the stored values without a converted copy (a streamed fit converts them itself)."""
         query = "SELECT product_id, vector FROM embeddings WHERE backbone = :key"
         if product_ids is None:
-            rows = self._rows(query + f" AND product_id {_LIVE} ORDER BY product_id", {"key": embedding_key},
-                              mappings=False)
+            rows = self._fetched(query + f" AND product_id {_LIVE} ORDER BY product_id", {"key": embedding_key})
         else:
             # Ask the database for just these rows: an upload of 50 photos must not read a 100k catalogue.
             ids = sorted({int(pid) for pid in product_ids})
             rows = []
             for start in range(0, len(ids), 500):
-                rows += self._rows(query + " AND product_id IN :ids ORDER BY product_id",
-                                   {"key": embedding_key, "ids": ids[start:start + 500]}, mappings=False)
+                rows += self._fetched(query + " AND product_id IN :ids ORDER BY product_id",
+                                      {"key": embedding_key, "ids": ids[start:start + 500]})
         if not rows:
-            return np.zeros(0, dtype=np.int64), np.zeros((0, 0), dtype=np.float32)
+            return np.zeros(0, dtype=np.int64), np.zeros((0, 0), dtype=dtype)
         ids = np.array([row[0] for row in rows], dtype=np.int64)
         vectors = np.frombuffer(b"".join(bytes(row[1]) for row in rows), dtype=np.float16)
-        return ids, vectors.reshape(len(rows), -1).astype(np.float32)
+        return ids, vectors.reshape(len(rows), -1).astype(dtype, copy=False)
 
     def embedded_product_ids(self, embedding_key: str) -> list[int]:
         """Ids of the live products that have a vector under ``embedding_key``, without reading the vectors."""
@@ -1059,14 +1065,7 @@ class Catalog:
         """``(n, 2)`` int64 rows ``(product id, labelled)`` of the live products ``where`` keeps, by id:
         enough to lay them out in a stored queue's order without reading their rows."""
         sql, parameters = self._review_query("p.id, CASE WHEN cl.label IS NULL THEN 0 ELSE 1 END", model_id, where)
-        connection = self._connection()
-        with self._translated_errors():
-            try:
-                rows = connection.execute(_statement(sql + " ORDER BY p.id"), parameters).cursor.fetchall()
-            finally:
-                if not self._in_transaction():
-                    connection.rollback()
-        return np.array(rows, dtype=np.int64).reshape(-1, 2)
+        return np.array(self._fetched(sql + " ORDER BY p.id", parameters), dtype=np.int64).reshape(-1, 2)
 
     def _review_query(self, columns: str, model_id: int | None, where: ReviewFilter) -> tuple[str, dict]:
         conditions, parameters = [f"p.id {_LIVE}"], {"model": -1 if model_id is None else int(model_id)}

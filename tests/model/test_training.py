@@ -243,9 +243,9 @@ def test_above_the_streaming_size_training_reads_vectors_by_chunk_and_fits_the_s
     asked = []
     reading = Catalog.embeddings
 
-    def spy(self, key, product_ids=None):
+    def spy(self, key, product_ids=None, **options):
         asked.append(None if product_ids is None else len(product_ids))
-        return reading(self, key, product_ids)
+        return reading(self, key, product_ids, **options)
 
     monkeypatch.setattr(training, "STREAMED_FROM", 10)
     monkeypatch.setattr(Catalog, "embeddings", spy)
