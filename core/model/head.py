@@ -26,6 +26,7 @@ from __future__ import annotations
 import os
 import time
 import zlib
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Sequence
 
@@ -353,13 +354,21 @@ class HeadClassifier:
         kept = []  # the held-out products' vectors, in row order: scored for the temperature
 
         def chunks():
-            # (Reading the next chunk in a thread while this one is summed gained nothing on 2 cores: both
-            # halves want the CPU.)
-            for first in range(0, len(product_ids), chunk):
-                rows = np.arange(first, min(first + chunk, len(product_ids)))
-                vectors = _read_rows(read, product_ids[rows])
-                kept.append(vectors[held_out[rows]])
-                yield rows, vectors
+            # The next chunk is read while this one is summed: from a cold disk cache reading is mostly
+            # waiting, which the sums fill (benchmarks/scale.py).
+            starts = range(0, len(product_ids), chunk)
+            with ThreadPoolExecutor(1, thread_name_prefix="productlens-read") as reader:
+                def fetch(first):
+                    rows = np.arange(first, min(first + chunk, len(product_ids)))
+                    return rows, reader.submit(_read_rows, read, product_ids[rows])
+
+                pending = fetch(starts[0]) if len(starts) else None
+                for number in range(len(starts)):
+                    rows, future = pending
+                    vectors = future.result()
+                    pending = fetch(starts[number + 1]) if number + 1 < len(starts) else None
+                    kept.append(vectors[held_out[rows]])
+                    yield rows, vectors
 
         mean, variance, fits = streamed_ridge(chunks(), targets, weights, held_out, len(self.classes_), self.l2,
                                               refit=bool(refit))
