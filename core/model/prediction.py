@@ -12,6 +12,7 @@ category?", see :mod:`core.model.novelty`).
 from __future__ import annotations
 
 import zipfile
+from concurrent.futures import ThreadPoolExecutor
 from typing import Sequence
 
 import numpy as np
@@ -36,12 +37,10 @@ def predict_catalog(catalog: Catalog, version: ModelVersion | int | None = None,
     # A product someone filed is not a "new category?", whatever it looks like.
     labelled = set(catalog.labelled_product_ids()) if detector is not None else set()
     predicted = 0
-    for start in range(0, len(embedded), chunk_size):
-        ids, features = catalog.embeddings(version.prediction_key, embedded[start:start + chunk_size])
+    for ids, features, (photo_ids, photos) in _read_ahead(catalog, version, embedded, chunk_size, detector is not None):
         labels, probabilities = head.top_k(features, top_k)
         new = None
         if detector is not None:
-            photo_ids, photos = catalog.embeddings(version.embedding_key, ids.tolist())
             # The head's confidence in each product, beside how far its photo is from every category.
             confidence = dict(zip(ids.tolist(), probabilities[:, 0].tolist()))
             flagged = dict(zip(photo_ids.tolist(), detector.is_new(
@@ -52,6 +51,22 @@ def predict_catalog(catalog: Catalog, version: ModelVersion | int | None = None,
     missing = (catalog.count_products() if product_ids is None else len(set(product_ids))) - predicted
     return {"model_version": version.id, "predicted": int(predicted), "not_embedded": int(missing)}
 
+
+def _read_ahead(catalog: Catalog, version: ModelVersion, product_ids: list[int], chunk_size: int, photos: bool):
+    """Per chunk of ``product_ids``: ``(ids, prediction vectors, (photo ids, photo vectors))``, the next chunk
+    read while this one is predicted and stored (from a cold disk cache reading is mostly waiting)."""
+    def read(start):
+        ids, features = catalog.embeddings(version.prediction_key, product_ids[start:start + chunk_size])
+        return ids, features, (catalog.embeddings(version.embedding_key, ids.tolist()) if photos else (None, None))
+
+    starts = range(0, len(product_ids), chunk_size)
+    with ThreadPoolExecutor(1, thread_name_prefix="productlens-read") as reader:
+        pending = reader.submit(read, starts[0]) if len(starts) else None
+        for number in range(len(starts)):
+            chunk = pending.result()
+            pending = reader.submit(read, starts[number + 1]) if number + 1 < len(starts) else None
+            yield chunk
+        reader.submit(catalog.close)  # the reading thread's own connection
 
 
 def _novelty(catalog: Catalog, version: ModelVersion) -> NoveltyDetector | None:
