@@ -492,7 +492,17 @@ def scale(name: str = "scale") -> str:
                       "grocery features with noise, "
                       f"{result['dim']}-d float16; a third labelled; top-3 predictions each), {result['database']}"
                       + (f", {result['disk_gb']} GB on disk" if "disk_gb" in result else "")
-                      + f"{written}. " + measured_on(result)])
+                      + f"{written}. " + measured_on(result) + _row_provenance(result)])
+
+
+def _row_provenance(result: dict) -> str:
+    """Which groups of rows an earlier run measured (``--only`` reruns some and keeps the others)."""
+    earlier = {}
+    for row in result["rows"]:
+        if row.get("commit", result["commit"]) != result["commit"]:
+            earlier.setdefault((row["measured_at"], row["commit"]), []).append(row["group"])
+    return "".join(f" The {', '.join(dict.fromkeys(groups))} rows: measured {when} on commit `{commit}`."
+                   for (when, commit), groups in sorted(earlier.items()))
 
 
 def reduced_vectors() -> str:

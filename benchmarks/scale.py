@@ -32,6 +32,7 @@ duplicates, predict), keeping the other groups' rows from the last result.
 from __future__ import annotations
 
 import argparse
+import datetime as _dt
 import json
 import os
 import sys
@@ -42,7 +43,7 @@ import time
 import numpy as np
 from database import fill
 
-from _results import REPO, write_result
+from _results import REPO, _commit, write_result
 
 sys.path.insert(0, str(REPO))
 
@@ -165,11 +166,14 @@ def main() -> None:
     if set(args.only) != set(GROUPS) and earlier.exists():
         previous = json.loads(earlier.read_text())
         result.update({key: previous[key] for key in ("fill_seconds", "disk_gb") if key in previous})
-        rows += [row for row in previous["rows"] if row.get("group") not in args.only]
+        # Rows kept from the last result say when and at which commit they were measured.
+        rows += [{"measured_at": previous["measured_at"], "commit": previous["commit"], **row}
+                 for row in previous["rows"] if row.get("group") not in args.only]
 
     def record(group: str, step: str, measured: Measured, **extra) -> None:
         row = {"group": group, "step": step, "seconds": round(measured.seconds, 3),
-               "peak_memory_mb": round(measured.peak), **extra}
+               "peak_memory_mb": round(measured.peak), **extra,
+               "measured_at": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "commit": _commit()}
         rows.append(row)
         rows.sort(key=lambda r: GROUPS.index(r["group"]))  # stable: a group's steps keep their order
         print(json.dumps(row), flush=True)
