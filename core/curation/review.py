@@ -8,7 +8,9 @@ The default order, "most informative", is the active-learning queue (see
 those the model is unsure about, that resemble many others and that no label
 covers yet; "smallest margin" and "highest entropy" (uncertainty only, with a
 diversity guard so near-identical shots do not fill one page) and "random" are
-the alternative strategies; "least confident", "newest" and "category" are plain sorts. The edit
+the alternative strategies; "least confident", "newest" and "category" are plain sorts. A
+catalogue too large to read whole is filtered, sorted and paged by the database instead
+(:func:`filtered_page`, the same view page by page). The edit
 functions (:func:`relabel`, :func:`accept_predictions`, :func:`rename_category`,
 :func:`undo_last_action`) all append to the label history, so nothing is ever
 overwritten and every change can be traced and undone.
@@ -45,6 +47,8 @@ QUEUE_POOL = 20_000
 # From this many products the Review page's default view reads one page of the stored queue instead of
 # every product's row (see :func:`queue_page`).
 PAGED_FROM = 50_000
+# The orders the database sorts itself for a large catalogue (see filtered_page).
+_DATABASE_SORTS = ("least confident", "newest", "category")
 UNLABELLED = "(unlabelled)"  # how maps show a product without a label
 COLUMNS = ["product_id", "filename", "origin", "added_at", "label", "label_source", "predicted_label", "confidence",
            "top_labels", "top_probabilities", "disagrees", "new_category", "answer", "within"]
@@ -293,9 +297,7 @@ def queue_page(catalog: Catalog, queue: Sequence[int], page: int, page_size: int
     queue = queue[~np.isin(queue, catalog.archived_product_ids())]
     labelled = np.isin(queue, catalog.labelled_product_ids())
     ordered = np.concatenate([queue[~labelled], queue[labelled]])
-    wanted = ordered[(page - 1) * page_size: page * page_size]
-    rows = review_table(catalog, product_ids=wanted.tolist()).set_index("product_id")
-    return rows.reindex(wanted).dropna(subset=["filename"]).reset_index(), len(ordered)
+    return _rows_in_order(catalog, ordered[(page - 1) * page_size: page * page_size].tolist()), len(ordered)
 
 
 def review_filter(catalog: Catalog, predicted: Sequence[str] | None = None,
@@ -321,11 +323,12 @@ def review_filter(catalog: Catalog, predicted: Sequence[str] | None = None,
 def _positions(queue: Sequence[int], product_ids: np.ndarray) -> np.ndarray:
     """Each product's place in ``queue`` (``len(queue)`` for one not in it), without a dict of a million ids."""
     queue = np.asarray(queue, dtype=np.int64)
-    by_id = np.argsort(queue, kind="stable")
-    found = np.minimum(np.searchsorted(queue[by_id], product_ids), max(len(queue) - 1, 0))
     if not len(queue):
         return np.zeros(len(product_ids), dtype=np.int64)
-    return np.where(queue[by_id][found] == product_ids, by_id[found], len(queue))
+    by_id = np.argsort(queue, kind="stable")
+    sorted_queue = queue[by_id]
+    found = np.minimum(np.searchsorted(sorted_queue, product_ids), len(queue) - 1)
+    return np.where(sorted_queue[found] == product_ids, by_id[found], len(queue))
 
 
 def filtered_page(catalog: Catalog, page: int, page_size: int = 12, order: str = DEFAULT_ORDER,
@@ -348,7 +351,7 @@ def filtered_page(catalog: Catalog, page: int, page_size: int = 12, order: str =
     active = catalog.active_model_version()
     model_id = active.id if active else None
     start = (page - 1) * page_size
-    if order in ("least confident", "newest", "category"):
+    if order in _DATABASE_SORTS:
         wanted = catalog.review_ids(model_id, where, order, start, page_size)
         matching = catalog.review_count(model_id, where)
     elif order == DEFAULT_ORDER and queue is not None:
@@ -364,8 +367,13 @@ def filtered_page(catalog: Catalog, page: int, page_size: int = 12, order: str =
         selected = select(table, order=order, page_size=page_size, seed=seed, queue=queue, covered=covered,
                           vectors_of=vectors_of)
         return selected.iloc[start:start + page_size].reset_index(drop=True), len(selected)
-    rows = review_table(catalog, product_ids=wanted).set_index("product_id")
-    return rows.reindex(wanted).dropna(subset=["filename"]).reset_index(), matching
+    return _rows_in_order(catalog, wanted), matching
+
+
+def _rows_in_order(catalog: Catalog, product_ids: Sequence[int]) -> pd.DataFrame:
+    """The review rows of ``product_ids`` in that order (a product archived meanwhile leaves)."""
+    rows = review_table(catalog, product_ids=list(product_ids)).set_index("product_id")
+    return rows.reindex(product_ids).dropna(subset=["filename"]).reset_index()
 
 
 def select(table: pd.DataFrame, order: str = DEFAULT_ORDER, predicted: Sequence[str] | None = None,

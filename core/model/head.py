@@ -26,12 +26,12 @@ from __future__ import annotations
 import os
 import time
 import zlib
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
+from core._internal.read_ahead import read_ahead
 from core.model.metrics import classification_metrics
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -354,21 +354,12 @@ class HeadClassifier:
         kept = []  # the held-out products' vectors, in row order: scored for the temperature
 
         def chunks():
-            # The next chunk is read while this one is summed: from a cold disk cache reading is mostly
-            # waiting, which the sums fill (benchmarks/scale.py).
-            starts = range(0, len(product_ids), chunk)
-            with ThreadPoolExecutor(1, thread_name_prefix="productlens-read") as reader:
-                def fetch(first):
-                    rows = np.arange(first, min(first + chunk, len(product_ids)))
-                    return rows, reader.submit(_read_rows, read, product_ids[rows])
-
-                pending = fetch(starts[0]) if len(starts) else None
-                for number in range(len(starts)):
-                    rows, future = pending
-                    vectors = future.result()
-                    pending = fetch(starts[number + 1]) if number + 1 < len(starts) else None
-                    kept.append(vectors[held_out[rows]])
-                    yield rows, vectors
+            # The next chunk is read while this one is summed.
+            spans = [np.arange(first, min(first + chunk, len(product_ids)))
+                     for first in range(0, len(product_ids), chunk)]
+            for rows, vectors in read_ahead(spans, lambda rows: _read_rows(read, product_ids[rows])):
+                kept.append(vectors[held_out[rows]])
+                yield rows, vectors
 
         mean, variance, fits = streamed_ridge(chunks(), targets, weights, held_out, len(self.classes_), self.l2,
                                               refit=bool(refit))

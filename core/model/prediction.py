@@ -12,11 +12,11 @@ category?", see :mod:`core.model.novelty`).
 from __future__ import annotations
 
 import zipfile
-from concurrent.futures import ThreadPoolExecutor
 from typing import Sequence
 
 import numpy as np
 
+from core._internal.read_ahead import read_ahead
 from core.model.novelty import NoveltyDetector
 from core.model.training import load_version, novelty_path
 from core.storage.catalog import Catalog, ModelVersion
@@ -37,7 +37,7 @@ def predict_catalog(catalog: Catalog, version: ModelVersion | int | None = None,
     # A product someone filed is not a "new category?", whatever it looks like.
     labelled = set(catalog.labelled_product_ids()) if detector is not None else set()
     predicted = 0
-    for ids, features, (photo_ids, photos) in _read_ahead(catalog, version, embedded, chunk_size, detector is not None):
+    for ids, features, (photo_ids, photos) in _chunks(catalog, version, embedded, chunk_size, detector is not None):
         labels, probabilities = head.top_k(features, top_k)
         new = None
         if detector is not None:
@@ -52,21 +52,15 @@ def predict_catalog(catalog: Catalog, version: ModelVersion | int | None = None,
     return {"model_version": version.id, "predicted": int(predicted), "not_embedded": int(missing)}
 
 
-def _read_ahead(catalog: Catalog, version: ModelVersion, product_ids: list[int], chunk_size: int, photos: bool):
+def _chunks(catalog: Catalog, version: ModelVersion, product_ids: list[int], chunk_size: int, photos: bool):
     """Per chunk of ``product_ids``: ``(ids, prediction vectors, (photo ids, photo vectors))``, the next chunk
-    read while this one is predicted and stored (from a cold disk cache reading is mostly waiting)."""
+    read while this one is predicted and stored."""
     def read(start):
         ids, features = catalog.embeddings(version.prediction_key, product_ids[start:start + chunk_size])
         return ids, features, (catalog.embeddings(version.embedding_key, ids.tolist()) if photos else (None, None))
 
-    starts = range(0, len(product_ids), chunk_size)
-    with ThreadPoolExecutor(1, thread_name_prefix="productlens-read") as reader:
-        pending = reader.submit(read, starts[0]) if len(starts) else None
-        for number in range(len(starts)):
-            chunk = pending.result()
-            pending = reader.submit(read, starts[number + 1]) if number + 1 < len(starts) else None
-            yield chunk
-        reader.submit(catalog.close)  # the reading thread's own connection
+    for _, chunk in read_ahead(range(0, len(product_ids), chunk_size), read, finish=catalog.close):
+        yield chunk
 
 
 def _novelty(catalog: Catalog, version: ModelVersion) -> NoveltyDetector | None:
