@@ -69,8 +69,9 @@ if result:
             st.dataframe([{"file": name, "product": pid} for name, pid in report.duplicates], hide_index=True)
     if result.prediction_error:
         st.warning(f"Imported, but not predicted: {plain(result.prediction_error)}")
-    shown = result.product_ids[:SHOWN]
-    table = review.prediction_table(catalog(), shown, report.names)
+    table = review.prediction_table(catalog(), result.product_ids[:SHOWN], report.names)
+    if table.empty:  # every file was refused: the list above says why
+        st.stop()
     if table["prediction"].isna().all() and not result.prediction_error:
         st.info("No model yet: label some products and train one on the Train page to get predictions.")
     # One table, not a card per product: 50 photos draw in a fraction of the time, and it sorts by any column.

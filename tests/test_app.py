@@ -561,3 +561,32 @@ def test_the_whole_app_on_postgresql(tmp_path, monkeypatch, postgres_server):
             assert not at.exception, (page, at.exception)
     finally:
         postgres_server.drop(url)
+
+
+def test_upload_results_table_and_an_upload_whose_every_file_was_refused(populated, monkeypatch):
+    """AppTest cannot send files: the page is given the result an upload leaves in the session."""
+    from core.jobs.pipeline import UploadResult
+    from core.storage.ingest import ImportReport, Rejected
+    from pages.shared import state
+
+    catalog = Catalog(populated)
+    at = app(populated, monkeypatch)
+    at.switch_page("pages/upload.py")
+    refused = ImportReport(rejected=[Rejected("notes.txt", "not an image")])
+    at.session_state[state.LAST_UPLOAD] = UploadResult(refused)
+    at.run()
+    assert not at.exception, at.exception
+    assert not [i for i in at.info if "No model yet" in i.value], "a model exists: nothing was uploaded, that is all"
+    assert [frame.value["file"].tolist() for frame in at.dataframe] == [["notes.txt"]]
+
+    again = catalog.product_ids()[:3]  # photos already in the catalogue come back with their predictions
+    names = {pid: f"shelf-{pid}.jpg" for pid in again}
+    at.session_state[state.LAST_UPLOAD] = UploadResult(
+        ImportReport(duplicates=list(zip(names.values(), again)), product_ids=again, names=names), product_ids=again)
+    at.run()
+    assert not at.exception, at.exception
+    shown = at.dataframe[-1].value
+    predictions = catalog.predictions(catalog.active_model_version().id, again)
+    assert shown["file"].tolist() == list(names.values())
+    assert shown["prediction"].tolist() == [predictions[pid]["label"] for pid in again]
+    assert shown["confidence"].tolist() == pytest.approx([100 * predictions[pid]["confidence"] for pid in again])
