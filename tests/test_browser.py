@@ -148,8 +148,10 @@ def test_whole_flow_in_the_browser(server, page, tmp_path):
     expected = review.prediction_table(catalog, [product.id for product in new]).set_index("file")
     # The results table draws on a canvas; its accessible grid holds the same cells as text.
     for product in new:  # each new product's row shows its predicted category and confidence
-        row = page.locator("[role=row]").filter(
-            has=page.get_by_role("gridcell", name=product.filename, exact=True, include_hidden=True))
+        name_cell = page.get_by_role("gridcell", name=product.filename, exact=True, include_hidden=True)
+        # The grid fills its accessible table after the canvas is drawn, a moment after the run ends.
+        name_cell.first.wait_for(state="attached", timeout=60_000)
+        row = page.locator("[role=row]").filter(has=name_cell)
         cells = row.get_by_role("gridcell", include_hidden=True).all_text_contents()
         assert expected.loc[product.filename, "prediction"] in cells, (product.filename, cells)
         assert abs(float(cells[-2]) - 100 * predictions[product.id]["confidence"]) < 1e-3, cells
