@@ -31,7 +31,7 @@ from core.curation import active_learning
 from core.errors import InvalidInputError
 from core.model.hierarchy import DEFAULT_THRESHOLD, Taxonomy
 from core.storage.atomic import atomic_write_bytes
-from core.storage.catalog import ANY, Catalog, LabelConflict, ReviewFilter
+from core.storage.catalog import ANY, RANDOM_MODULUS, RANDOM_MULTIPLIER, Catalog, LabelConflict, ReviewFilter
 
 ORDERS = ("most informative", "smallest margin", "highest entropy", "random", "least confident", "newest",
           "category")
@@ -47,8 +47,10 @@ QUEUE_POOL = 20_000
 # From this many products the Review page's default view reads one page of the stored queue instead of
 # every product's row (see :func:`queue_page`).
 PAGED_FROM = 50_000
-# The orders the database sorts itself for a large catalogue (see filtered_page).
-_DATABASE_SORTS = ("least confident", "newest", "category")
+# The orders the database sorts itself for a large catalogue (see filtered_page); the uncertainty ones
+# with their diversity guard over the first pages.
+_DATABASE_SORTS = ("least confident", "newest", "category", "random", "smallest margin", "highest entropy")
+_GUARDED = ("smallest margin", "highest entropy")
 UNLABELLED = "(unlabelled)"  # how maps show a product without a label
 COLUMNS = ["product_id", "filename", "origin", "added_at", "label", "label_source", "predicted_label", "confidence",
            "top_labels", "top_probabilities", "disagrees", "new_category", "answer", "within"]
@@ -179,7 +181,7 @@ def _informative(table: pd.DataFrame, strategy: str, vectors_of: VectorsOf | Non
     if table.empty:
         return table
     if strategy == "random":
-        return table.iloc[np.random.default_rng(seed).permutation(len(table))]
+        return table.iloc[_shuffled(table["product_id"].to_numpy(np.int64))]
     width = max([len(p) for p in table["top_probabilities"]] + [1])
     probabilities = np.zeros((len(table), width))
     for row, values in enumerate(table["top_probabilities"]):
@@ -215,19 +217,34 @@ def _informative(table: pd.DataFrame, strategy: str, vectors_of: VectorsOf | Non
     candidates = np.flatnonzero(unlabelled & has_prediction)
     if len(candidates) > QUEUE_POOL:
         candidates = np.sort(candidates[np.argsort(-scores[candidates], kind="stable")[:QUEUE_POOL]])
-    candidate_vectors = _all_vectors(vectors_of, product_ids[candidates].tolist())
-    if candidate_vectors is None:
+    head = _hybrid_head(product_ids[candidates], probabilities[candidates], labelled_ids, vectors_of, limit, seed)
+    if head is None:
         return table.iloc[ranking]
+    head = candidates[head]
+    return table.iloc[np.concatenate([head, ranking[~np.isin(ranking, head)]])]
+
+
+def _hybrid_head(candidate_ids: np.ndarray, probabilities: np.ndarray, labelled_ids, vectors_of: VectorsOf,
+                 limit: int, seed: int) -> np.ndarray | None:
+    """The first ``limit`` of the candidates (rows of ``candidate_ids``) in "most informative" order, away
+    from what (at most :data:`QUEUE_POOL` of) ``labelled_ids`` cover; None if a candidate has no vector."""
+    candidate_vectors = _all_vectors(vectors_of, np.asarray(candidate_ids).tolist())
+    if candidate_vectors is None:
+        return None
     coverage = sorted(labelled_ids)
     if len(coverage) > QUEUE_POOL:
         coverage = sorted(np.random.default_rng(seed).choice(coverage, QUEUE_POOL, replace=False).tolist())
     labelled_vectors = vectors_of(coverage)[1] if coverage else None
     labelled_vectors = labelled_vectors if labelled_vectors is not None and len(labelled_vectors) else None
-    head = candidates[active_learning.hybrid_order(candidate_vectors, probabilities[candidates],
-                                                   min(limit, len(candidates)), labelled_vectors, seed)]
-    taken = set(head.tolist())
-    rest = [index for index in ranking if index not in taken]
-    return table.iloc[np.concatenate([head, np.array(rest, dtype=np.int64)])]
+    return active_learning.hybrid_order(candidate_vectors, probabilities, min(limit, len(candidate_ids)),
+                                        labelled_vectors, seed)
+
+
+def _shuffled(product_ids: np.ndarray) -> np.ndarray:
+    """Row indices of ``product_ids`` in the "random" order: a fixed shuffle the database computes alike
+    (:data:`~core.storage.catalog.RANDOM_MULTIPLIER`), so a page of a million needs no table read."""
+    keys = (product_ids * RANDOM_MULTIPLIER) % RANDOM_MODULUS
+    return np.lexsort((product_ids, keys))
 
 
 def queue_file(catalog: Catalog, version_id: int):
@@ -251,10 +268,7 @@ def informative_queue(catalog: Catalog, version_id: int, vectors_of: VectorsOf, 
                 return np.load(path).tolist()
             except (OSError, ValueError):
                 pass  # a damaged cache file is computed again
-        table = review_table(catalog)
-        labelled = {int(pid) for pid in table.loc[table["label"].notna(), "product_id"]}
-        ordered = _informative(table, "hybrid", vectors_of, page_size, seed, labelled)
-        ids = ordered["product_id"].to_numpy(np.int64)
+        ids = _queue(catalog, version_id, vectors_of, page_size, seed)
         buffer = io.BytesIO()
         np.save(buffer, ids)
         try:
@@ -268,6 +282,30 @@ def informative_queue(catalog: Catalog, version_id: int, vectors_of: VectorsOf, 
 
 
 _QUEUE_LOCKS: dict[str, threading.Lock] = {}
+
+
+def _queue(catalog: Catalog, version_id: int, vectors_of: VectorsOf, page_size: int, seed: int) -> np.ndarray:
+    """Every live product in "most informative" order, as :func:`select` lays the whole table out, from the
+    database's margin ranking and the rows of at most :data:`QUEUE_POOL` candidates (never the whole table)."""
+    everything = ReviewFilter()
+    ranking = np.asarray(catalog.review_ids(version_id, everything, "smallest margin"), dtype=np.int64)
+    # The ranking starts with the unlabelled products that have a prediction, the least sure first.
+    pool = catalog.review_ids(version_id, ReviewFilter(labelled=False), "smallest margin", 0, QUEUE_POOL)
+    predictions = catalog.predictions(version_id, pool)
+    candidates = np.array(sorted(pid for pid in pool if pid in predictions), dtype=np.int64)
+    if not len(candidates):
+        return ranking
+    width = max(len(predictions[pid]["probabilities"]) for pid in candidates.tolist())
+    probabilities = np.zeros((len(candidates), width))
+    for row, pid in enumerate(candidates.tolist()):
+        values = predictions[pid]["probabilities"]
+        probabilities[row, :len(values)] = values
+    head = _hybrid_head(candidates, probabilities, catalog.labelled_product_ids(), vectors_of,
+                        page_size * _DIVERSIFIED_PAGES, seed)
+    if head is None:
+        return ranking
+    head = candidates[head]
+    return np.concatenate([head, ranking[~np.isin(ranking, head)]])
 
 
 def stored_queue(catalog: Catalog, version_id: int) -> tuple[list[int], bool] | None:
@@ -337,12 +375,13 @@ def filtered_page(catalog: Catalog, page: int, page_size: int = 12, order: str =
     """One page of :func:`select`'s view for a catalogue too large to read whole, and how many products
     the view holds: the filters run in the database and a page reads its own rows.
 
-    "Least confident", "newest" and "category" are sorted and paged by the database. "Most informative"
-    with the version's stored ``queue`` reads the matching products' ids and label states and lays them
-    out in the queue's order (labelled ones behind, as in :func:`select`; products added since the queue
-    was made follow it by id until it is made again). The other orders (and "most informative" without a
-    stored queue) rank by the probabilities, so they read the matching products' rows (and, through
-    ``vectors_of``, the vectors their diversity guard spreads).
+    Every order but "most informative" is sorted and paged by the database ("smallest margin" and
+    "highest entropy" by the margin and entropy stored with each prediction; their first pages are read
+    together and spread by the diversity guard, through ``vectors_of``, as in :func:`select`).
+    "Most informative" with the version's stored ``queue`` reads the matching products' ids and label
+    states and lays them out in the queue's order (labelled ones behind, as in :func:`select`; products
+    added since the queue was made follow it by id until it is made again); without a stored queue it
+    reads the matching products' rows.
     """
     if order not in ORDERS:
         raise ValueError(f"order must be one of {ORDERS}, got {order!r}")
@@ -351,7 +390,14 @@ def filtered_page(catalog: Catalog, page: int, page_size: int = 12, order: str =
     active = catalog.active_model_version()
     model_id = active.id if active else None
     start = (page - 1) * page_size
-    if order in _DATABASE_SORTS:
+    if order in _GUARDED and vectors_of is not None and start < page_size * _DIVERSIFIED_PAGES:
+        head = catalog.review_ids(model_id, where, order, 0, page_size * _DIVERSIFIED_PAGES)
+        vectors = _all_vectors(vectors_of, head) if head else None
+        if vectors is not None:
+            head = [head[i] for i in active_learning.diverse_order(np.arange(len(head)), vectors, page_size)]
+        wanted = head[start:start + page_size]
+        matching = catalog.review_count(model_id, where)
+    elif order in _DATABASE_SORTS:
         wanted = catalog.review_ids(model_id, where, order, start, page_size)
         matching = catalog.review_count(model_id, where)
     elif order == DEFAULT_ORDER and queue is not None:

@@ -38,7 +38,7 @@ from core.errors import CatalogError, InvalidInputError, NotFoundError
 from core.storage import database as _database
 from core.storage.atomic import atomic_write_bytes
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 _CURRENT_LABELS_TABLE = """CREATE TABLE IF NOT EXISTS current_labels (
     product_id INTEGER PRIMARY KEY REFERENCES products(id),
     label TEXT,
@@ -57,6 +57,9 @@ _MIGRATIONS = {
         "INSERT INTO current_labels (product_id, label, source, event_id) "
         "SELECT l.product_id, l.label, l.source, l.id FROM labels l "
         "JOIN (SELECT product_id, MAX(id) AS id FROM labels GROUP BY product_id) latest ON latest.id = l.id"],
+    # Each prediction's margin and entropy beside it, so the database can sort a million by them.
+    7: ["ALTER TABLE predictions ADD COLUMN margin REAL", "ALTER TABLE predictions ADD COLUMN entropy REAL",
+        lambda catalog: catalog._store_uncertainty()],
 }
 ROLES = ("viewer", "labeller", "admin")
 LABEL_SOURCES = ("human", "import", "model-accepted")
@@ -117,6 +120,8 @@ CREATE TABLE IF NOT EXISTS predictions (
     probabilities TEXT NOT NULL,
     created_at TEXT NOT NULL,
     new_category INTEGER,
+    margin REAL,
+    entropy REAL,
     PRIMARY KEY (product_id, model_id)
 );
 CREATE INDEX IF NOT EXISTS predictions_by_model ON predictions(model_id, confidence);
@@ -150,9 +155,17 @@ CREATE TABLE IF NOT EXISTS users (
 # rows, photos and history but leave every listing, count and training set.
 _LIVE = "NOT IN (SELECT product_id FROM archived)"
 
-# The plain sorts of the review table the database does (see Catalog.review_ids); ties go by product id.
+# Ranks every product: predicted before unpredicted, unlabelled before labelled, then {score} (ties by id).
+_UNCERTAINTY_SORT = ("CASE WHEN pr.product_id IS NULL THEN 1 ELSE 0 END, "
+                     "CASE WHEN cl.label IS NULL THEN 0 ELSE 1 END, {score}, p.id")
+# Multiplicative hashing (Knuth): a fixed shuffle of the ids that both databases compute in 64-bit integers.
+RANDOM_MULTIPLIER, RANDOM_MODULUS = 2654435761, 2**32
+# The sorts of the review table the database does (see Catalog.review_ids); ties go by product id.
 REVIEW_SORTS = {
     "id": "p.id",
+    "smallest margin": _UNCERTAINTY_SORT.format(score="pr.margin"),
+    "highest entropy": _UNCERTAINTY_SORT.format(score="pr.entropy DESC"),
+    "random": f"(p.id * {RANDOM_MULTIPLIER}) % {RANDOM_MODULUS}, p.id",
     # Products without a prediction come last: there is nothing to check.
     "least confident": "CASE WHEN pr.confidence IS NULL THEN 1 ELSE 0 END, pr.confidence, p.id",
     "newest": "p.added_at DESC, p.id DESC",
@@ -183,6 +196,19 @@ class ReviewFilter:
         return self == ReviewFilter()
 
 _CURRENT_LABELS = f"SELECT product_id, label, source FROM current_labels WHERE label IS NOT NULL AND product_id {_LIVE}"
+
+
+def _uncertainty(probabilities: Sequence[Sequence[float]]) -> tuple[list[float], list[float]]:
+    """Each stored prediction's margin (its top two probabilities apart) and entropy, computed as the
+    review orders rank a table in memory (:func:`core.curation.active_learning.uncertainty`), so the
+    database sorts by exactly the same numbers."""
+    from core.curation.active_learning import uncertainty  # numpy only; the storage layer needs no more
+
+    width = max([len(values) for values in probabilities] + [1])
+    matrix = np.zeros((len(probabilities), width))
+    for row, values in enumerate(probabilities):
+        matrix[row, :len(values)] = values
+    return (-uncertainty(matrix, "margin")).tolist(), uncertainty(matrix, "entropy").tolist()
 
 
 def utc_now() -> str:
@@ -440,11 +466,14 @@ class Catalog:
                     self._connection().connection.driver_connection.backup(target)
         # (PostgreSQL runs DDL in the transaction: a failed upgrade leaves the old schema untouched.)
         with self.transaction():
+            dialect = _database.SQLITE if self.is_sqlite else "postgresql"
             if version is not None:
                 for target_version in range(version + 1, SCHEMA_VERSION + 1):
                     for statement in _MIGRATIONS[target_version]:
-                        self._execute(statement)
-            dialect = _database.SQLITE if self.is_sqlite else "postgresql"
+                        if callable(statement):
+                            statement(self)
+                        else:
+                            self._execute(_database.schema_for(dialect, statement))
             for statement in _database.schema_for(dialect, _SCHEMA).split(";"):
                 if statement.strip():
                     self._execute(statement)
@@ -962,22 +991,42 @@ class Catalog:
         """``new_category``: per product, whether it looks like no labelled product (None: not judged)."""
         now = utc_now()
         flags = [None] * len(product_ids) if new_category is None else list(new_category)
+        stored = [[round(float(p), 6) for p in probs] for probs in top_probabilities]
+        margins, entropies = _uncertainty(stored)
         rows = [
             {"id": int(pid), "model": int(model_id), "top": labels[0], "confidence": float(probs[0]),
-             "labels": json.dumps(list(labels)), "probabilities": json.dumps([round(float(p), 6) for p in probs]),
-             "now": now, "new": None if new is None else int(bool(new))}
-            for pid, labels, probs, new in zip(product_ids, top_labels, top_probabilities, flags)
+             "labels": json.dumps(list(labels)), "probabilities": json.dumps(rounded),
+             "now": now, "new": None if new is None else int(bool(new)), "margin": margin, "entropy": entropy}
+            for pid, labels, probs, rounded, new, margin, entropy
+            in zip(product_ids, top_labels, top_probabilities, stored, flags, margins, entropies)
         ]
         if not rows:
             return
         with self.transaction():
             self._execute(
                 "INSERT INTO predictions (product_id, model_id, top_label, confidence, labels, probabilities, "
-                "created_at, new_category) VALUES (:id, :model, :top, :confidence, :labels, :probabilities, :now, "
-                ":new) ON CONFLICT (product_id, model_id) DO UPDATE SET top_label = excluded.top_label, "
-                "confidence = excluded.confidence, labels = excluded.labels, "
+                "created_at, new_category, margin, entropy) VALUES (:id, :model, :top, :confidence, :labels, "
+                ":probabilities, :now, :new, :margin, :entropy) ON CONFLICT (product_id, model_id) DO UPDATE SET "
+                "top_label = excluded.top_label, confidence = excluded.confidence, labels = excluded.labels, "
                 "probabilities = excluded.probabilities, created_at = excluded.created_at, "
-                "new_category = excluded.new_category", rows)
+                "new_category = excluded.new_category, margin = excluded.margin, entropy = excluded.entropy", rows)
+
+    def _store_uncertainty(self, chunk_size: int = 20_000) -> None:
+        """Fill the margin and entropy of every stored prediction (the schema-7 upgrade; in its transaction)."""
+        last = (-1, -1)
+        while True:
+            rows = self._rows("SELECT model_id, product_id, probabilities FROM predictions "
+                              "WHERE model_id > :model OR (model_id = :model AND product_id > :product) "
+                              "ORDER BY model_id, product_id LIMIT :limit",
+                              {"model": last[0], "product": last[1], "limit": chunk_size}, mappings=False)
+            if not rows:
+                return
+            margins, entropies = _uncertainty([json.loads(probabilities) for _, _, probabilities in rows])
+            self._execute("UPDATE predictions SET margin = :margin, entropy = :entropy "
+                          "WHERE model_id = :model AND product_id = :product",
+                          [{"model": model, "product": product, "margin": margin, "entropy": entropy}
+                           for (model, product, _), margin, entropy in zip(rows, margins, entropies)])
+            last = (rows[-1][0], rows[-1][1])
 
     def predictions(self, model_id: int, product_ids: Sequence[int] | None = None) -> dict[int, dict]:
         """The stored predictions of model version ``model_id``: of every product, or of ``product_ids`` only

@@ -204,8 +204,8 @@ def test_the_most_informative_queue_is_computed_once_per_version_and_kept(catalo
     assert queue == expected["product_id"].tolist(), "the stored queue is the order computed in memory"
 
     computed = []
-    real = review._informative
-    monkeypatch.setattr(review, "_informative", lambda *args, **kwargs: computed.append(1) or real(*args, **kwargs))
+    real = review._queue
+    monkeypatch.setattr(review, "_queue", lambda *args, **kwargs: computed.append(1) or real(*args, **kwargs))
     assert review.informative_queue(catalog, version, lookup, page_size=4) == queue and not computed, "kept"
     catalog.set_labels([(queue[0], "Banana")], author="ana")
     ordered = review.select(review.review_table(catalog), queue=queue)["product_id"].tolist()

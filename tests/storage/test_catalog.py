@@ -123,7 +123,7 @@ def test_a_schema_1_workspace_is_migrated_without_losing_labels(workspace):
     with sqlite3.connect(workspace / "catalog.sqlite") as connection:
         connection.executescript(fixture)
     catalog = Catalog(workspace)
-    assert catalog.schema_version() == SCHEMA_VERSION == 6
+    assert catalog.schema_version() == SCHEMA_VERSION == 7
     assert catalog.current_labels() == {1: "Lime", 2: "Milk"}
     assert [e.label for e in catalog.label_history(1)] == ["Lime", "Lemon"]
     catalog.set_labels([(2, "Oat-Milk")], author="cy")  # the new column is usable
@@ -133,7 +133,7 @@ def test_a_schema_1_workspace_is_migrated_without_losing_labels(workspace):
         assert connection.execute("SELECT value FROM meta").fetchone()[0] == "1"
         assert connection.execute("SELECT COUNT(*) FROM labels").fetchone()[0] == 3
     catalog.close()
-    assert Catalog(workspace).schema_version() == 6  # reopening is a no-op
+    assert Catalog(workspace).schema_version() == 7  # reopening is a no-op
 
 
 def test_a_label_verdict_only_vouches_for_the_label_the_person_saw(workspace):
@@ -158,7 +158,12 @@ def test_an_older_schema_is_migrated_in_place_without_losing_labels(workspace):
     product, _ = add(catalog, demo_photos("Lemon")[0])
     catalog.set_labels([(product, "Lemon")], author="ana")
     catalog.set_labels([(product, "Lime")], author="bo")
+    older = catalog.add_model_version("test", ["Lemon", "Lime", "Milk"], {}, {}, "models/older.keras")
+    catalog.store_predictions(older, [product], [["Lime", "Lemon", "Milk"]], np.array([[0.6, 0.3, 0.1]]))
+    stored = catalog._rows("SELECT margin, entropy FROM predictions", mappings=False)
     with catalog.transaction() as connection:  # what a schema-3 catalogue looked like
+        connection.exec_driver_sql("ALTER TABLE predictions DROP COLUMN entropy")
+        connection.exec_driver_sql("ALTER TABLE predictions DROP COLUMN margin")
         connection.exec_driver_sql("ALTER TABLE predictions DROP COLUMN new_category")
         connection.exec_driver_sql("DROP TABLE current_labels")
         connection.exec_driver_sql("DROP TABLE category_parents")
@@ -168,6 +173,9 @@ def test_an_older_schema_is_migrated_in_place_without_losing_labels(workspace):
     assert migrated.schema_version() == SCHEMA_VERSION
     assert migrated.current_labels() == {product: "Lime"}, "the current labels come from the history"
     assert migrated.status()["labelled"] == 1 and migrated.category_parents() == {}
+    assert migrated._rows("SELECT margin, entropy FROM predictions", mappings=False) == stored, \
+        "the upgrade computes what storing the predictions today would"
+    assert stored[0][0] == pytest.approx(0.3) and stored[0][1] == pytest.approx(0.898, abs=1e-3)
     version = migrated.add_model_version("test", ["Lemon"], {}, {}, "models/none.keras")
     migrated.store_predictions(version, [product], [["Lemon"]], np.array([[0.9]]), new_category=[True])
     assert migrated.predictions(version)[product]["new_category"] is True, "the migration's column is usable"
