@@ -4,20 +4,21 @@ Builds the synthetic catalogue of ``benchmarks/database.py`` (``--products`` pro
 third labelled, one ``--dim``-d float16 vector and top-3 predictions each) in a new
 SQLite workspace, then times, in this process:
 
-* the review table (one query for every product, its label and its prediction);
-* the "most informative" order computed in memory over every candidate, which is what
-  every render cost before the queue was stored (the active-learning greedy pass reads
-  every unlabelled product's vector);
+* the review table (one query for every product, its label and its prediction: what a
+  small catalogue's render reads);
+* the "most informative" order computed in memory from that table, which is what every
+  render cost before the queue was stored;
 * computing and storing the version's queue once (what the background thread does
-  after a retrain or an upload);
-* a render after that: the table plus the order read from the stored queue;
+  after a retrain or an upload): the database's margin ranking of every product, and the
+  rows and vectors of the candidates the greedy pass spreads;
+* a small catalogue's render: the table plus the order read from the stored queue;
 * the Review page itself through Streamlit's AppTest (the queue already stored), first
   run and a rerun, then with filters and other orders (each a rerun after changing them):
-  the database filters, sorts and pages, except the orders that rank by the probabilities
-  ("highest entropy", "smallest margin", "random"), which read the matching rows.
+  the database filters, sorts and pages every one (the uncertainty orders by the margin
+  and entropy stored with each prediction).
 
-``--dim`` sets the vectors' size: only the queue (and "highest entropy"'s diversity guard)
-reads vectors, so a small one lets a million products fit on a small disk.
+``--dim`` sets the vectors' size: only the queue and the uncertainty orders' diversity
+guard read vectors, so a small one lets a million products fit on a small disk.
 
     python benchmarks/review_scale.py [--products 100000] [--dim 3632] [--postgresql]
 Writes ``benchmarks/results/review_scale.json`` (``review_scale_postgresql.json``).
@@ -76,7 +77,7 @@ def measure(args, database: str) -> None:
         version = catalog.active_model_version().id
         vectors = review.catalog_vectors(catalog, "bench")
         rows = {}
-        rows["review table, every product (one query: making the queue; a probability order without a filter)"], \
+        rows["review table, every product (one query: a small catalogue's render)"], \
             table = timed(lambda: review.review_table(catalog))
         print(json.dumps(rows), flush=True)
         rows["most informative order computed from that table"], _ = timed(
@@ -131,10 +132,12 @@ def measure(args, database: str) -> None:
         render("Review page, newest first", status("all"), order("newest"))
         render("Review page, by category", order("category"))
         render("Review page, only disagreements", lambda: at.toggle(key="review_disagree").set_value(True))
-        render("Review page, one predicted category, highest entropy (reads that category's rows)",
+        render("Review page, one predicted category, highest entropy",
                lambda: at.toggle(key="review_disagree").set_value(False), predicted(["category-007"]),
                order("highest entropy"))
-        render("Review page, highest entropy, no filter (reads every row)", predicted([]))
+        render("Review page, highest entropy, no filter", predicted([]))
+        render("Review page, smallest margin, only unlabelled", order("smallest margin"), status("unlabelled"))
+        render("Review page, random", order("random"), status("all"))
     write_result("review_scale_postgresql" if args.postgresql else "review_scale",
                  {"products": args.products, "dim": args.dim, "seconds": rows, "queue_length": len(queue),
                   "database": "PostgreSQL (local server, loopback)" if args.postgresql else "SQLite"})

@@ -1015,17 +1015,18 @@ class Catalog:
         """Fill the margin and entropy of every stored prediction (the schema-7 upgrade; in its transaction)."""
         last = (-1, -1)
         while True:
-            rows = self._rows("SELECT model_id, product_id, probabilities FROM predictions "
-                              "WHERE model_id > :model OR (model_id = :model AND product_id > :product) "
-                              "ORDER BY model_id, product_id LIMIT :limit",
-                              {"model": last[0], "product": last[1], "limit": chunk_size}, mappings=False)
+            # Keyset pages in the primary key's order: each chunk is an index range, never a sort.
+            rows = self._rows("SELECT product_id, model_id, probabilities FROM predictions "
+                              "WHERE product_id > :product OR (product_id = :product AND model_id > :model) "
+                              "ORDER BY product_id, model_id LIMIT :limit",
+                              {"product": last[0], "model": last[1], "limit": chunk_size}, mappings=False)
             if not rows:
                 return
             margins, entropies = _uncertainty([json.loads(probabilities) for _, _, probabilities in rows])
             self._execute("UPDATE predictions SET margin = :margin, entropy = :entropy "
-                          "WHERE model_id = :model AND product_id = :product",
-                          [{"model": model, "product": product, "margin": margin, "entropy": entropy}
-                           for (model, product, _), margin, entropy in zip(rows, margins, entropies)])
+                          "WHERE product_id = :product AND model_id = :model",
+                          [{"product": product, "model": model, "margin": margin, "entropy": entropy}
+                           for (product, model, _), margin, entropy in zip(rows, margins, entropies)])
             last = (rows[-1][0], rows[-1][1])
 
     def predictions(self, model_id: int, product_ids: Sequence[int] | None = None) -> dict[int, dict]:

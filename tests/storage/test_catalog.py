@@ -181,6 +181,22 @@ def test_an_older_schema_is_migrated_in_place_without_losing_labels(workspace):
     assert migrated.predictions(version)[product]["new_category"] is True, "the migration's column is usable"
 
 
+def test_the_upgrade_fills_every_predictions_margin_and_entropy_chunk_by_chunk(workspace):
+    catalog = Catalog(workspace)
+    ids = [add(catalog, photo)[0] for photo in demo_photos("Lemon")[:3]]
+    for name, probabilities in (("a", [[0.5, 0.3, 0.2], [0.9, 0.1, 0.0], [0.4, 0.4, 0.2]]),
+                                ("b", [[0.7, 0.2], [0.6, 0.3], [0.99, 0.01]])):
+        version = catalog.add_model_version("test", ["Lemon", "Lime", "Milk"], {}, {}, f"models/{name}.keras")
+        catalog.store_predictions(version, ids, [["Lemon", "Lime", "Milk"]] * 3, np.array(probabilities))
+    query = "SELECT product_id, model_id, margin, entropy FROM predictions ORDER BY product_id, model_id"
+    stored = catalog._rows(query, mappings=False)
+    with catalog.transaction():
+        catalog._execute("UPDATE predictions SET margin = NULL, entropy = NULL")
+        catalog._store_uncertainty(chunk_size=3)  # two chunks, the second starting inside a product
+    assert catalog._rows(query, mappings=False) == stored and len(stored) == 6
+    assert [round(row[2], 6) for row in stored[:2]] == [0.2, 0.5], "top two probabilities apart"
+
+
 def test_ids_keep_growing_and_the_active_version_is_unique(workspace):
     catalog = Catalog(workspace)
     ids = [add(catalog, photo)[0] for photo in demo_photos("Lemon")[:3]]
