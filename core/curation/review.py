@@ -390,7 +390,11 @@ def filtered_page(catalog: Catalog, page: int, page_size: int = 12, order: str =
     active = catalog.active_model_version()
     model_id = active.id if active else None
     start = (page - 1) * page_size
-    if order in _GUARDED and vectors_of is not None and start < page_size * _DIVERSIFIED_PAGES:
+    if order == DEFAULT_ORDER and model_id is None:
+        # Nothing is predicted, so nothing is uncertain: unlabelled first, each part by id, as in select.
+        wanted = catalog.review_ids(None, where, "smallest margin", start, page_size)
+        matching = catalog.review_count(None, where)
+    elif order in _GUARDED and vectors_of is not None and start < page_size * _DIVERSIFIED_PAGES:
         head = catalog.review_ids(model_id, where, order, 0, page_size * _DIVERSIFIED_PAGES)
         vectors = _all_vectors(vectors_of, head) if head else None
         if vectors is not None:

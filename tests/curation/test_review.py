@@ -320,6 +320,31 @@ def test_a_filtered_page_from_the_database_is_the_page_select_shows(catalog, dem
         review.filtered_page(catalog, 1, 4, "alphabetical")
 
 
+def test_a_large_catalogue_without_a_model_pages_its_default_order_from_the_database(workspace, demo_dir,
+                                                                                     monkeypatch):
+    catalog = Catalog(workspace)
+    ingest.import_paths(catalog, [demo_dir / "Banana"])
+    ingest.import_paths(catalog, [demo_dir / "Lemon"], label="Lemon")
+    ingest.import_paths(catalog, [demo_dir / "Orange"])
+    ids = catalog.product_ids()
+    lookup = review.vectors_from((np.array(ids), np.random.default_rng(5).normal(size=(len(ids), 8))))
+    table = review.review_table(catalog)
+    rows_of = catalog.review_rows
+
+    def page_rows(model_id, product_ids=None):
+        assert product_ids is not None and len(product_ids) <= 4, "a page reads its own rows only"
+        return rows_of(model_id, product_ids)
+
+    monkeypatch.setattr(catalog, "review_rows", page_rows)
+    for chosen in ({}, {"labelled": True}, {"labelled": False}):
+        expected = review.select(table, page_size=4, vectors_of=lookup, **chosen)["product_id"].tolist()
+        pages = [review.filtered_page(catalog, page, 4, where=review.review_filter(catalog, **chosen),
+                                      vectors_of=lookup) for page in range(1, 8)]
+        assert [pid for rows, _ in pages for pid in rows["product_id"]] == expected, chosen
+        assert {count for _, count in pages} == {len(expected)}
+    assert expected[0] not in catalog.current_labels(), "unlabelled products first"
+
+
 def test_a_prediction_table_lists_the_products_asked_for_in_order_with_previews(catalog, demo_dir):
     import base64
     import io
