@@ -16,6 +16,7 @@ from typing import Sequence
 
 import numpy as np
 
+from core._internal.memo import ArrayMemo
 from core.errors import NotFoundError
 from core.storage.catalog import Catalog
 
@@ -123,6 +124,15 @@ def near_duplicate_group_ids(vectors: np.ndarray, threshold: float = 0.95) -> np
     if len(vectors) == 0:
         return np.zeros(0, np.int64)
     return connected_components(close_pairs(vectors, threshold), directed=False)[1].astype(np.int64)
+
+
+def series_ids(vectors: np.ndarray, threshold: float) -> np.ndarray:
+    """:func:`near_duplicate_group_ids` of training vectors, remembered: a retrain after a few corrections
+    groups the same products' vectors again (read-only result)."""
+    return _SERIES.get([vectors], float(threshold), lambda: near_duplicate_group_ids(vectors, threshold))
+
+
+_SERIES = ArrayMemo(entries=4)
 
 
 def near_duplicate_groups(ids: Sequence[int], vectors: np.ndarray, threshold: float = 0.95) -> list[list[int]]:

@@ -147,9 +147,9 @@ class HeadClassifier:
         """Near-identical shots' group ids for the hold-out split (None: plain stratified)."""
         if self.group_threshold is None or not self.validation_fraction or len(features) > GROUPED_SPLIT_UP_TO:
             return None
-        from core.curation.similarity import near_duplicate_group_ids
+        from core.curation.similarity import series_ids
 
-        return near_duplicate_group_ids(features, self.group_threshold)
+        return series_ids(features, self.group_threshold)
 
     def _split_with_propagated(self, labels: np.ndarray, propagated_from: np.ndarray | None,
                                features: np.ndarray | None = None):

@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from core._internal.memo import ArrayMemo
 from core.model.head import NotFittedError
 
 DEFAULT_QUANTILE = 0.01
@@ -40,6 +41,7 @@ _STATE = ("mean_", "scale_", "components_", "whitening_", "centres_", "threshold
 # Mean and spread of held-out labelled products' distance and confidence log-odds (NaN: no confidences);
 # a detector saved before them scores by the squared distance alone.
 _REFERENCES = ("reference_",)
+_LABEL_FREE = ArrayMemo(entries=2)
 
 
 class NoveltyDetector:
@@ -86,15 +88,14 @@ class NoveltyDetector:
         if len(features) > _FIT_SAMPLE:
             keep = np.sort(rng.choice(len(features), _FIT_SAMPLE, replace=False))
             features, labels, confidence = features[keep], labels[keep], confidence[keep]
-        self.mean_ = features.mean(axis=0)
-        self.scale_ = (1.0 / (features.std(axis=0) + 1e-3)).astype(np.float32)
+        self.mean_, self.scale_, self.components_, folds = _LABEL_FREE.get(
+            [features], (self.components, self.group_threshold, self.folds, self.random_state),
+            lambda: self._label_free(features, rng))
         standardised = (features - self.mean_) * self.scale_
-        self.components_ = _principal_axes(standardised, min(self.components, len(features) - 1, features.shape[1]),
-                                           self.random_state)
         projected = standardised @ self.components_.T
         _, codes = np.unique(labels, return_inverse=True)
         self.whitening_, self.centres_ = self._gaussians(projected, codes)
-        rows, distances = self._held_out_distances(features, standardised, codes, rng)
+        rows, distances = self._held_out_distances(standardised, codes, folds)
         both = np.isfinite(confidence[rows])
         known_distances = -np.sqrt(-distances.astype(np.float64))
         known_confidences = _log_odds(confidence[np.isfinite(confidence)])
@@ -126,26 +127,43 @@ class NoveltyDetector:
         whitening = (vectors / np.sqrt(np.maximum(values, 1e-12))).astype(np.float32)
         return whitening, (means @ whitening).astype(np.float32)
 
-    def _held_out_distances(self, features, standardised, codes, rng) -> tuple[np.ndarray, np.ndarray]:
-        """``(rows, distances)``: labelled products' distances under a subspace and Gaussians fitted without
-        their own series (a subspace that saw a series spans its quirks, and a new shot's look too close)."""
-        from core.curation.similarity import near_duplicate_group_ids
+    def _label_free(self, features: np.ndarray, rng) -> tuple:
+        """What the fit learns without the labels, so a retrain after corrections reuses it (see
+        :class:`~core._internal.memo.ArrayMemo`): ``(mean, scale, principal axes, folds)``, where each
+        fold is ``(held-out rows, the principal axes of the other rows)``. The folds keep each series
+        of near-identical shots together, among at most ``_THRESHOLD_SAMPLE`` rows."""
+        from core.curation.similarity import series_ids
 
+        mean = features.mean(axis=0)
+        scale = (1.0 / (features.std(axis=0) + 1e-3)).astype(np.float32)
+        standardised = (features - mean) * scale
+        axes = _principal_axes(standardised, min(self.components, len(features) - 1, features.shape[1]),
+                               self.random_state)
         rows = np.arange(len(standardised))
         if len(rows) > _THRESHOLD_SAMPLE:
             rows = np.sort(rng.choice(len(rows), _THRESHOLD_SAMPLE, replace=False))
-        units = features[rows] / np.maximum(np.linalg.norm(features[rows], axis=1, keepdims=True), 1e-12)
-        series = near_duplicate_group_ids(units, self.group_threshold)
+        # The head's hold-out split groups the same vectors by the same threshold: usually remembered.
+        series = series_ids(features[rows], self.group_threshold)
         fold_of_series = rng.permutation(series.max() + 1) % self.folds
-        scored, distances = [], []
+        folds = []
         for fold in range(self.folds):
             held = rows[fold_of_series[series] == fold]
             rest = np.setdiff1d(np.arange(len(standardised)), held)
+            if len(held) and len(rest) >= 2:
+                folds.append((held, _principal_axes(standardised[rest], min(len(axes), len(rest) - 1),
+                                                    self.random_state)))
+        return mean, scale, axes, folds
+
+    def _held_out_distances(self, standardised, codes, folds) -> tuple[np.ndarray, np.ndarray]:
+        """``(rows, distances)``: labelled products' distances under a subspace and Gaussians fitted without
+        their own series (a subspace that saw a series spans its quirks, and a new shot's look too close)."""
+        scored, distances = [], []
+        for held, axes in folds:
+            rest = np.setdiff1d(np.arange(len(standardised)), held)
             # A category whose every product is in this fold cannot vouch for them: they are left out.
             held = held[np.isin(codes[held], codes[rest])]
-            if not len(held) or len(rest) < 2:
+            if not len(held):
                 continue
-            axes = _principal_axes(standardised[rest], min(len(self.components_), len(rest) - 1), self.random_state)
             whitening, centres = self._gaussians(standardised[rest] @ axes.T, codes[rest])
             scored.append(held)
             distances.append(_nearest(standardised[held] @ axes.T @ whitening, centres))

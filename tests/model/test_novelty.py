@@ -51,6 +51,30 @@ def _npz(folder, array):
     return path
 
 
+def test_a_refit_on_the_same_vectors_reuses_the_label_free_part_and_learns_the_same(monkeypatch):
+    """A retrain after corrections fits on the same vectors: the principal axes and series are remembered,
+    and what the detector learns is exactly what a fit from scratch learns."""
+    from core.model import novelty
+
+    rng = np.random.default_rng(4)
+    features = np.concatenate([series(rng.normal(size=32), 8, 3, rng) for _ in range(4)]).astype(np.float32)
+    labels = np.repeat(["a", "b", "c", "d"], 24)
+    corrected = labels.copy()
+    corrected[:5] = "b"
+    NoveltyDetector(components=8).fit(features, labels)
+    axes = []
+    real = novelty._principal_axes
+    monkeypatch.setattr(novelty, "_principal_axes", lambda *args: axes.append(1) or real(*args))
+    remembered = NoveltyDetector(components=8).fit(features, corrected)
+    assert not axes, "no principal axes computed again"
+    novelty._LABEL_FREE.clear()
+    fresh = NoveltyDetector(components=8).fit(features, corrected)
+    assert axes, "computed after the memo was cleared"
+    for name in ("mean_", "scale_", "components_", "whitening_", "centres_", "reference_"):
+        np.testing.assert_array_equal(getattr(remembered, name), getattr(fresh, name), err_msg=name)
+    assert remembered.threshold_ == fresh.threshold_
+
+
 def test_distance_weighs_the_directions_categories_differ_in_not_those_shots_vary_in():
     """Shots of a category vary a lot along one axis (light, angle); categories differ along others. A new shot
     far along the first is known; a product halfway between two categories, nearer to either in plain distance,
