@@ -298,8 +298,10 @@ def command_similar(args) -> int:
         version = catalog.active_model_version()
         from core.model import embedder_for
 
+        # The photo's features as the searched vectors were made: the active model's own embedder when the
+        # search runs on its features (fine-tuned, or trained before a default changed).
         embedder = embedder_for(version, catalog) if version is not None and version.embedding_key == key \
-            and version.metrics.get("fine_tuned") else _embedder(args)
+            else _embedder(args)
         vectors, failures = embedder.embed_sources([Path(args.query)])
         if failures:
             raise ProductLensError(f"{args.query}: {failures[0][1]}")

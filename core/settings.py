@@ -31,6 +31,9 @@ class Settings:
     cache: Path
     backbone: str = DEFAULT_BACKBONE
     views: int = DEFAULT_VIEWS
+    # The photo's mirror image as one more pass (features averaged): off since stop 28, when the
+    # cross-validation showed it adds nothing once the crop views (mirrored at random) are averaged in.
+    mirror: bool = False
     batch_size: int | None = None  # None: chosen per machine, see embedding_batch_size()
     precision: str | None = None  # None: chosen per machine, see embedding_precision()
     max_file_bytes: int = 50 * 2**20
@@ -71,6 +74,7 @@ def current() -> Settings:
         cache=_cache_dir(),
         backbone=os.environ.get("PRODUCTLENS_BACKBONE") or DEFAULT_BACKBONE,
         views=_int("PRODUCTLENS_VIEWS", DEFAULT_VIEWS),
+        mirror=bool(_int("PRODUCTLENS_MIRROR", 0)),
         batch_size=batch_size or None,
         precision=precision,
         max_file_bytes=_int("PRODUCTLENS_MAX_FILE_MB", 50) * 2**20,

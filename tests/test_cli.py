@@ -127,15 +127,15 @@ def test_default_configuration_end_to_end(tmp_path, demo_dir):
 
     cli("import", str(demo_dir), "--json")
     embedded = cli("embed")
-    assert embedded["embedding"] == "efficientnet_lite0_lite2+multi+int8" and embedded["computed"] == 80
+    assert embedded["embedding"] == "efficientnet_lite0_lite2+multi+noflip+int8" and embedded["computed"] == 80
     trained = cli("train")
     assert trained["predicted"] == 80 and trained["classes"] == 10
     cli("predict")
     written = cli("export", "model", "--output", str(tmp_path / "out"))["written"]
     catalog = Catalog(workspace)
     version = catalog.active_model_version()
-    assert (version.embedding_key, version.prediction_key) == ("efficientnet_lite0_lite2+multi+int8",
-                                                             "efficientnet_lite0_lite2+multi+int8#tta4")
+    assert (version.embedding_key, version.prediction_key) == ("efficientnet_lite0_lite2+multi+noflip+int8",
+                                                             "efficientnet_lite0_lite2+multi+noflip+int8#tta4")
     assert version.params["embedder"]["views"] == settings.DEFAULT_VIEWS == 4
     assert version.params["embedder"]["precision"] == "int8"
     int8_file = next(path for path in written if path.endswith(".int8.onnx"))

@@ -51,7 +51,7 @@ class Embedder:
     """Feature extractor: photos in, ``(n, feature_dim)`` float32 vectors out."""
 
     def __init__(self, backbone: str | None = None, weights: str | None = "imagenet",
-                 image_size: int | None = None, crop: str = "full", flip_tta: bool = True,
+                 image_size: int | None = None, crop: str = "full", flip_tta: bool | None = None,
                  batch_size: int | None = None, decode_workers: int | None = None, pooling: str | None = None,
                  views: int | None = None, precision: str | None = None):
         configured = settings.current()
@@ -67,7 +67,7 @@ class Embedder:
         self.weights = weights
         self.image_size = int(image_size or spec.image_size)
         self.crop = crop
-        self.flip_tta = flip_tta
+        self.flip_tta = configured.mirror if flip_tta is None else bool(flip_tta)
         self._batch_size = batch_size
         # Decoding a photo and its views is a small share of embedding them: one thread per two cores
         # keeps ahead of the model without taking cores from it.

@@ -60,12 +60,10 @@ def import_and_predict(catalog: Catalog, files: Iterable[tuple[str, bytes]], emb
     active = catalog.active_model_version()
     try:
         if active is not None and active.embedding_key != embedder.key:
-            if active.metrics.get("fine_tuned"):
-                # The active model sees through its own fine-tuned backbone: the new photos need its features.
-                embed_catalog(catalog, version_embedder(catalog, active), product_ids=product_ids,
-                              progress=_stage(progress, 0.95, 0.99, "features for the fine-tuned model"))
-            else:  # trained on another backbone's features: its own retrain predicts these photos
-                active = None
+            # The active model sees through its own backbone (fine-tuned, or trained before a default
+            # changed): the new photos need its features too, until a retrain on the default's.
+            embed_catalog(catalog, version_embedder(catalog, active), product_ids=product_ids,
+                          progress=_stage(progress, 0.95, 0.99, "features for the active model"))
         if active is not None:
             result.predicted = predict_catalog(catalog, active, product_ids=product_ids)["predicted"]
     except (NotFoundError, BackboneUnavailableError) as error:

@@ -325,9 +325,10 @@ def show_thumbnail(product_id: int, width="stretch") -> None:
 
 
 def features_embedder() -> Embedder:
-    """The embedder that computes the features :func:`embedding_key` names (a fine-tuned model's own)."""
+    """The embedder that computes the features :func:`embedding_key` names (the active model's own: a
+    fine-tuned one's, or one trained before a default changed)."""
     version = catalog().active_model_version()
-    if version is not None and version.embedding_key != embedder().key and version.metrics.get("fine_tuned"):
+    if version is not None and version.embedding_key != embedder().key:
         return version_embedder(catalog(), version)
     return embedder()
 

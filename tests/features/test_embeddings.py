@@ -63,8 +63,11 @@ def test_features_match_a_direct_forward_pass(embedder):
     direct = embedder.model.predict(pixels[None].astype("float32"), verbose=0)[0]
     mirrored = embedder.model.predict(pixels[None, :, ::-1].astype("float32"), verbose=0)[0]
     vectors, failures = embedder.embed_sources([photo])
-    assert not failures
-    np.testing.assert_allclose(vectors[0], (direct + mirrored) / 2, rtol=1e-4, atol=1e-4)
+    assert not failures and not embedder.flip_tta, "the default has no mirror pass (PRODUCTLENS_MIRROR)"
+    np.testing.assert_allclose(vectors[0], direct, rtol=1e-4, atol=1e-4)
+    with_mirror, _ = Embedder(backbone=embedder.backbone, views=0, precision="float32", flip_tta=True).embed_sources(
+        [photo])
+    np.testing.assert_allclose(with_mirror[0], (direct + mirrored) / 2, rtol=1e-4, atol=1e-4)
 
 
 def test_same_category_photos_are_closer_than_other_categories(embedder):
@@ -91,6 +94,9 @@ def test_a_photo_damaged_after_import_is_reported_not_fatal(workspace, embedder)
 def test_embedding_key_separates_settings(monkeypatch):
     lite0 = "efficientnet_lite0"
     monkeypatch.setenv("PRODUCTLENS_PRECISION", "float32")
+    assert Embedder(backbone=lite0).key == "efficientnet_lite0+multi+noflip", "no mirror pass by default"
+    assert Embedder(backbone=lite0, precision="int8").key == "efficientnet_lite0+multi+noflip+int8"
+    monkeypatch.setenv("PRODUCTLENS_MIRROR", "1")  # the keys of workspaces from before stop 28
     assert Embedder(backbone=lite0).key == "efficientnet_lite0+multi"
     assert Embedder(backbone=lite0, pooling="avg").key == "efficientnet_lite0", "the key of workspaces before pooling"
     assert Embedder(backbone=lite0, image_size=224).key == "efficientnet_lite0@224+multi"

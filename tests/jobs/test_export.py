@@ -26,10 +26,11 @@ def _trained_catalog(folder, demo_dir, embedder):
 
 @pytest.fixture(scope="module")
 def float_embedder(embedder):
-    """The suite's network in float32: the arithmetic of the Keras, SavedModel, TFLite and ONNX exports."""
+    """The suite's network in float32: the arithmetic of the Keras, SavedModel, TFLite and ONNX exports. With
+    the mirror pass (``PRODUCTLENS_MIRROR=1``), so the exports' mirror branch is checked too."""
     from core.features.embeddings import Embedder
 
-    return Embedder(backbone=embedder.backbone, precision="float32")
+    return Embedder(backbone=embedder.backbone, precision="float32", flip_tta=True)
 
 
 @pytest.fixture(scope="module")

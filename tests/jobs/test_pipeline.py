@@ -44,6 +44,25 @@ def test_demo_then_retrain_then_upload_gets_predictions(workspace, embedder):
     assert "is missing: activate another version" in later.prediction_error
 
 
+def test_an_upload_is_predicted_by_a_model_trained_before_the_default_features_changed(workspace, embedder):
+    """A model trained on other features than today's default (here: with the mirror pass, the default until
+    stop 28) still predicts an upload, from its own features; its retrain then moves to the default's."""
+    from core.features.embeddings import Embedder
+
+    catalog = Catalog(workspace)
+    load_demo(catalog)
+    older = Embedder(backbone=embedder.backbone, flip_tta=True)
+    assert older.flip_tta and not embedder.flip_tta and older.key != embedder.key
+    version = retrain_and_predict(catalog, older, HeadClassifier(), augmented_views=1)
+    result = import_and_predict(catalog, [("orange.png", _as_png(demo_photos("Orange")[0]))], embedder)
+    (new,) = result.report.added
+    assert result.predicted == 1 and result.prediction_error is None
+    assert new in catalog.predictions(version.id)
+    assert len(catalog.embeddings(older.key, [new])[0]) == 1, "features of the active model's own kind"
+    retrained = retrain_and_predict(catalog, embedder, HeadClassifier(), augmented_views=1)
+    assert retrained.embedding_key == embedder.key and len(catalog.predictions(retrained.id)) == 81
+
+
 def _as_png(path):
     from PIL import Image
 
