@@ -2,7 +2,7 @@
 
 The first ``--photos`` grocery train photos (default 600; the whole split takes about
 9 minutes per row on 2 cores) are imported into three throw-away workspaces and embedded
-with the default embedder (photo, mirror and crop views): once in this process, then by
+with the default embedder (photo and crop views): once in this process, then by
 ``embed_catalog_on_ray`` with 1 and with 2 workers. Ray rows count the whole call
 (starting Ray, each worker building its backbone, the Parquet shards, storing them), as a
 user waits for it. Writes ``benchmarks/results/ray_throughput.json``.
