@@ -50,6 +50,16 @@ COVERAGE_UP_TO = 5_000
 _TYPICALITY_SAMPLE = 4000
 
 
+def padded(rows: Sequence[Sequence[float]]) -> np.ndarray:
+    """Stored top-k probabilities (lists, possibly of different lengths or empty) as one ``(n, k)``
+    matrix, zeros where a row is shorter: what :func:`uncertainty` scores."""
+    width = max([len(values) for values in rows] + [1])
+    matrix = np.zeros((len(rows), width))
+    for row, values in enumerate(rows):
+        matrix[row, :len(values)] = values
+    return matrix
+
+
 def uncertainty(probabilities: np.ndarray, strategy: str = DEFAULT_STRATEGY, seed: int = 0) -> np.ndarray:
     """One score per row; higher = more worth a person's look."""
     if strategy not in STRATEGIES:

@@ -182,10 +182,7 @@ def _informative(table: pd.DataFrame, strategy: str, vectors_of: VectorsOf | Non
         return table
     if strategy == "random":
         return table.iloc[_shuffled(table["product_id"].to_numpy(np.int64))]
-    width = max([len(p) for p in table["top_probabilities"]] + [1])
-    probabilities = np.zeros((len(table), width))
-    for row, values in enumerate(table["top_probabilities"]):
-        probabilities[row, :len(values)] = values
+    probabilities = active_learning.padded(list(table["top_probabilities"]))
     scores = active_learning.uncertainty(probabilities, strategy)
     has_prediction = table["predicted_label"].notna().to_numpy()
     unlabelled = table["label"].isna().to_numpy()
@@ -295,11 +292,7 @@ def _queue(catalog: Catalog, version_id: int, vectors_of: VectorsOf, page_size: 
     candidates = np.array(sorted(pid for pid in pool if pid in predictions), dtype=np.int64)
     if not len(candidates):
         return ranking
-    width = max(len(predictions[pid]["probabilities"]) for pid in candidates.tolist())
-    probabilities = np.zeros((len(candidates), width))
-    for row, pid in enumerate(candidates.tolist()):
-        values = predictions[pid]["probabilities"]
-        probabilities[row, :len(values)] = values
+    probabilities = active_learning.padded([predictions[pid]["probabilities"] for pid in candidates.tolist()])
     head = _hybrid_head(candidates, probabilities, catalog.labelled_product_ids(), vectors_of,
                         page_size * _DIVERSIFIED_PAGES, seed)
     if head is None:

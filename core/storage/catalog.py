@@ -202,12 +202,9 @@ def _uncertainty(probabilities: Sequence[Sequence[float]]) -> tuple[list[float],
     """Each stored prediction's margin (its top two probabilities apart) and entropy, computed as the
     review orders rank a table in memory (:func:`core.curation.active_learning.uncertainty`), so the
     database sorts by exactly the same numbers."""
-    from core.curation.active_learning import uncertainty  # numpy only; the storage layer needs no more
+    from core.curation.active_learning import padded, uncertainty  # numpy only; the storage layer needs no more
 
-    width = max([len(values) for values in probabilities] + [1])
-    matrix = np.zeros((len(probabilities), width))
-    for row, values in enumerate(probabilities):
-        matrix[row, :len(values)] = values
+    matrix = padded(probabilities)
     return (-uncertainty(matrix, "margin")).tolist(), uncertainty(matrix, "entropy").tolist()
 
 
