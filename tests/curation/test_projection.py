@@ -138,6 +138,16 @@ def test_a_map_fitted_on_a_sample_places_the_rest_beside_their_own_kind():
         SampledMap().place(features[:3])
 
 
+def test_a_big_sample_places_by_its_graph_where_the_exact_search_does():
+    features, _ = clustered(1500)
+    exact = SampledMap(seed=0).fit(np.arange(600), features[:600])
+    graph = SampledMap(seed=0, exact_search_up_to=100).fit(np.arange(600), features[:600])
+    assert type(exact._search()).__name__ == "IndexFlatIP" and type(graph._search()).__name__ == "IndexHNSWFlat"
+    np.testing.assert_array_equal(graph.coordinates_, exact.coordinates_)
+    moved = np.linalg.norm(graph.place(features[600:]) - exact.place(features[600:]), axis=1)
+    assert np.quantile(moved, 0.99) < 1e-3 * np.ptp(exact.coordinates_, axis=0).max(), moved.max()
+
+
 @pytest.fixture(scope="module")
 def demo_catalogue(tmp_path_factory, embedder):
     return Catalog(embedded_demo(tmp_path_factory, embedder, "map"))
