@@ -1,6 +1,7 @@
 """ProductLens: the router and the home page of the Streamlit app."""
 
 import time
+from pathlib import Path
 
 import streamlit as st
 
@@ -23,8 +24,10 @@ from pages.shared import (
     warm_up_in_background,
 )
 
-st.set_page_config(page_title="ProductLens", page_icon="assets/icon.svg", layout="wide")
-st.logo("assets/logo.svg", icon_image="assets/icon.svg")
+# Beside this file, not the working directory: `streamlit run /elsewhere/app.py` finds them too.
+ASSETS = Path(__file__).resolve().parent / "assets"
+st.set_page_config(page_title="ProductLens", page_icon=str(ASSETS / "icon.svg"), layout="wide")
+st.logo(str(ASSETS / "logo.svg"), icon_image=str(ASSETS / "icon.svg"))
 warm_up_in_background()
 
 
