@@ -61,7 +61,13 @@ def command_import(args) -> int:
 
     catalog = _catalog(args)
     update, close = _progress_bar("import", not args.quiet)
-    report = import_paths(catalog, args.paths, label=args.label, progress=update)
+    if args.engine == "ray":
+        from core.storage.ray_ingest import import_paths_on_ray
+
+        report = import_paths_on_ray(catalog, args.paths, label=args.label, address=args.address,
+                                     workers=args.workers, progress=update)
+    else:
+        report = import_paths(catalog, args.paths, label=args.label, progress=update)
     close()
     for rejected in report.rejected:
         print(f"rejected: {rejected.name}: {rejected.reason}")
@@ -537,14 +543,14 @@ def build_parser() -> argparse.ArgumentParser:
                               f"every prediction (default: $PRODUCTLENS_VIEWS or {settings.DEFAULT_VIEWS}; "
                               "0 = fastest, less accurate)")
 
-    def add_engine_options(sub):
+    def add_engine_options(sub, engine_help="where photos are embedded. local: this process (default); ray: a pool "
+                                            "of Ray workers"):
         sub.add_argument("--engine", choices=("local", "ray"), default="local",
-                         help="where photos are embedded. local: this process (default); ray: a pool of Ray "
-                              "workers (pip install -r requirements-scale.txt)")
+                         help=f"{engine_help} (pip install -r requirements-scale.txt)")
         sub.add_argument("--address", default=None,
                          help="with --engine ray: an existing Ray cluster (default: start Ray on this machine)")
         sub.add_argument("--workers", type=_at_least(1), default=2,
-                         help="with --engine ray: embedding workers, one CPU each (default 2)")
+                         help="with --engine ray: workers, one CPU each (default 2)")
 
     def add_model_options(sub, head=False):
         add_backbone_options(sub)
@@ -555,11 +561,15 @@ def build_parser() -> argparse.ArgumentParser:
             sub.add_argument("--epochs", type=int, default=None,
                              help="with --hidden-units: maximum AdamW training epochs (default 200)")
 
-    sub = commands.add_parser("import", help="add photos: files, folders of category folders, zips, CSV manifests")
-    sub.add_argument("paths", nargs="+", help="image files, folders, .zip archives or path,label CSV files")
+    sub = commands.add_parser("import", help="add photos: files, folders of category folders, zips, CSV manifests, "
+                                             "bucket prefixes")
+    sub.add_argument("paths", nargs="+", help="image files, folders, .zip archives, path,label CSV files, or "
+                                              "locations pyarrow reads (s3://bucket/prefix, gs://…, file:///…)")
     sub.add_argument("--label", help="give every imported photo this category")
     sub.add_argument("--json", action="store_true", help="print the summary as JSON")
     sub.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_engine_options(sub, "where photos are read, checked and stored. local: this process (default); ray: "
+                            "a pool of Ray workers writing to the workspace's images/ (a shared folder on a cluster)")
     sub.set_defaults(handler=command_import)
 
     sub = commands.add_parser("embed", help="compute backbone features for products that lack them")

@@ -336,10 +336,12 @@ def test_train_says_which_labelled_products_it_had_to_skip(tmp_path, demo_dir):
 
 
 def test_embed_on_ray_and_fine_tune_from_the_command_line(tmp_path, demo_dir):
-    """`embed --engine ray` stores the same features as `embed`; `train --fine-tune` makes a fine-tuned version."""
+    """`import` and `embed --engine ray` store what they store in-process; `train --fine-tune` makes a
+    fine-tuned version."""
     workspace = tmp_path / "ws"
     photos = [str(path) for category in ("Banana", "Lemon") for path in sorted((demo_dir / category).glob("*.jpg"))[:3]]
-    run("import", *photos, workspace=workspace)
+    imported = last_json(run("import", *photos, "--engine", "ray", "--workers", "1", "--json", workspace=workspace))
+    assert (imported["added"], imported["rejected"]) == (6, 0)
     embedded = last_json(run("embed", "--engine", "ray", "--workers", "1", "--quiet", workspace=workspace))
     assert embedded["computed"] == 6 and embedded["failed"] == 0
     catalog = Catalog(workspace)

@@ -25,7 +25,7 @@ from typing import Sequence
 
 import numpy as np
 
-from core.errors import ProductLensError
+from core._internal.ray_runtime import start_ray
 from core.features.embeddings import Embedder, EmbedReport, prediction_vectors
 from core.storage.catalog import Catalog
 
@@ -63,27 +63,6 @@ class _EmbeddingActor:
                 "error": np.array([errors.get(row, "") for row in range(len(sources))], dtype=object)}
 
 
-def _start_ray(address: str | None, cpus: int):
-    try:
-        import ray
-    except ImportError:
-        raise ProductLensError("the Ray engine needs Ray: pip install -r requirements-scale.txt") from None
-    import core
-
-    package = str(Path(core.__file__).resolve().parent)
-    runtime_env = {"py_modules": [package], "env_vars": {"TF_CPP_MIN_LOG_LEVEL": "3"}}
-    if ray.is_initialized():
-        return ray, False
-    try:
-        if address:
-            ray.init(address=address, runtime_env=runtime_env, log_to_driver=False)
-        else:
-            ray.init(num_cpus=cpus, include_dashboard=False, runtime_env=runtime_env, log_to_driver=False)
-    except Exception as error:  # noqa: BLE001 - Ray raises many kinds; the user needs one line
-        raise ProductLensError(f"could not start Ray{f' at {address}' if address else ''}: {error}") from None
-    return ray, True
-
-
 def embed_catalog_on_ray(catalog: Catalog, embedder: Embedder, address: str | None = None, workers: int = 2,
                          batch_size: int = 64, product_ids: Sequence[int] | None = None,
                          cpus_per_worker: int | None = None) -> EmbedReport:
@@ -113,7 +92,7 @@ def embed_catalog_on_ray(catalog: Catalog, embedder: Embedder, address: str | No
 
     settings = asdict(EmbedderSettings.of(embedder))
     settings["batch_size"] = embedder.batch_size
-    ray, started_here = _start_ray(address, workers * cpus_per_worker)
+    ray, started_here = start_ray(address, workers * cpus_per_worker)
     shards = catalog.workspace / "cache" / f"ray-embeddings-{uuid.uuid4().hex[:12]}"
     try:
         dataset = ray.data.from_items(rows, override_num_blocks=max(1, min(len(rows) // batch_size, 4 * workers)))

@@ -289,6 +289,24 @@ class LabelConflict:
                 f"{self.seen_label or '(none)'}; your change to {self.wanted_label or '(none)'} was not applied")
 
 
+def image_file_path(sha256: str, extension: str) -> Path:
+    """Where a photo's bytes live inside a workspace: content-addressed by their SHA-256."""
+    # Both come from a worker's report in a Ray import: never let them name a path outside images/.
+    if not re.fullmatch(r"[0-9a-f]{64}", sha256) or not re.fullmatch(r"\.[a-z0-9]{1,5}", extension):
+        raise ValueError(f"not a SHA-256 and extension: {sha256!r}, {extension!r}")
+    return Path("images") / sha256[:2] / f"{sha256}{extension}"
+
+
+def write_image_file(workspace: Path, data: bytes, sha256: str, extension: str) -> Path:
+    """Write a photo's bytes to their content address in ``workspace`` (once: the same bytes are never
+    written twice); the path relative to the workspace."""
+    relative = image_file_path(sha256, extension)
+    target = Path(workspace) / relative
+    if not target.exists():
+        atomic_write_bytes(target, data)
+    return relative
+
+
 class Catalog:
     """A workspace's catalogue. Safe to share between threads (one connection each).
 
@@ -617,23 +635,31 @@ class Catalog:
             with self.transaction():
                 self._execute("DELETE FROM archived WHERE product_id = :id", {"id": int(existing)})
             return int(existing), False
-        relative = Path("images") / sha256[:2] / f"{sha256}{extension}"
-        target = self.workspace / relative
         # File first, row second: a crash in between leaves an unreferenced file,
         # never a row that points at nothing.
-        if not target.exists():
-            with self._translated_errors():  # a full or read-only disk: one line, batch stops
-                atomic_write_bytes(target, data)
+        with self._translated_errors():  # a full or read-only disk: one line, batch stops
+            write_image_file(self.workspace, data, sha256, extension)
+        return self.register_image(sha256, filename, image_format, extension, width, height, len(data),
+                                   source, label, action)
+
+    def register_image(self, sha256: str, filename: str, image_format: str, extension: str, width: int,
+                       height: int, size_bytes: int, source: str | None = None, label: str | None = None,
+                       action: str | None = None) -> tuple[int, bool]:
+        """The row half of :meth:`add_image`, for a photo whose file :func:`write_image_file` already wrote
+        (by a Ray worker, say); ``(product_id, created)``, an archived product brought back as there."""
+        label = clean_label(label)
         with self.transaction():
             existing = self._value("SELECT id FROM products WHERE sha256 = :sha256", {"sha256": sha256})
             if existing is not None:
+                self._execute("DELETE FROM archived WHERE product_id = :id", {"id": int(existing)})
                 return int(existing), False
             product_id = int(self._execute(
                 "INSERT INTO products (sha256, filename, source, stored_path, format, width, height, size_bytes, "
                 "added_at) VALUES (:sha256, :filename, :source, :stored_path, :format, :width, :height, :size, "
                 ":added_at) RETURNING id",
-                {"sha256": sha256, "filename": filename, "source": source, "stored_path": relative.as_posix(),
-                 "format": image_format, "width": width, "height": height, "size": len(data),
+                {"sha256": sha256, "filename": filename, "source": source,
+                 "stored_path": image_file_path(sha256, extension).as_posix(),
+                 "format": image_format, "width": width, "height": height, "size": int(size_bytes),
                  "added_at": utc_now()}).scalar_one())
             if label is not None:
                 self._append_label(product_id, label, None, "import", None, utc_now(), action)

@@ -10,6 +10,8 @@ Sources, and where a product's label comes from:
 * a zip archive: the same rule applied to paths inside the archive. Members are
   read into memory with size caps and never extracted, so a hostile path
   (``../../etc``) cannot write anywhere; such members are rejected all the same;
+* a location on a file system pyarrow reads (``s3://bucket/prefix``, ``gs://…``,
+  ``hdfs://…``, ``file:///…``): a prefix is walked like a folder, one object read like a file;
 * a CSV manifest with columns ``path,label`` (header optional), paths relative to
   the CSV file; a CSV with the header ``category,parent`` holds no photos but the
   category tree.
@@ -92,6 +94,7 @@ class _Item:
     filename: str | None = None  # the product's file name (default: the last part of ``name``)
     folders: tuple[str, ...] = ()  # folder names from the import's root down to the photo (the category tree)
     tree: tuple[tuple[str, str | None, str], ...] = ()  # a category,parent CSV: (category, parent, origin)
+    path: str | None = None  # a plain file's path or URI, which another process can read (a Ray worker)
 
 
 class _ItemError(Exception):
@@ -152,7 +155,7 @@ def _folder_items(root: Path, label: str | None) -> Iterator[_Item]:
                 yield _Item(display_name(path), None, _fail(""), _NOT_AN_IMAGE_TYPE)
                 continue
             yield _Item(display_name(path), label or (folders[-1] if folders else None), _read_file(path),
-                        folders=() if label else folders)
+                        folders=() if label else folders, path=str(path))
 
 
 def _zip_items(source: Path | io.BytesIO, label: str | None, name: str | None = None) -> Iterator[_Item]:
@@ -237,7 +240,8 @@ def _manifest_items(path: Path, label: str | None) -> Iterator[_Item]:
         if not item_path.is_file():
             yield _Item(name, None, _fail(f"listed in {path.name} line {line_number} but not found"))
             continue
-        yield _Item(name, row_label, _read_file(item_path), origin=f"{path.name} line {line_number}")
+        yield _Item(name, row_label, _read_file(item_path), origin=f"{path.name} line {line_number}",
+                    path=str(item_path))
 
 
 def _fail(reason: str) -> Callable[[], bytes]:
@@ -254,13 +258,73 @@ def _path_items(path: Path, label: str | None, name: str | None = None) -> Itera
     elif suffix == ".csv":
         yield from _manifest_items(path, label)
     else:
-        yield _Item(name, label, _read_file(path))
+        yield _Item(name, label, _read_file(path), path=str(path))
+
+
+def is_uri(path: str | os.PathLike) -> bool:
+    """``s3://bucket/prefix``, ``gs://…``, ``file:///…``: a location for pyarrow's file systems."""
+    return isinstance(path, str) and "://" in path and not os.path.lexists(path)
+
+
+def read_uri(uri: str, limit: int | None = None) -> bytes:
+    """The bytes of one file at a pyarrow file-system URI, refusing files over ``limit``."""
+    from pyarrow import fs
+
+    limit = settings.current().max_file_bytes if limit is None else limit
+    try:
+        filesystem, location = fs.FileSystem.from_uri(uri)
+        with filesystem.open_input_file(location) as handle:
+            if handle.size() > limit:
+                raise _ItemError(f"file is {handle.size() / 2**20:.1f} MB, over the {limit / 2**20:.0f} MB "
+                                 "limit (PRODUCTLENS_MAX_FILE_MB)")
+            return handle.read(limit + 1)
+    except (OSError, ValueError) as error:  # pyarrow's errors derive from these
+        raise _ItemError(f"cannot read file ({error})") from None
+
+
+def _uri_items(uri: str, label: str | None) -> Iterator[_Item]:
+    """A bucket prefix (or one object) read through pyarrow: the same rules as a local folder or file."""
+    from pyarrow import fs
+
+    try:
+        filesystem, root = fs.FileSystem.from_uri(uri)
+        info = filesystem.get_file_info(root)
+        if info.type == fs.FileType.Directory:
+            found = filesystem.get_file_info(fs.FileSelector(root, recursive=True))
+    except (OSError, ValueError) as error:
+        yield _Item(uri, None, _fail(f"cannot open {uri} ({error})"))
+        return
+    scheme = uri.split("://", 1)[0]
+
+    def located(path: str) -> str:
+        return f"{scheme}://{path}" if scheme != "file" else f"file://{path if path.startswith('/') else '/' + path}"
+
+    if info.type == fs.FileType.File:
+        yield _Item(uri, label, lambda: read_uri(uri), path=uri)
+        return
+    if info.type != fs.FileType.Directory:
+        yield _Item(uri, None, _fail("no such file or folder"))
+        return
+    prefix = root.rstrip("/") + "/"
+    for entry in sorted((entry for entry in found if entry.type == fs.FileType.File), key=lambda e: e.path):
+        parts = tuple(entry.path[len(prefix):].split("/")) if entry.path.startswith(prefix) else (entry.base_name,)
+        if any(part.startswith(".") for part in parts) or _is_ignored("/".join(parts)):
+            continue
+        name, folders = located(entry.path), parts[:-1]
+        if PurePosixPath(parts[-1]).suffix.lower() not in images.IMAGE_SUFFIXES:
+            yield _Item(name, None, _fail(""), _NOT_AN_IMAGE_TYPE)
+            continue
+        yield _Item(name, label or (folders[-1] if folders else None), lambda name=name: read_uri(name),
+                    filename=parts[-1], folders=() if label else folders, path=name)
 
 
 def collect_items(paths: Iterable[str | os.PathLike], label: str | None = None) -> list[_Item]:
     """Expand the user's paths into the list of files to import (cheap: nothing is decoded)."""
     items: list[_Item] = []
     for raw in paths:
+        if is_uri(raw):
+            items.extend(_uri_items(raw, label))
+            continue
         path = Path(raw)
         if path.is_dir():
             items.extend(_folder_items(path, label))
@@ -302,39 +366,59 @@ def _checked_label(item: _Item) -> str | None:
 
 def _run(catalog: Catalog, items: list[_Item], report: ImportReport, progress: ProgressCallback | None,
          source: str | None = None, apply_labels: bool = True) -> ImportReport:
-    pending_labels: list[tuple[int, str]] = []  # labels for photos that were already products
-    action = uuid.uuid4().hex
+    session = ImportSession(catalog, report, apply_labels)
     total = len(items)
-    tree: dict[str, tuple[str, str]] = {}  # category -> (parent, origin), first seen wins
     for index, item in enumerate(items, start=1):
-        name = item.name
+        session.add(item, lambda label, item=item: _store_here(catalog, item, label, source, session.action))
+        if progress:
+            progress(index, total, item.name)
+    return session.finish()
+
+
+def _store_here(catalog: Catalog, item: _Item, label: str | None, source: str | None,
+                action: str) -> tuple[int, bool]:
+    """Read, validate and store one item in this process: ``(product_id, created)``."""
+    data = item.read()
+    if not data:
+        raise _ItemError("empty file (0 bytes)")
+    info = images.validate(data)
+    return catalog.add_image(data, filename=item.filename or Path(item.name).name, image_format=info.format,
+                             extension=info.extension, width=info.width, height=info.height,
+                             source=source or item.name, label=label, action=action)
+
+
+class ImportSession:
+    """The bookkeeping of one import, wherever its photos are stored (here, or by Ray workers).
+
+    :meth:`add` takes one item and a ``store(label) -> (product_id, created)`` that stores it,
+    raising ``_ItemError`` (or an image error) to reject it; :meth:`finish` sets the
+    labels found for photos that were already products and the folder trees' category parents.
+    """
+
+    def __init__(self, catalog: Catalog, report: ImportReport, apply_labels: bool = True):
+        self.catalog, self.report, self.apply_labels = catalog, report, apply_labels
+        self.action = uuid.uuid4().hex
+        self.pending_labels: list[tuple[int, str]] = []  # labels for photos that were already products
+        self.tree: dict[str, tuple[str, str]] = {}  # category -> (parent, origin), first seen wins
+
+    def add(self, item: _Item, store: Callable[[str | None], tuple[int, bool]]) -> None:
+        report, name = self.report, item.name
         if item.tree:
-            if apply_labels:
-                _apply_tree(catalog, item.tree, report, author=None, only_if_missing=False)
-            if progress:
-                progress(index, total, name)
-            continue
+            if self.apply_labels:
+                _apply_tree(self.catalog, item.tree, report, author=None, only_if_missing=False)
+            return
         if item.skip_reason:
             report.skipped.append(Rejected(name, item.skip_reason))
-            if progress:
-                progress(index, total, name)
-            continue
+            return
         try:
             # A bad label rejects its own item, with where it came from; the rest of the batch goes on.
             label = _checked_label(item)
-            data = item.read()
-            if not data:
-                raise _ItemError("empty file (0 bytes)")
-            info = images.validate(data)
-            product_id, created = catalog.add_image(
-                data, filename=item.filename or Path(name).name, image_format=info.format,
-                extension=info.extension, width=info.width, height=info.height, source=source or name,
-                label=label if apply_labels else None, action=action)
+            product_id, created = store(label if self.apply_labels else None)
         except (_ItemError, images.ImageError) as error:
             report.rejected.append(Rejected(name, str(error)))
         except CatalogError as error:
             # The workspace itself failed (disk full, read-only): stop here, say how far the import got.
-            _apply_pending(catalog, pending_labels, report, action)
+            _apply_pending(self.catalog, self.pending_labels, report, self.action)
             raise CatalogError(f"import stopped at {name} after storing {len(report.product_ids)} photos "
                                f"(each with its label): {error}") from None
         except Exception as error:  # one strange file must never end the batch
@@ -343,23 +427,23 @@ def _run(catalog: Catalog, items: list[_Item], report: ImportReport, progress: P
             (report.added.append(product_id) if created else report.duplicates.append((name, product_id)))
             report.product_ids.append(product_id)
             report.names[product_id] = name
-            if label and apply_labels and item.folders:
+            if label and self.apply_labels and item.folders:
                 for parent, child in zip(item.folders, item.folders[1:]):
-                    tree.setdefault(child, (parent, name))
+                    self.tree.setdefault(child, (parent, name))
             if label:
                 report.found_labels[product_id] = label
-                if created and apply_labels:
+                if created and self.apply_labels:
                     report.labelled += 1
                 elif not created:
-                    pending_labels.append((product_id, label))
-        if progress:
-            progress(index, total, name)
-    if apply_labels:
-        _apply_pending(catalog, pending_labels, report, action)
-        # Folder trees never override a parent someone chose (as import labels never override a person's).
-        _apply_tree(catalog, [(child, parent, origin) for child, (parent, origin) in tree.items()], report,
-                    author=None, only_if_missing=True)
-    return report
+                    self.pending_labels.append((product_id, label))
+
+    def finish(self) -> ImportReport:
+        if self.apply_labels:
+            _apply_pending(self.catalog, self.pending_labels, self.report, self.action)
+            # Folder trees never override a parent someone chose (as import labels never override a person's).
+            _apply_tree(self.catalog, [(child, parent, origin) for child, (parent, origin) in self.tree.items()],
+                        self.report, author=None, only_if_missing=True)
+        return self.report
 
 
 def _apply_tree(catalog: Catalog, tree, report: ImportReport, author: str | None, only_if_missing: bool) -> None:
