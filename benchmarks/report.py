@@ -407,11 +407,12 @@ def ray_throughput() -> str:
     result = load("ray_throughput")
     if result is None:
         return missing("ray_throughput.py")
-    rows = [[row["engine"], row["photos"], row["seconds"], row["photos_per_second"], f"{row['vs_in_process']:.2f}×"]
-            for row in result["rows"]]
-    return "\n".join([table(["engine", "photos", "seconds", "photos/s", "vs in-process"], rows), "",
-                      f"Default embedder ({result['backbone']}, {result['views']} crop views); Ray rows include "
-                      "starting Ray and each worker's backbone. " + measured_on(result)])
+    rows = [[row.get("step", "embed"), row["engine"], row["photos"], row["seconds"], row["photos_per_second"],
+             f"{row['vs_in_process']:.2f}×"] for row in result["rows"]]
+    return "\n".join([table(["step", "engine", "photos", "seconds", "photos/s", "vs in-process"], rows), "",
+                      "Import: read, check, hash and store each photo, register it with its label. Embed: default "
+                      f"embedder ({result['backbone']}, {result['views']} crop views). Ray rows include starting "
+                      "Ray (and each embedding worker's backbone). " + measured_on(result)])
 
 
 def ann() -> str:
