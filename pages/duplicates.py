@@ -26,10 +26,10 @@ THUMBNAIL_WIDTH = 96
 
 
 @st.cache_data(show_spinner="Finding near-identical products…", max_entries=4)
-def _groups(key: str, threshold: float, catalogue_state: tuple):
-    # Seconds for a few thousand products (every pair; nearest neighbours in big catalogues): recomputed only when the
-    # threshold or the catalogue (products, archive, labels) changed, not on every click.
-    return duplicates.duplicate_groups(catalog(), key, threshold)
+def _found(key: str, threshold: float, catalogue_state: tuple) -> duplicates.FoundGroups:
+    # Found again only when products were embedded or archived (labels never enter); in a big catalogue
+    # the groups kept in the workspace come back at once, however old, and say so.
+    return duplicates.find_groups(catalog(), key, threshold, reuse_kept=True)
 
 
 st.title("Duplicates")
@@ -39,8 +39,19 @@ st.caption("Identical files are never stored twice (an upload of one shows as a 
 key = embedding_key()
 threshold = st.slider("Similarity threshold", 0.80, 1.0, duplicates.DEFAULT_THRESHOLD, 0.005,
                       help="Cosine similarity of the features. Lower finds more (and looser) groups.")
-groups = _groups(key, threshold, duplicates.catalogue_state(catalog(), key))
-st.metric("Groups", len(groups), help=f"{sum(len(g['product_ids']) for g in groups)} products in groups")
+found = _found(key, threshold, duplicates.catalogue_state(catalog(), key))
+if not found.current:
+    age, again = st.columns([4, 1], vertical_alignment="center")
+    age.caption(f"Groups found {found.found_at[:16].replace('T', ' ')} UTC among {found.products:,} products; "
+                "products were added or archived since.")
+    if again.button("Find again", help="Compares every product with its nearest neighbours: minutes for a "
+                                       "million products."):
+        with st.spinner("Finding near-identical products…"):
+            duplicates.find_groups(catalog(), key, threshold)
+        _found.clear()
+        st.rerun()
+groups = duplicates.describe_groups(catalog(), key, found.groups, limit=MAX_GROUPS)
+st.metric("Groups", len(found.groups), help=f"{sum(len(g) for g in found.groups)} products in groups")
 show_notices()
 if not groups:
     st.success("No near-duplicates at this threshold.")
@@ -76,8 +87,8 @@ for number, group in enumerate(groups[:MAX_GROUPS]):
                 except ProductLensError as error:  # e.g. a typed category name that is too long
                     remember_error(error)
                 st.rerun()
-if len(groups) > MAX_GROUPS:
-    st.caption(f"Showing the {MAX_GROUPS} largest of {len(groups)} groups; resolve some or raise the threshold.")
+if len(found.groups) > MAX_GROUPS:
+    st.caption(f"Showing the {MAX_GROUPS} largest of {len(found.groups)} groups; resolve some or raise the threshold.")
 
 archived = catalog().archived()
 if archived:

@@ -14,7 +14,9 @@ taking a chosen label, e.g. the group's majority) and the others are archived
 
 from __future__ import annotations
 
+import hashlib
 from collections import Counter
+from dataclasses import dataclass
 from typing import Mapping, Sequence
 
 import numpy as np
@@ -22,7 +24,8 @@ import numpy as np
 from core.curation.ann import APPROXIMATE_FROM
 from core.curation.similarity import catalog_index, near_duplicate_groups, neighbour_groups
 from core.errors import InvalidInputError
-from core.storage.catalog import ANY, Catalog, LabelConflict
+from core.storage.atomic import atomic_write_bytes
+from core.storage.catalog import ANY, Catalog, LabelConflict, utc_now
 
 # On the default features (Lite0 + Lite2, multi pooling), 0.92 pairs a photo with its
 # re-encoded / resized / cropped copies at recall 0.75 and precision 0.99 against distinct
@@ -30,35 +33,105 @@ from core.storage.catalog import ANY, Catalog, LabelConflict
 DEFAULT_THRESHOLD = 0.92
 
 
-def duplicate_groups(catalog: Catalog, embedding_key: str, threshold: float = DEFAULT_THRESHOLD,
-                     approximate_from: int | None = None) -> list[dict]:
-    """Groups of near-identical products, largest first.
+@dataclass(frozen=True)
+class FoundGroups:
+    """Near-duplicate groups as found: ``groups`` (product ids, largest group first), among how many
+    embedded ``products``, when (``found_at``, UTC), and whether the catalogue is still as it was then
+    (``current``: no product embedded or archived since)."""
 
-    Each group: ``product_ids``, ``filenames``, ``labels`` (None = unlabelled),
-    ``min_similarity`` (the lowest similarity of any two members: below the
-    threshold when the group is a chain of look-alikes) and
-    ``majority_label``. From ``approximate_from`` products on (default
-    :data:`~core.curation.ann.APPROXIMATE_FROM`) the links come from each product's
-    nearest neighbours in the kept approximate index instead of all pairs.
+    groups: list[list[int]]
+    products: int
+    found_at: str
+    current: bool = True
+
+
+def find_groups(catalog: Catalog, embedding_key: str, threshold: float = DEFAULT_THRESHOLD,
+                approximate_from: int | None = None, reuse_kept: bool = False) -> FoundGroups:
+    """Group the catalogue's near-identical products (ids only; :func:`describe_groups` adds the rest).
+
+    Up to ``approximate_from`` products (default :data:`~core.curation.ann.APPROXIMATE_FROM`)
+    every pair is compared. From there on the links come from the kept approximate index, and
+    the groups found are kept in the workspace: found again only when products were embedded
+    or archived since, and with ``reuse_kept`` not even then (a page shows the kept groups at
+    once and says how old they are; finding them again at a million products takes minutes).
+    Labels never enter: correcting one leaves the groups as they are.
     """
     if not 0.0 < threshold <= 1.0:
         raise InvalidInputError(f"threshold must be in (0, 1], got {threshold}")
-    if catalog.count_embeddings(embedding_key) >= (APPROXIMATE_FROM if approximate_from is None
-                                                    else approximate_from):
-        # All pairs grow with the square of the catalogue: each product's nearest neighbours instead.
-        groups = neighbour_groups(catalog, embedding_key, catalog_index(catalog, embedding_key, approximate_from),
-                                  threshold)
-    else:
+    products = catalog.count_embeddings(embedding_key)
+    if products < (APPROXIMATE_FROM if approximate_from is None else approximate_from):
         ids, vectors = catalog.embeddings(embedding_key)
         groups = near_duplicate_groups(ids, vectors, threshold=threshold) if len(ids) else []
+        return FoundGroups([list(map(int, group)) for group in groups], len(ids), utc_now())
+    basis = _basis(catalog, embedding_key)
+    kept_file = catalog.workspace / "cache" / (
+        "duplicates-" + hashlib.sha256(f"{embedding_key}|{threshold!r}".encode()).hexdigest()[:24] + ".npz")
+    kept = _load_kept(kept_file)
+    if kept is not None and (kept.basis == basis or reuse_kept):
+        return FoundGroups(kept.groups, kept.products, kept.found_at, kept.basis == basis)
+    # All pairs grow with the square of the catalogue: each product's nearest neighbours instead.
+    groups = neighbour_groups(catalog, embedding_key, catalog_index(catalog, embedding_key, approximate_from),
+                              threshold)
+    found = FoundGroups([list(map(int, group)) for group in groups], products, utc_now())
+    sizes = np.asarray([len(group) for group in found.groups], np.int64)
+    flat = np.asarray([pid for group in found.groups for pid in group], np.int64)
+    _save_kept(kept_file, flat=flat, sizes=sizes, basis=np.asarray(basis, dtype=object).astype(str),
+               products=np.int64(products), found_at=np.asarray(found.found_at))
+    return found
+
+
+@dataclass(frozen=True)
+class _Kept:
+    groups: list[list[int]]
+    products: int
+    found_at: str
+    basis: tuple
+
+
+def _basis(catalog: Catalog, embedding_key: str) -> tuple[str, str]:
+    """What the groups depend on: the embedded products (only ever added) and the archived ones."""
+    archived = sorted(int(row["product_id"]) for row in catalog.archived())
+    digest = hashlib.sha256(np.asarray(archived, np.int64).tobytes()).hexdigest()
+    return str(catalog.count_embeddings(embedding_key)), digest
+
+
+def _save_kept(path, **arrays) -> None:
+    import io
+
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def _load_kept(path) -> _Kept | None:
+    try:
+        with np.load(path) as stored:
+            flat, sizes = stored["flat"], stored["sizes"]
+            if int(sizes.sum()) != len(flat):
+                return None
+            groups = [part.tolist() for part in np.split(flat, np.cumsum(sizes)[:-1])] if len(sizes) else []
+            return _Kept(groups, int(stored["products"]), str(stored["found_at"]), tuple(stored["basis"].tolist()))
+    except (OSError, ValueError, KeyError):
+        return None  # none kept, or damaged: found again
+
+
+def describe_groups(catalog: Catalog, embedding_key: str, groups: Sequence[Sequence[int]],
+                    limit: int | None = None) -> list[dict]:
+    """What a person needs to decide about each group (the first ``limit``), archived members left out
+    (and groups left with fewer than two): ``product_ids``, ``filenames``, ``labels`` (None = unlabelled),
+    ``min_similarity`` (the lowest similarity of any two members: below the threshold when the group is a
+    chain of look-alikes) and ``majority_label``. Reads only the members' rows."""
     if not groups:
         return []
+    archived = {int(row["product_id"]) for row in catalog.archived()}
+    groups = [[int(pid) for pid in group if int(pid) not in archived] for group in groups]
+    groups = [group for group in groups if len(group) >= 2][:limit]
     members = sorted({pid for group in groups for pid in group})
     member_ids, member_vectors = catalog.embeddings(embedding_key, members)
     position = {int(pid): i for i, pid in enumerate(member_ids)}
     normalised = member_vectors / np.maximum(np.linalg.norm(member_vectors, axis=1, keepdims=True), 1e-12)
     products = {p.id: p for p in catalog.products(members)}
-    labels = catalog.current_labels()
+    labels = catalog.labels_of(members)
     result = []
     for group in groups:
         rows = normalised[[position[pid] for pid in group]]
@@ -75,10 +148,16 @@ def duplicate_groups(catalog: Catalog, embedding_key: str, threshold: float = DE
     return result
 
 
+def duplicate_groups(catalog: Catalog, embedding_key: str, threshold: float = DEFAULT_THRESHOLD,
+                     approximate_from: int | None = None) -> list[dict]:
+    """Groups of near-identical products, largest first, each described by :func:`describe_groups`."""
+    return describe_groups(catalog, embedding_key,
+                           find_groups(catalog, embedding_key, threshold, approximate_from).groups)
+
+
 def catalogue_state(catalog: Catalog, embedding_key: str) -> tuple:
-    """Changes whenever the groups may change (products embedded, archived, labels): a cache key."""
-    latest = catalog.label_history(limit=1)
-    return (catalog.count_embeddings(embedding_key), len(catalog.archived()), latest[0].id if latest else 0)
+    """Changes whenever the groups may change (products embedded or archived; labels never): a cache key."""
+    return _basis(catalog, embedding_key)
 
 
 def keep_one(catalog: Catalog, product_ids: Sequence[int], keep: int, label: str | None = None,

@@ -758,6 +758,15 @@ class Catalog:
         """``{product_id: label}`` for every product whose latest label is not cleared."""
         return {pid: label for pid, (label, _source) in self.current_labels_with_source().items()}
 
+    def labels_of(self, product_ids: Sequence[int]) -> dict[int, str]:
+        """``{product_id: label}`` for those of ``product_ids`` that are labelled (read by id, not whole)."""
+        ids, labels = sorted({int(pid) for pid in product_ids}), {}
+        for start in range(0, len(ids), 500):
+            rows = self._fetched("SELECT product_id, label FROM current_labels WHERE label IS NOT NULL "
+                                 "AND product_id IN :ids", {"ids": ids[start:start + 500]})
+            labels.update((int(pid), label) for pid, label in rows)
+        return labels
+
     def current_label(self, product_id: int) -> str | None:
         return self._value("SELECT label FROM current_labels WHERE product_id = :id", {"id": int(product_id)})
 

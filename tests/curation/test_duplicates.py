@@ -89,3 +89,31 @@ def test_uploading_an_archived_photo_again_brings_it_back(catalog, demo_dir):
     assert original_id not in catalog.product_ids()
     report = ingest.import_paths(catalog, [demo_photos("Lemon")[2]])
     assert original_id in catalog.product_ids() and report.duplicates
+
+
+def test_groups_found_at_scale_are_kept_until_products_are_embedded_or_archived(catalog):
+    """From ``approximate_from`` products on, groups are kept in the workspace: labels never make them be found
+    again; a new or archived product does, unless the page asks for the kept ones (``reuse_kept``)."""
+    catalog, key, original_id, copy_id = catalog
+    first = duplicates.find_groups(catalog, key, approximate_from=5)
+    assert first.current and any({original_id, copy_id} <= set(group) for group in first.groups)
+    assert list((catalog.workspace / "cache").glob("duplicates-*.npz"))
+    state = duplicates.catalogue_state(catalog, key)
+    catalog.set_labels([(copy_id, "Lemon")], source="human")
+    assert duplicates.catalogue_state(catalog, key) == state
+    again = duplicates.find_groups(catalog, key, approximate_from=5)
+    assert (again.found_at, again.groups, again.current) == (first.found_at, first.groups, True)
+    described = duplicates.describe_groups(catalog, key, again.groups)
+    group = next(g for g in described if copy_id in g["product_ids"])
+    assert group["labels"][group["product_ids"].index(copy_id)] == "Lemon" and "Lime" not in group["labels"]
+
+    catalog.archive_products([copy_id], reason="test")
+    assert duplicates.catalogue_state(catalog, key) != state
+    kept = duplicates.find_groups(catalog, key, approximate_from=5, reuse_kept=True)
+    assert (kept.found_at, kept.current) == (first.found_at, False)
+    # The archived copy leaves the kept group at once; a group left with one member goes.
+    assert all(copy_id not in g["product_ids"] for g in duplicates.describe_groups(catalog, key, kept.groups))
+    fresh = duplicates.find_groups(catalog, key, approximate_from=5)
+    assert fresh.current and fresh.found_at > first.found_at
+    assert all(copy_id not in group for group in fresh.groups)
+    assert duplicates.find_groups(catalog, key, approximate_from=5, reuse_kept=True).found_at == fresh.found_at
