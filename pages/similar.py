@@ -3,6 +3,7 @@
 import streamlit as st
 
 from core.curation import catalog_index
+from pages import shared
 from pages.shared import catalog, embedding_key, features_embedder, require_router, show_thumbnail, state
 from pages.shared.text import plain
 
@@ -29,7 +30,12 @@ source = st.segmented_control("Find products similar to", ["a catalogue product"
 k = st.slider("How many", 1, 50, 10)
 query = None
 if source == "a catalogue product":
-    products = {p.id: p.filename for p in catalog().products()}
+    if embedded <= shared.PICKER_LISTS_UP_TO:
+        products = {p.id: p.filename for p in catalog().products()}
+    else:  # a million names in a drop-down would be megabytes on every rerun: search first
+        typed = st.text_input("Find a product", placeholder="its id, or part of its file name",
+                              key=state.SIMILAR_SEARCH)
+        products = {p.id: p.filename for p in catalog().find_products(typed)}
     chosen = st.selectbox("Product", list(products), format_func=lambda pid: f"#{pid} {products[pid]}",
                           index=None, placeholder="type a file name or id…",
                           key=state.SIMILAR_PRODUCT)
@@ -54,7 +60,7 @@ if query is None:
 neighbour_ids, scores = _index(key, embedded, len(catalog().archived())).query(query, k=k + 1)
 results = [(int(pid), float(score)) for pid, score in zip(neighbour_ids[0], scores[0])
            if not (source == "a catalogue product" and int(pid) == chosen)][:k]
-labels = catalog().current_labels()
+labels = catalog().labels_of([pid for pid, _score in results])
 names = {p.id: p.filename for p in catalog().products([pid for pid, _score in results])}
 grid = st.columns(COLUMNS)
 for index, (product_id, score) in enumerate(results):

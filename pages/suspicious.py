@@ -30,7 +30,7 @@ st.caption("Each labelled product is predicted by a head trained on the *other* 
            "Most suspicious first. “Label is right” is remembered.")
 key = embedding_key()
 
-if st.button("Find suspicious labels", type="primary", disabled=len(catalog().current_labels()) < 10):
+if st.button("Find suspicious labels", type="primary", disabled=catalog().count_labelled() < 10):
     with st.spinner("Cross-validating the head on every label…"):
         try:
             st.session_state[state.SUSPICIOUS] = suspicious.suspicious_labels(catalog(), key)

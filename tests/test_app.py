@@ -305,6 +305,24 @@ def test_similar_products_page_lists_neighbours_but_not_the_product_itself(popul
     assert max(values) < 1.0, "no exact self-match"
 
 
+def test_a_big_catalogues_similar_page_searches_for_the_product_instead_of_listing_all(populated, monkeypatch):
+    from pages import shared
+
+    monkeypatch.setattr(shared, "PICKER_LISTS_UP_TO", 10)  # the demo's 80 products count as many
+    product = Catalog(populated).get_product(5)
+    at = app(populated, monkeypatch)
+    at.switch_page("pages/similar.py").run()
+    assert not at.exception, at.exception
+    assert at.selectbox(key="similar_product").options == []
+    at.text_input(key="similar_search").set_value(product.filename[2:-4].upper()).run()
+    assert f"#5 {product.filename}" in at.selectbox(key="similar_product").options
+    at.text_input(key="similar_search").set_value("5").run()
+    assert at.selectbox(key="similar_product").options[0] == f"#5 {product.filename}"
+    at.selectbox(key="similar_product").set_value(5).run()
+    assert not at.exception, at.exception
+    assert len([c.value for c in at.caption if "#" in c.value and "·" in c.value]) == 10
+
+
 def test_similar_products_leave_out_a_product_archived_since_the_last_search(populated, monkeypatch, tmp_path):
     import shutil
 

@@ -90,7 +90,7 @@ class _Kept:
 
 def _basis(catalog: Catalog, embedding_key: str) -> tuple[str, str]:
     """What the groups depend on: the embedded products (only ever added) and the archived ones."""
-    archived = sorted(int(row["product_id"]) for row in catalog.archived())
+    archived = sorted(catalog.archived_product_ids())
     digest = hashlib.sha256(np.asarray(archived, np.int64).tobytes()).hexdigest()
     return str(catalog.count_embeddings(embedding_key)), digest
 
@@ -123,7 +123,7 @@ def describe_groups(catalog: Catalog, embedding_key: str, groups: Sequence[Seque
     chain of look-alikes) and ``majority_label``. Reads only the members' rows."""
     if not groups:
         return []
-    archived = {int(row["product_id"]) for row in catalog.archived()}
+    archived = set(catalog.archived_product_ids())
     groups = [[int(pid) for pid in group if int(pid) not in archived] for group in groups]
     groups = [group for group in groups if len(group) >= 2][:limit]
     members = sorted({pid for group in groups for pid in group})

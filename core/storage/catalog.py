@@ -719,6 +719,22 @@ class Catalog:
         """Ids of the live products that have a label, without reading the labels."""
         return self._ids(f"SELECT product_id FROM current_labels WHERE label IS NOT NULL AND product_id {_LIVE}")
 
+    def count_labelled(self) -> int:
+        return int(self._value(f"SELECT COUNT(*) FROM current_labels WHERE label IS NOT NULL AND product_id {_LIVE}"))
+
+    def find_products(self, text: str, limit: int = 20) -> list[Product]:
+        """Live products whose id is ``text`` or whose file name contains it (any case): the id first,
+        then by id, at most ``limit``. A picker for catalogues too big to list."""
+        text = str(text).strip()
+        if not text:
+            return []
+        escaped = text.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        exact = int(text) if text.isascii() and text.isdigit() and len(text) < 19 else -1
+        rows = self._rows(f"SELECT * FROM products WHERE id {_LIVE} AND (id = :id OR LOWER(filename) LIKE :pattern "
+                          "ESCAPE '\\') ORDER BY CASE WHEN id = :id THEN 0 ELSE 1 END, id LIMIT :limit",
+                          {"id": exact, "pattern": f"%{escaped}%", "limit": int(limit)})
+        return [Product(**row) for row in rows]
+
     def archived(self) -> list[dict]:
         return [dict(row) for row in self._rows("SELECT * FROM archived ORDER BY created_at, product_id")]
 

@@ -98,6 +98,8 @@ def embedder() -> Embedder:
 
 # Seconds the warm-up waits, so that the page that started it renders first (they share the interpreter).
 WARM_UP_DELAY_S = 3.0
+# Product pickers list every product up to this many (type to filter); above, they search the catalogue.
+PICKER_LISTS_UP_TO = 10_000
 
 
 @st.cache_resource(show_spinner=False)

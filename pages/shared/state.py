@@ -27,6 +27,7 @@ REVIEW_KEYS = "review_keys"          # whether the list of keyboard shortcuts is
 EXPLORE_COLOUR = "explore_colour"
 SIMILAR_SOURCE = "similar_source"
 SIMILAR_PRODUCT = "similar_product"
+SIMILAR_SEARCH = "similar_search"  # the text a big catalogue's product picker searches for
 SIMILAR_UPLOAD = "similar_upload"
 
 

@@ -274,3 +274,25 @@ def test_one_batch_of_labels_naming_a_product_twice_is_written_in_order(workspac
     assert catalog.current_labels() == {first: "Lemon", second: "Lemon"}
     assert catalog.set_labels([(first, None), (first, "Lime")], author="bo") == 2
     assert catalog.current_label(first) == "Lime" and catalog.label_history(first)[0].author == "bo"
+
+
+def test_products_are_found_by_id_or_part_of_their_file_name_and_labels_read_by_id(workspace):
+    catalog = Catalog(workspace)
+    photos = demo_photos("Lemon")[:3]
+    ids = []
+    for number, (photo, name) in enumerate(zip(photos, ["Lemon_50%_off.JPG", "lemonXoff.jpg", "kiwi.jpg"])):
+        data = photo.read_bytes()
+        info = images.validate(data)
+        ids.append(catalog.add_image(data, name, info.format, info.extension, info.width, info.height)[0])
+    assert [p.id for p in catalog.find_products("LEMON")] == ids[:2]
+    # % and _ are the file name's own characters, not patterns.
+    assert [p.filename for p in catalog.find_products("_off")] == ["Lemon_50%_off.JPG"]
+    assert [p.filename for p in catalog.find_products("50%")] == ["Lemon_50%_off.JPG"]
+    assert catalog.find_products("n%o") == []
+    assert catalog.find_products(str(ids[2]))[0].id == ids[2] and catalog.find_products("  ") == []
+    assert len(catalog.find_products("o", limit=2)) == 2 and catalog.find_products("²") == []
+    catalog.archive_products([ids[0]], reason="test")
+    assert [p.id for p in catalog.find_products("lemon")] == [ids[1]]
+    catalog.set_labels([(ids[1], "Lemon"), (ids[2], "Kiwi")])
+    assert catalog.labels_of([ids[1], ids[0], 999]) == {ids[1]: "Lemon"}
+    assert catalog.count_labelled() == 2
