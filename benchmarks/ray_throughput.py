@@ -2,8 +2,9 @@
 
 The whole grocery train split is imported into three throw-away workspaces (in this
 process, then by ``import_paths_on_ray`` with 1 and 2 workers), and all of it (or the
-first ``--photos``; about 2 minutes per row on 2 cores) is embedded with the default embedder (photo and crop views): in this process, then by
-``embed_catalog_on_ray`` with 1 and with 2 workers. Ray rows count the whole call
+first ``--photos``; about 2 minutes per row on 2 cores) is embedded with the default
+embedder (photo and crop views): in this process, then by ``embed_catalog_on_ray`` with 1
+and with 2 workers. Ray rows count the whole call
 (starting Ray, each worker building its backbone, the Parquet shards, storing them), as a
 user waits for it. Writes ``benchmarks/results/ray_throughput.json``.
 

@@ -15,8 +15,10 @@ process's peak memory while it ran:
   an upload), the page's default view first rendered and rerun (one page of the queue),
   and the first page of "highest entropy" over every product (sorted by the database);
 * similar products: the kept approximate index built once, one query, and its
-  recall@10 against exact search over every vector;
-* near-duplicate groups of the whole catalogue from each product's nearest neighbours.
+  recall@10 against exact search over every vector; the Similar page (AppTest): first
+  render, then a product found by id and its neighbours shown;
+* near-duplicate groups of the whole catalogue from each product's nearest neighbours, then
+  the Duplicates page (AppTest) showing the groups kept.
 
 * training on every labelled product as ``train_version`` does at this size (vectors
   streamed by chunks into the closed-form head's moments), then predicting every product
@@ -277,11 +279,24 @@ def measure(args, result: dict, record, vectors, dim: int, workspace: str, datab
         record("similar", "Similar products: one query (mean of 100)", measured,
                milliseconds=round(measured.seconds * 10, 2), recall_at_10=round(recall, 3))
         del index, found, truth  # the next steps load what they need themselves
+        render("pages/similar.py", "Similar page, first render (AppTest; the picker searches)", "similar")
+        chosen = int(query_ids[0])
+        with Measured() as measured:
+            app.text_input(key="similar_search").set_value(str(chosen)).run()
+            app.selectbox(key="similar_product").set_value(chosen).run()
+        if app.exception:
+            sys.exit(f"Similar page failed: {app.exception}")
+        record("similar", "Similar page: a product found by id and its 10 neighbours shown (AppTest)", measured,
+               shown=len([c for c in app.caption if " · #" in c.value]))
 
     if "duplicates" in args.only:
+        for kept in (catalog.workspace / "cache").glob("duplicates-*"):
+            kept.unlink()  # a kept workspace's earlier groups: found again here
         with Measured() as measured:
             groups = duplicates.duplicate_groups(catalog, "bench")
         record("duplicates", "Near-duplicate groups, whole catalogue", measured, groups=len(groups))
+        render("pages/duplicates.py", "Duplicates page, first render (AppTest, groups kept)", "duplicates")
+        render(None, "Duplicates page, rerun (AppTest)", "duplicates")
 
     if "predict" in args.only:
         from core.model.prediction import predict_catalog
