@@ -2,7 +2,7 @@
 
 Compares plain nearest-prototype (the default backbone at 224 px, no flip, no
 augmented prototypes) with ProductLens's cold start (the default embedder: its
-resolution, flip test-time augmentation, prototypes averaged over 2 random
+resolution and passes, prototypes averaged over 2 random
 crops), before and after adapting the prototypes to the catalogue (centring,
 whitening, soft k-means, :mod:`core.model.coldstart`). The adaptation is *transductive*: it
 uses the unlabelled grocery train + val photos, val included (no label of any
@@ -65,9 +65,10 @@ def main() -> None:
         categories, prototypes, _ = reference_prototypes(embedder, references)
         features = data.val.features
         truth = data.val.labels
+        passes = "photo and its mirror" if embedder.flip_tta else "photo alone, no mirror"
         scored(f"ProductLens embedder ({embedder.backbone}, {embedder.pooling} pooling, {embedder.image_size} px, "
-               "flip), prototypes averaged over 2 crop views", prototype_head(categories, prototypes).predict(features),
-               truth)
+               f"{passes}), prototypes averaged over 2 crop views",
+               prototype_head(categories, prototypes).predict(features), truth)
         catalogue = np.concatenate([data.train.features, data.val.features])
         centre, _, adapted = adapt_to_catalogue(prototypes, catalogue, iterations=0, shrinkage=None)
         scored("+ centred on the (unlabelled) catalogue's mean feature",
