@@ -288,6 +288,9 @@ def measure(args, result: dict, record, vectors, dim: int, workspace: str, datab
             sys.exit(f"Similar page failed: {app.exception}")
         record("similar", "Similar page: a product found by id and its 10 neighbours shown (AppTest)", measured,
                shown=len([c for c in app.caption if " · #" in c.value]))
+        import streamlit
+
+        streamlit.cache_resource.clear()  # the page's copy of the index: not part of the next steps' memory
 
     if "duplicates" in args.only:
         for kept in (catalog.workspace / "cache").glob("duplicates-*"):
