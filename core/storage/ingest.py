@@ -375,13 +375,24 @@ def _run(catalog: Catalog, items: list[_Item], report: ImportReport, progress: P
     return session.finish()
 
 
+def read_location(path: str) -> bytes:
+    """A plain file's bytes from its local path or pyarrow URI (``_Item.path``: what a Ray worker is
+    handed), with the same checks and size limits as an import here."""
+    return read_uri(path) if is_uri(path) else _read_file(Path(path))()
+
+
+def checked_photo(data: bytes) -> images.ImageInfo:
+    """What an import needs to know of a file's bytes, or the reason they are rejected."""
+    if not data:
+        raise _ItemError("empty file (0 bytes)")
+    return images.validate(data)
+
+
 def _store_here(catalog: Catalog, item: _Item, label: str | None, source: str | None,
                 action: str) -> tuple[int, bool]:
     """Read, validate and store one item in this process: ``(product_id, created)``."""
     data = item.read()
-    if not data:
-        raise _ItemError("empty file (0 bytes)")
-    info = images.validate(data)
+    info = checked_photo(data)
     return catalog.add_image(data, filename=item.filename or Path(item.name).name, image_format=info.format,
                              extension=info.extension, width=info.width, height=info.height,
                              source=source or item.name, label=label, action=action)

@@ -33,10 +33,8 @@ def _store_batch(batch: dict, workspace: str) -> dict:
     for index, path in zip(batch["index"], batch["path"]):
         path, found, error, fatal = str(path), None, "", False
         try:
-            data = ingest.read_uri(path) if ingest.is_uri(path) else ingest._read_file(Path(path))()
-            if not data:
-                raise ingest._ItemError("empty file (0 bytes)")
-            info = images.validate(data)
+            data = ingest.read_location(path)
+            info = ingest.checked_photo(data)
             sha256 = hashlib.sha256(data).hexdigest()
             write_image_file(Path(workspace), data, sha256, info.extension)
             found = (sha256, info.format, info.extension, info.width, info.height, len(data))
