@@ -293,6 +293,33 @@ def test_duplicates_page_groups_keeps_one_and_restores(populated, monkeypatch):
     assert catalog.archived() == [] and catalog.count_products() == before
 
 
+def test_a_big_catalogues_duplicates_page_shows_the_kept_groups_and_finds_them_again_on_request(
+        populated, monkeypatch, tmp_path):
+    import shutil
+
+    from core.curation import duplicates
+
+    monkeypatch.setattr(duplicates, "APPROXIMATE_FROM", 10)  # the demo's 80 products count as many
+    workspace = tmp_path / "copy"  # archiving stays out of the other tests' workspace
+    shutil.copytree(populated, workspace)
+    at = app(workspace, monkeypatch)
+    at.switch_page("pages/duplicates.py").run()
+    at.slider[0].set_value(0.85).run()
+    assert not at.exception, at.exception
+    assert not [b for b in at.button if b.label == "Find again"], "groups just found are current"
+    groups = int([m.value for m in at.metric if m.label == "Groups"][0])
+    assert groups > 0 and list((workspace / "cache").glob("duplicates-*.npz"))
+    [s for s in at.selectbox if s.label == "Action"][0].set_value("Keep one, archive the others")
+    [b for b in at.button if b.label == "Apply"][0].click().run()
+    assert not at.exception, at.exception
+    # Kept groups come back at once after the archive, saying they are older than the catalogue.
+    assert any("products were added or archived since" in c.value for c in at.caption)
+    [b for b in at.button if b.label == "Find again"][0].click().run()
+    assert not at.exception, at.exception
+    assert not [b for b in at.button if b.label == "Find again"]
+    assert int([m.value for m in at.metric if m.label == "Groups"][0]) < groups
+
+
 def test_similar_products_page_lists_neighbours_but_not_the_product_itself(populated, monkeypatch):
     at = app(populated, monkeypatch)
     at.switch_page("pages/similar.py").run()
