@@ -292,7 +292,7 @@ def _uri_items(uri: str, label: str | None) -> Iterator[_Item]:
         if info.type == fs.FileType.Directory:
             found = filesystem.get_file_info(fs.FileSelector(root, recursive=True))
     except (OSError, ValueError) as error:
-        yield _Item(uri, None, _fail(f"cannot open {uri} ({error})"))
+        yield _Item(uri, None, _fail(f"cannot open it ({error})"))
         return
     scheme = uri.split("://", 1)[0]
 
