@@ -496,11 +496,15 @@ def scale(name: str = "scale") -> str:
 def _row_provenance(result: dict) -> str:
     """Which groups of rows an earlier run measured (``--only`` reruns some and keeps the others)."""
     earlier = {}
+    here = (result.get("machine") or {}).get("cpu")
     for row in result["rows"]:
         if row.get("commit", result["commit"]) != result["commit"]:
-            earlier.setdefault((row["measured_at"], row["commit"]), []).append(row["group"])
-    return "".join(f" The {', '.join(dict.fromkeys(groups))} rows: measured {when} on commit `{commit}`."
-                   for (when, commit), groups in sorted(earlier.items()))
+            cpu = (row.get("machine") or {}).get("cpu")
+            where = f" ({cpu}, {row['machine'].get('cores')} cores)" if cpu and cpu != here else ""
+            when, groups = earlier.get((row["commit"], where), (row["measured_at"], []))
+            earlier[(row["commit"], where)] = (min(when, row["measured_at"]), groups + [row["group"]])
+    return "".join(f" The {', '.join(dict.fromkeys(groups))} rows: measured {when} on commit `{commit}`{where}."
+                   for (commit, where), (when, groups) in sorted(earlier.items(), key=lambda item: item[1][0]))
 
 
 def reduced_vectors() -> str:

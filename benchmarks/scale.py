@@ -168,8 +168,9 @@ def main() -> None:
     if set(args.only) != set(GROUPS) and earlier.exists():
         previous = json.loads(earlier.read_text())
         result.update({key: previous[key] for key in ("fill_seconds", "disk_gb") if key in previous})
-        # Rows kept from the last result say when and at which commit they were measured.
-        rows += [{"measured_at": previous["measured_at"], "commit": previous["commit"], **row}
+        # Rows kept from the last result say when, at which commit and on which machine they were measured.
+        rows += [{"measured_at": previous["measured_at"], "commit": previous["commit"],
+                  "machine": previous.get("machine"), **row}
                  for row in previous["rows"] if row.get("group") not in args.only]
 
     def record(group: str, step: str, measured: Measured, **extra) -> None:
