@@ -4,8 +4,10 @@ Exact duplicates (identical bytes, same SHA-256) never become two products:
 import reports them and points at the existing product. *Near*-duplicates
 (re-encoded, resized, cropped copies, or consecutive shots) are found by cosine
 similarity ``s`` of their embeddings: every pair with ``s >= threshold`` is
-linked and :func:`duplicate_groups` returns the connected groups with the
-photos' labels. :func:`keep_one` resolves a group: one product stays (optionally
+linked (in a big catalogue, the pairs an approximate index finds) and
+:func:`find_groups` returns the connected groups, kept in the workspace at scale;
+:func:`describe_groups` adds the photos' names and labels (:func:`duplicate_groups`: both).
+:func:`keep_one` resolves a group: one product stays (optionally
 taking a chosen label, e.g. the group's majority) and the others are archived
 (they leave listings and training, their photos and history are kept;
 :meth:`~core.storage.catalog.Catalog.restore_products` brings them back).
@@ -16,7 +18,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Mapping, Sequence
 
 import numpy as np
@@ -67,8 +69,8 @@ def find_groups(catalog: Catalog, embedding_key: str, threshold: float = DEFAULT
     kept_file = catalog.workspace / "cache" / (
         "duplicates-" + hashlib.sha256(f"{embedding_key}|{threshold!r}".encode()).hexdigest()[:24] + ".npz")
     kept = _load_kept(kept_file)
-    if kept is not None and (kept.basis == basis or reuse_kept):
-        return FoundGroups(kept.groups, kept.products, kept.found_at, kept.basis == basis)
+    if kept is not None and (kept[1] == basis or reuse_kept):
+        return replace(kept[0], current=kept[1] == basis)
     # All pairs grow with the square of the catalogue: each product's nearest neighbours instead.
     groups = neighbour_groups(catalog, embedding_key, catalog_index(catalog, embedding_key, approximate_from),
                               threshold)
@@ -78,14 +80,6 @@ def find_groups(catalog: Catalog, embedding_key: str, threshold: float = DEFAULT
     _save_kept(kept_file, flat=flat, sizes=sizes, basis=np.asarray(basis, dtype=object).astype(str),
                products=np.int64(products), found_at=np.asarray(found.found_at))
     return found
-
-
-@dataclass(frozen=True)
-class _Kept:
-    groups: list[list[int]]
-    products: int
-    found_at: str
-    basis: tuple
 
 
 def _basis(catalog: Catalog, embedding_key: str) -> tuple[str, str]:
@@ -103,16 +97,18 @@ def _save_kept(path, **arrays) -> None:
     atomic_write_bytes(path, buffer.getvalue())
 
 
-def _load_kept(path) -> _Kept | None:
+def _load_kept(path) -> tuple[FoundGroups, tuple] | None:
+    """The kept groups and the basis they were found on (None: none kept, or a damaged file)."""
     try:
         with np.load(path) as stored:
             flat, sizes = stored["flat"], stored["sizes"]
             if int(sizes.sum()) != len(flat):
                 return None
             groups = [part.tolist() for part in np.split(flat, np.cumsum(sizes)[:-1])] if len(sizes) else []
-            return _Kept(groups, int(stored["products"]), str(stored["found_at"]), tuple(stored["basis"].tolist()))
+            return (FoundGroups(groups, int(stored["products"]), str(stored["found_at"])),
+                    tuple(stored["basis"].tolist()))
     except (OSError, ValueError, KeyError):
-        return None  # none kept, or damaged: found again
+        return None
 
 
 def describe_groups(catalog: Catalog, embedding_key: str, groups: Sequence[Sequence[int]],
