@@ -26,7 +26,7 @@ THUMBNAIL_WIDTH = 96
 
 
 @st.cache_data(show_spinner="Finding near-identical products…", max_entries=4)
-def _found(key: str, threshold: float, catalogue_state: tuple) -> duplicates.FoundGroups:
+def _found(workspace: str, key: str, threshold: float, catalogue_state: tuple) -> duplicates.FoundGroups:
     # Found again only when products were embedded or archived (labels never enter); in a big catalogue
     # the groups kept in the workspace come back at once, however old, and say so.
     return duplicates.find_groups(catalog(), key, threshold, reuse_kept=True)
@@ -39,7 +39,7 @@ st.caption("Identical files are never stored twice (an upload of one shows as a 
 key = embedding_key()
 threshold = st.slider("Similarity threshold", 0.80, 1.0, duplicates.DEFAULT_THRESHOLD, 0.005,
                       help="Cosine similarity of the features. Lower finds more (and looser) groups.")
-found = _found(key, threshold, duplicates.catalogue_state(catalog(), key))
+found = _found(str(catalog().workspace), key, threshold, duplicates.catalogue_state(catalog(), key))
 if not found.current:
     age, again = st.columns([4, 1], vertical_alignment="center")
     age.caption(f"Groups found {found.found_at[:16].replace('T', ' ')} UTC among {found.products:,} products; "

@@ -13,7 +13,7 @@ COLUMNS = 5
 
 
 @st.cache_resource(show_spinner=False, max_entries=2)
-def _index(key: str, embedded: int, archived: int):
+def _index(workspace: str, key: str, embedded: int, archived: int):
     # Rebuilt when products are embedded or archived (an archived duplicate is no answer).
     return catalog_index(catalog(), key)
 
@@ -57,7 +57,8 @@ if query is None:
 
 # One more than asked for: a catalogue product is not its own neighbour (an uploaded photo that is
 # already in the catalogue does show it, as the exact match it is).
-neighbour_ids, scores = _index(key, embedded, len(catalog().archived())).query(query, k=k + 1)
+neighbour_ids, scores = _index(str(catalog().workspace), key, embedded,
+                               len(catalog().archived_product_ids())).query(query, k=k + 1)
 results = [(int(pid), float(score)) for pid, score in zip(neighbour_ids[0], scores[0])
            if not (source == "a catalogue product" and int(pid) == chosen)][:k]
 labels = catalog().labels_of([pid for pid, _score in results])
