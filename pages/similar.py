@@ -2,7 +2,7 @@
 
 import streamlit as st
 
-from core.curation import catalog_index
+from core.curation import catalog_index, catalogue_state
 from pages import shared
 from pages.shared import catalog, embedding_key, features_embedder, require_router, show_thumbnail, state
 from pages.shared.text import plain
@@ -13,8 +13,8 @@ COLUMNS = 5
 
 
 @st.cache_resource(show_spinner=False, max_entries=2)
-def _index(workspace: str, key: str, embedded: int, archived: int):
-    # Rebuilt when products are embedded or archived (an archived duplicate is no answer).
+def _index(workspace: str, key: str, state: tuple):
+    # Rebuilt when products are embedded, archived or restored (an archived duplicate is no answer).
     return catalog_index(catalog(), key)
 
 
@@ -57,8 +57,8 @@ if query is None:
 
 # One more than asked for: a catalogue product is not its own neighbour (an uploaded photo that is
 # already in the catalogue does show it, as the exact match it is).
-neighbour_ids, scores = _index(str(catalog().workspace), key, embedded,
-                               len(catalog().archived_product_ids())).query(query, k=k + 1)
+state_now = catalogue_state(catalog(), key)
+neighbour_ids, scores = _index(str(catalog().workspace), key, state_now).query(query, k=k + 1)
 results = [(int(pid), float(score)) for pid, score in zip(neighbour_ids[0], scores[0])
            if not (source == "a catalogue product" and int(pid) == chosen)][:k]
 labels = catalog().labels_of([pid for pid, _score in results])

@@ -13,6 +13,7 @@ below.
 from core.curation import duplicates, review, suspicious
 from core.curation.categories import category_rows
 from core.curation.projection import catalogue_map
-from core.curation.similarity import ExactIndex, catalog_index
+from core.curation.similarity import ExactIndex, catalog_index, catalogue_state
 
-__all__ = ["ExactIndex", "catalog_index", "catalogue_map", "category_rows", "duplicates", "review", "suspicious"]
+__all__ = ["ExactIndex", "catalog_index", "catalogue_map", "catalogue_state", "category_rows", "duplicates", "review",
+           "suspicious"]

@@ -24,7 +24,12 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from core.curation.ann import APPROXIMATE_FROM
-from core.curation.similarity import catalog_index, near_duplicate_groups, neighbour_groups
+from core.curation.similarity import (  # noqa: F401 - catalogue_state: the Duplicates page's cache key
+    catalog_index,
+    catalogue_state,
+    near_duplicate_groups,
+    neighbour_groups,
+)
 from core.errors import InvalidInputError
 from core.storage.atomic import atomic_write_bytes
 from core.storage.catalog import ANY, Catalog, LabelConflict, utc_now
@@ -65,7 +70,7 @@ def find_groups(catalog: Catalog, embedding_key: str, threshold: float = DEFAULT
         ids, vectors = catalog.embeddings(embedding_key)
         groups = near_duplicate_groups(ids, vectors, threshold=threshold) if len(ids) else []
         return FoundGroups([list(map(int, group)) for group in groups], len(ids), utc_now())
-    basis = _basis(catalog, embedding_key)
+    basis = catalogue_state(catalog, embedding_key)
     kept_file = catalog.workspace / "cache" / (
         "duplicates-" + hashlib.sha256(f"{embedding_key}|{threshold!r}".encode()).hexdigest()[:24] + ".npz")
     kept = _load_kept(kept_file)
@@ -80,13 +85,6 @@ def find_groups(catalog: Catalog, embedding_key: str, threshold: float = DEFAULT
     _save_kept(kept_file, flat=flat, sizes=sizes, basis=np.asarray(basis, dtype=object).astype(str),
                products=np.int64(products), found_at=np.asarray(found.found_at))
     return found
-
-
-def _basis(catalog: Catalog, embedding_key: str) -> tuple[str, str]:
-    """What the groups depend on: the embedded products (only ever added) and the archived ones."""
-    archived = sorted(catalog.archived_product_ids())
-    digest = hashlib.sha256(np.asarray(archived, np.int64).tobytes()).hexdigest()
-    return str(catalog.count_embeddings(embedding_key)), digest
 
 
 def _save_kept(path, **arrays) -> None:
@@ -149,11 +147,6 @@ def duplicate_groups(catalog: Catalog, embedding_key: str, threshold: float = DE
     """Groups of near-identical products, largest first, each described by :func:`describe_groups`."""
     return describe_groups(catalog, embedding_key,
                            find_groups(catalog, embedding_key, threshold, approximate_from).groups)
-
-
-def catalogue_state(catalog: Catalog, embedding_key: str) -> tuple:
-    """Changes whenever the groups may change (products embedded or archived; labels never): a cache key."""
-    return _basis(catalog, embedding_key)
 
 
 def keep_one(catalog: Catalog, product_ids: Sequence[int], keep: int, label: str | None = None,

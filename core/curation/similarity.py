@@ -21,6 +21,17 @@ from core.errors import NotFoundError
 from core.storage.catalog import Catalog
 
 
+def catalogue_state(catalog: Catalog, embedding_key: str) -> tuple[str, str]:
+    """Changes whenever the searchable products may change (embedded, archived or restored; labels never
+    enter): a cache key for an index or for near-duplicate groups. Embedded products are only ever added,
+    so their count says; the archive is named by a digest of its ids (archive one, restore it and archive
+    another: the same count, another digest)."""
+    import hashlib
+
+    archived = np.asarray(sorted(catalog.archived_product_ids()), np.int64)
+    return str(catalog.count_embeddings(embedding_key)), hashlib.sha256(archived.tobytes()).hexdigest()
+
+
 def _normalise(vectors: np.ndarray) -> np.ndarray:
     vectors = np.asarray(vectors, dtype=np.float32)
     norms = np.linalg.norm(vectors, axis=-1, keepdims=True)

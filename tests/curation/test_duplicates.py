@@ -117,3 +117,12 @@ def test_groups_found_at_scale_are_kept_until_products_are_embedded_or_archived(
     assert fresh.current and fresh.found_at > first.found_at
     assert all(copy_id not in group for group in fresh.groups)
     assert duplicates.find_groups(catalog, key, approximate_from=5, reuse_kept=True).found_at == fresh.found_at
+
+
+def test_the_catalogue_state_tells_which_products_are_archived_not_only_how_many(catalog):
+    catalog, key, original_id, copy_id = catalog
+    catalog.archive_products([original_id], reason="test")
+    one = duplicates.catalogue_state(catalog, key)
+    catalog.restore_products([original_id])
+    catalog.archive_products([copy_id], reason="test")
+    assert duplicates.catalogue_state(catalog, key) != one  # same count archived, another product
