@@ -293,7 +293,9 @@ def throughput() -> str:
     return "\n".join([table(["pipeline", "photos/s", "of the ceiling with the same passes"], rows), "",
                       f"{result['images']} grocery train photos, backbone `{result['backbone']}` at "
                       f"{result['image_size']} px, batch {result['batch_size']}, "
-                      f"{result.get('precision', 'float32')} arithmetic unless the row says float32. "
+                      f"{result.get('precision', 'float32')} arithmetic"
+                      + (f" ({ {'openvino': 'OpenVINO', 'onnxruntime': 'ONNX Runtime'}[result['int8_runtime']]})"
+                         if result.get("int8_runtime") else "") + " unless the row says float32. "
                       "Levers on the ceiling (images/s): "
                       f"{lever_text}. " + measured_on(result)])
 
@@ -305,16 +307,26 @@ def precision() -> str:
     if "top1_changed" in result:  # an older result: float32 and bfloat16 only
         return missing("precision.py")
     rows = []
-    for name in ("float32", "bfloat16", "int8"):
+    for name in ("float32", "bfloat16", "int8", "int8 OpenVINO"):
+        if name not in result:  # measured before OpenVINO ran the 8-bit graph
+            continue
         row = result[name]
-        rows.append([name + (" (default)" if name == result.get("default") else ""), row["photos_per_second"],
+        label = {"int8": "int8, ONNX Runtime", "int8 OpenVINO": "int8, OpenVINO"}.get(name, name) \
+            if "int8 OpenVINO" in result else name
+        default = name.split()[0] == result.get("default") and (
+            name.split()[0] != "int8" or row.get("runtime", "onnxruntime") == result.get("default_int8_runtime",
+                                                                                     "onnxruntime"))
+        rows.append([label + (" (default)" if default else ""), row["photos_per_second"],
                      with_interval(row["accuracy"]), row["head_trained_on"], row.get("top1_changed", ""),
                      row.get("prediction_vector_cosine", {}).get("min", ""), f"{row.get('speedup', 1.0)}×"])
     return "\n".join([table(["precision", "photos/s (with views)", "val accuracy (95% interval)", "head trained on",
                              "val photos whose top-1 differs from float32", "prediction-vector cosine to float32, min",
                              "speed-up"], rows), "",
                       f"{result['photos']} val photos with their crop views; native bfloat16 on this CPU: "
-                      f"{result['cpu_has_native_bfloat16']}. " + measured_on(result)])
+                      f"{result['cpu_has_native_bfloat16']}"
+                      + (f"; AMX: {result['cpu_has_amx']}, so the 8-bit graph runs on "
+                         f"{result['default_int8_runtime']} by default" if "cpu_has_amx" in result else "")
+                      + ". " + measured_on(result)])
 
 
 def app_latency() -> str:

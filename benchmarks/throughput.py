@@ -99,6 +99,7 @@ def main() -> None:
     model = exact.model
     results: dict = {"images": count, "backbone": embedder.backbone, "image_size": size,
                      "precision": embedder.precision,
+                     "int8_runtime": settings.int8_runtime() if embedder.precision == "int8" else None,
                      "batch_size": embedder.batch_size, "decode_workers": embedder.decode_workers}
     rate = {}
 
@@ -203,6 +204,19 @@ def main() -> None:
 
     if embedder.precision == "int8":
         levers["int8 min feature cosine vs float32"] = worst_cosine(embedder.embed_pixels(pixels, flip_tta=False))
+        # The same default work with the 8-bit graph on the runtime this CPU does not default to.
+        for runtime in settings.INT8_RUNTIMES:
+            if runtime == results["int8_runtime"]:
+                continue
+            os.environ["PRODUCTLENS_INT8_RUNTIME"] = runtime
+            other = Embedder(backbone=backbone)
+            other.embed_pixels(pixels[:other.batch_size], flip_tta=False)
+            levers[f"int8 on {runtime}: ceiling, photo"] = count / timed(
+                lambda: other.embed_pixels(pixels, flip_tta=False))
+            if embedder.views:
+                levers[f"int8 on {runtime}: ProductLens default ({passes(other)}), files -> features"] = \
+                    count / timed(lambda: other.embed_with_views(hashed))
+            os.environ.pop("PRODUCTLENS_INT8_RUNTIME")
     if settings.has_native_bfloat16():
         bf16 = Embedder(backbone=backbone, precision="bfloat16")
         bf16.embed_pixels(pixels[:32], flip_tta=False)

@@ -21,6 +21,7 @@ DEFAULT_WORKSPACE = "workspace"
 DEFAULT_BACKBONE = "efficientnet_lite0_lite2"
 DEFAULT_VIEWS = 4
 PRECISIONS = ("float32", "bfloat16", "int8")
+INT8_RUNTIMES = ("onnxruntime", "openvino")
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,7 @@ class Settings:
     mirror: bool = False
     batch_size: int | None = None  # None: chosen per machine, see embedding_batch_size()
     precision: str | None = None  # None: chosen per machine, see embedding_precision()
+    int8_runtime: str | None = None  # None: chosen per machine, see int8_runtime()
     max_file_bytes: int = 50 * 2**20
     max_pixels: int = 64_000_000
     max_zip_bytes: int = 2048 * 2**20
@@ -68,6 +70,10 @@ def current() -> Settings:
     precision = os.environ.get("PRODUCTLENS_PRECISION") or None
     if precision is not None and precision not in PRECISIONS:
         raise InvalidInputError(f"PRODUCTLENS_PRECISION must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    int8_runtime = os.environ.get("PRODUCTLENS_INT8_RUNTIME") or None
+    if int8_runtime is not None and int8_runtime not in INT8_RUNTIMES:
+        raise InvalidInputError(f"PRODUCTLENS_INT8_RUNTIME must be one of {', '.join(INT8_RUNTIMES)}, "
+                                f"got {int8_runtime!r}")
     batch_size = _int("PRODUCTLENS_BATCH_SIZE", 0, minimum=0)
     return Settings(
         workspace=Path(os.environ.get("PRODUCTLENS_WORKSPACE") or DEFAULT_WORKSPACE).expanduser(),
@@ -77,6 +83,7 @@ def current() -> Settings:
         mirror=bool(_int("PRODUCTLENS_MIRROR", 0)),
         batch_size=batch_size or None,
         precision=precision,
+        int8_runtime=int8_runtime,
         max_file_bytes=_int("PRODUCTLENS_MAX_FILE_MB", 50) * 2**20,
         max_pixels=_int("PRODUCTLENS_MAX_MEGAPIXELS", 64) * 1_000_000,
         max_zip_bytes=_int("PRODUCTLENS_MAX_ZIP_MB", 2048) * 2**20,
@@ -138,3 +145,21 @@ def embedding_precision() -> str:
     import tensorflow as tf
 
     return "float32" if tf.config.list_physical_devices("GPU") else "int8"
+
+
+def int8_runtime() -> str:
+    """What runs the 8-bit graph: ``$PRODUCTLENS_INT8_RUNTIME``, else OpenVINO on a CPU with AMX, else ONNX Runtime.
+
+    Both run the same quantized graph and give the same features up to rounding. ONNX
+    Runtime's 8-bit convolutions use AVX512-VNNI / AVX-VNNI but not the matrix units (AMX)
+    of recent Xeons, which OpenVINO's do (README, ``benchmarks/precision.py``); other CPUs
+    keep ONNX Runtime, the runtime measured on them. Without OpenVINO installed it is ONNX Runtime.
+    """
+    configured = current().int8_runtime
+    if configured:
+        return configured
+    if "amx_int8" not in cpu_flags():
+        return "onnxruntime"
+    from importlib.util import find_spec
+
+    return "openvino" if find_spec("openvino") is not None else "onnxruntime"

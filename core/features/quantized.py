@@ -6,9 +6,11 @@ dot-product) run 8-bit convolutions several times faster than float32 ones.
 :func:`quantized_backbone` converts the Keras feature model once per machine (tf2onnx),
 quantizes it statically (ONNX Runtime: int8 weights per output channel, uint8
 activations whose ranges are calibrated on the demo photos that ship in ``assets/``) and
-keeps the result in the user cache folder; :class:`QuantizedBackbone` runs it. The
-features are the float32 ones up to rounding, not equal to them, so they are cached
-under their own embedding key (``+int8``) and never mixed with float32 vectors.
+keeps the result in the user cache folder; :class:`QuantizedBackbone` runs it with ONNX
+Runtime, :class:`OpenVinoBackbone` with OpenVINO (see :func:`core.settings.int8_runtime`).
+The features are the float32 ones up to rounding, not equal to them, so they are cached
+under their own embedding key (``+int8``) and never mixed with float32 vectors; the two
+runtimes' features are equal to a finer rounding than that and share the key.
 """
 
 from __future__ import annotations
@@ -40,6 +42,8 @@ class QuantizedBackbone:
     synchronisation (``benchmarks/throughput.py``).
     """
 
+    runtime = "onnxruntime"
+
     def __init__(self, path: str | os.PathLike, threads: int | None = None):
         import onnxruntime
 
@@ -67,14 +71,62 @@ class QuantizedBackbone:
         return np.concatenate([run.result() for run in runs])
 
 
-def quantized_backbone(backbone: str, weights, image_size: int, pooling: str,
-                       threads: int | None = None) -> QuantizedBackbone:
-    """The quantized graph of this feature model, converted on first use and then read from the cache."""
+class OpenVinoBackbone:
+    """Runs the same quantized graph with OpenVINO: uint8 pixels in, float32 features out.
+
+    As in :class:`QuantizedBackbone`, a batch is split into ``threads`` parts, each run by
+    an inference stream of its own on one thread. Calls are taken one at a time: the
+    streams are shared, and each call already keeps every thread busy.
+    """
+
+    runtime = "openvino"
+
+    def __init__(self, path: str | os.PathLike, threads: int | None = None):
+        import openvino
+
+        self.threads = max(1, threads or os.cpu_count() or 1)
+        self.path = Path(path)
+        core = openvino.Core()
+        compiled = core.compile_model(core.read_model(str(path)), "CPU", {
+            "PERFORMANCE_HINT": "THROUGHPUT", "NUM_STREAMS": str(self.threads),
+            "INFERENCE_NUM_THREADS": str(self.threads)})
+        self._requests = openvino.AsyncInferQueue(compiled, self.threads)
+        self._lock = threading.Lock()
+
+    def __call__(self, pixels: np.ndarray) -> np.ndarray:
+        pixels = np.ascontiguousarray(pixels, dtype=np.uint8)
+        parts = np.array_split(pixels, max(1, min(self.threads, len(pixels))))
+        results: list[np.ndarray | None] = [None] * len(parts)
+
+        def finished(request, index):
+            results[index] = np.array(request.get_output_tensor(0).data, dtype=np.float32)
+
+        with self._lock:
+            self._requests.set_callback(finished)
+            for index, part in enumerate(parts):
+                self._requests.start_async({0: part}, index)
+            self._requests.wait_all()
+        return np.concatenate(results)
+
+
+def quantized_backbone(backbone: str, weights, image_size: int, pooling: str, threads: int | None = None,
+                       runtime: str | None = None) -> QuantizedBackbone | OpenVinoBackbone:
+    """The quantized graph of this feature model, converted on first use and then read from the cache,
+    run by ``runtime`` (default: :func:`core.settings.int8_runtime`)."""
+    runtime = runtime or settings.int8_runtime()
+    if runtime not in settings.INT8_RUNTIMES:
+        raise ValueError(f"runtime must be one of {', '.join(settings.INT8_RUNTIMES)}, got {runtime!r}")
+    path = quantized_graph(backbone, weights, image_size, pooling)
+    return OpenVinoBackbone(path, threads) if runtime == "openvino" else QuantizedBackbone(path, threads)
+
+
+def quantized_graph(backbone: str, weights, image_size: int, pooling: str) -> Path:
+    """The quantized ONNX file of this feature model, converted on first use and then read from the cache."""
     path = _cached_path(backbone, weights, image_size, pooling)
     with _lock:
         if not path.is_file():
             _convert(backbone, weights, image_size, pooling, path)
-    return QuantizedBackbone(path, threads)
+    return path
 
 
 def is_converted(backbone: str, weights, image_size: int, pooling: str) -> bool:

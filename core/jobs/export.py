@@ -285,7 +285,7 @@ def export_int8_classifier(catalog: Catalog, path: str | os.PathLike,
     import onnx
     from onnx import TensorProto, compose, helper, numpy_helper
 
-    from core.features.quantized import quantized_backbone
+    from core.features.quantized import quantized_graph
 
     version, head = load_version(catalog, version)
     embedder = embedder_for(version, catalog)
@@ -294,7 +294,7 @@ def export_int8_classifier(catalog: Catalog, path: str | os.PathLike,
                                 "not int8: its exported float formats reproduce it")
     views = embedder.views if version.prediction_key != version.embedding_key else 0
     size, dim = embedder.image_size, embedder.feature_dim
-    backbone = onnx.load(str(quantized_backbone(embedder.backbone, embedder.weights, size, embedder.pooling).path))
+    backbone = onnx.load(str(quantized_graph(embedder.backbone, embedder.weights, size, embedder.pooling)))
     opsets = [helper.make_opsetid(entry.domain, entry.version) for entry in backbone.opset_import]
     # Each photo's passes side by side (photo, its mirror, its crops) so one reshape regroups the features.
     passes = ["photo"] + (["mirror"] if embedder.flip_tta else []) + (["crops"] if views else [])

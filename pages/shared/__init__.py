@@ -126,7 +126,7 @@ def warm_up_in_background() -> threading.Thread | None:
             if conversion:
                 model = Embedder()
                 if model.precision == "int8":  # not where a GPU makes float32 the default
-                    quantized.quantized_backbone(model.backbone, model.weights, model.image_size, model.pooling)
+                    quantized.quantized_graph(model.backbone, model.weights, model.image_size, model.pooling)
         except Exception:  # noqa: BLE001 - best effort; the map and the first embedding report for themselves
             pass
 

@@ -80,7 +80,7 @@ def test_the_app_starts_the_warm_up_once_per_server(monkeypatch, tmp_path):
     monkeypatch.setattr(pages.shared, "WARM_UP_DELAY_S", 0.0)
     calls = []
     monkeypatch.setattr(projection, "warm_up", lambda: calls.append(("map", threading.current_thread().name)))
-    monkeypatch.setattr(quantized, "quantized_backbone",
+    monkeypatch.setattr(quantized, "quantized_graph",
                         lambda *args, **kwargs: calls.append(("int8", threading.current_thread().name)))
     import time
 

@@ -1,4 +1,4 @@
-"""The 8-bit backbone: real ImageNet weights, real demo photos, ONNX Runtime."""
+"""The 8-bit backbone: real ImageNet weights, real demo photos, ONNX Runtime and OpenVINO."""
 
 import numpy as np
 import pytest
@@ -50,19 +50,63 @@ def test_int8_is_cached_under_its_own_key_and_converted_once(photos, monkeypatch
     np.testing.assert_allclose(first.embed_pixels(pixels, flip_tta=True), both, rtol=1e-5, atol=1e-6)
 
 
-def test_a_batch_split_across_threads_gives_each_photo_its_own_features(photos):
-    from core.features.quantized import QuantizedBackbone
-
+@pytest.mark.parametrize("runtime", ["onnxruntime", "openvino"])
+def test_a_batch_split_across_threads_gives_each_photo_its_own_features(photos, runtime):
     embedder = Embedder(backbone="efficientnet_lite0", views=0, precision="int8")
-    embedder.embed_sources(photos[:1])  # converted into the cache
-    path = quantized_backbone("efficientnet_lite0", "imagenet", embedder.image_size, embedder.pooling).path
     pixels = np.stack([embedder.load_pixels(photo) for photo in photos[:5]])
-    alone = np.concatenate([QuantizedBackbone(path, threads=1)(pixels[i:i + 1]) for i in range(len(pixels))])
+
+    def backbone(threads):
+        network = quantized_backbone("efficientnet_lite0", "imagenet", embedder.image_size, embedder.pooling,
+                                     threads=threads, runtime=runtime)
+        assert network.runtime == runtime
+        return network
+
+    alone = np.concatenate([backbone(1)(pixels[i:i + 1]) for i in range(len(pixels))])
     # Odd batches, a batch smaller than the threads, one photo: each row is still its own photo's.
     for threads in (2, 3, 8):
-        split = QuantizedBackbone(path, threads=threads)
+        split = backbone(threads)
         np.testing.assert_allclose(split(pixels), alone, rtol=1e-5, atol=1e-5)
         np.testing.assert_allclose(split(pixels[:1]), alone[:1], rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(split(pixels[::-1]), alone[::-1], rtol=1e-5, atol=1e-5)
+
+
+def test_the_two_runtimes_give_the_same_features_to_a_finer_rounding_than_float32s(photos, monkeypatch):
+    """OpenVINO and ONNX Runtime run one graph: their features share the ``+int8`` key because they are
+    closer to each other than either is to float32 (as bfloat16's are to float32's)."""
+    exact, _ = Embedder(backbone="efficientnet_lite0", views=0, precision="float32").embed_sources(photos)
+    features = {}
+    for runtime in ("onnxruntime", "openvino"):
+        monkeypatch.setenv("PRODUCTLENS_INT8_RUNTIME", runtime)
+        embedder = Embedder(backbone="efficientnet_lite0", views=0, precision="int8")
+        features[runtime], failures = embedder.embed_sources(photos)
+        assert not failures and embedder.key.endswith("+int8")
+        assert _cosine(exact, features[runtime]).min() > 0.97
+    between = _cosine(features["onnxruntime"], features["openvino"])
+    assert between.min() > 0.995, between
+    assert between.min() > _cosine(exact, features["openvino"]).min()
+    assert not np.array_equal(features["onnxruntime"], features["openvino"]), "one runtime ran both times"
+
+
+def test_openvino_runs_the_8_bit_graph_where_the_cpu_has_amx(monkeypatch):
+    import importlib.util
+
+    from core import settings
+
+    monkeypatch.delenv("PRODUCTLENS_INT8_RUNTIME", raising=False)
+    monkeypatch.setattr(settings, "cpu_flags", lambda: {"avx512f", "avx512_vnni"})
+    assert settings.int8_runtime() == "onnxruntime"
+    monkeypatch.setattr(settings, "cpu_flags", lambda: {"avx512f", "avx512_vnni", "amx_tile", "amx_int8"})
+    assert settings.int8_runtime() == "openvino"
+    monkeypatch.setenv("PRODUCTLENS_INT8_RUNTIME", "onnxruntime")
+    assert settings.int8_runtime() == "onnxruntime"
+    monkeypatch.setenv("PRODUCTLENS_INT8_RUNTIME", "tensorrt")
+    with pytest.raises(ValueError, match="PRODUCTLENS_INT8_RUNTIME must be one of onnxruntime, openvino"):
+        settings.int8_runtime()
+    monkeypatch.delenv("PRODUCTLENS_INT8_RUNTIME")
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *args: None if name == "openvino"
+                        else find_spec(name, *args))
+    assert settings.int8_runtime() == "onnxruntime", "OpenVINO is not installed: ONNX Runtime runs the graph"
 
 
 def test_int8_calibrates_on_the_demo_photos_only():

@@ -38,10 +38,16 @@ def catalog(tmp_path_factory, demo_dir, float_embedder):
     return _trained_catalog(tmp_path_factory.mktemp("export"), demo_dir, float_embedder)
 
 
-@pytest.fixture(scope="module")
-def int8_catalog(tmp_path_factory, demo_dir, embedder):
+@pytest.fixture(scope="module", params=["onnxruntime", "openvino"])
+def int8_catalog(request, tmp_path_factory, demo_dir, embedder):
+    """The demo catalogue embedded in int8 by each runtime (the export is one ONNX file either way)."""
+    from core.features.embeddings import Embedder
+
     assert embedder.precision == "int8", "the suite runs on a CPU, where int8 is the default"
-    return _trained_catalog(tmp_path_factory.mktemp("export-int8"), demo_dir, embedder)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("PRODUCTLENS_INT8_RUNTIME", request.param)
+        return _trained_catalog(tmp_path_factory.mktemp(f"export-int8-{request.param}"), demo_dir,
+                                Embedder(backbone=embedder.backbone, views=embedder.views, precision="int8"))
 
 
 @pytest.fixture(scope="module")
