@@ -294,8 +294,8 @@ def throughput() -> str:
                       f"{result['images']} grocery train photos, backbone `{result['backbone']}` at "
                       f"{result['image_size']} px, batch {result['batch_size']}, "
                       f"{result.get('precision', 'float32')} arithmetic"
-                      + (f" ({ {'openvino': 'OpenVINO', 'onnxruntime': 'ONNX Runtime'}[result['int8_runtime']]})"
-                         if result.get("int8_runtime") else "") + " unless the row says float32. "
+                      + (f" ({RUNTIMES[result['int8_runtime']]})" if result.get("int8_runtime") else "")
+                      + " unless the row says float32. "
                       "Levers on the ceiling (images/s): "
                       f"{lever_text}. " + measured_on(result)])
 
@@ -325,8 +325,21 @@ def precision() -> str:
                       f"{result['photos']} val photos with their crop views; native bfloat16 on this CPU: "
                       f"{result['cpu_has_native_bfloat16']}"
                       + (f"; AMX: {result['cpu_has_amx']}, so the 8-bit graph runs on "
-                         f"{result['default_int8_runtime']} by default" if "cpu_has_amx" in result else "")
-                      + ". " + measured_on(result)])
+                         f"{RUNTIMES[result['default_int8_runtime']]} by default" if "cpu_has_amx" in result else "")
+                      + ". " + between_runtimes(result) + measured_on(result)])
+
+
+RUNTIMES = {"openvino": "OpenVINO", "onnxruntime": "ONNX Runtime"}
+
+
+def between_runtimes(result: dict) -> str:
+    row = result.get("int8 OpenVINO", {})
+    if "top1_changed_from_onnxruntime" not in row:
+        return ""
+    cosine = row["prediction_vector_cosine_to_onnxruntime"]
+    return (f"OpenVINO against ONNX Runtime (both int8, one head): top-1 differs for "
+            f"{row['top1_changed_from_onnxruntime']} val photos, prediction-vector cosine min {cosine['min']}, "
+            f"median {cosine['median']}. ")
 
 
 def app_latency() -> str:
