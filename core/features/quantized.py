@@ -90,11 +90,14 @@ class OpenVinoBackbone:
         compiled = core.compile_model(core.read_model(str(path)), "CPU", {
             "PERFORMANCE_HINT": "THROUGHPUT", "NUM_STREAMS": str(self.threads),
             "INFERENCE_NUM_THREADS": str(self.threads)})
+        self._feature_dim = compiled.output(0).get_partial_shape()[1].get_length()
         self._requests = openvino.AsyncInferQueue(compiled, self.threads)
         self._lock = threading.Lock()
 
     def __call__(self, pixels: np.ndarray) -> np.ndarray:
         pixels = np.ascontiguousarray(pixels, dtype=np.uint8)
+        if len(pixels) == 0:
+            return np.zeros((0, self._feature_dim), np.float32)
         parts = np.array_split(pixels, max(1, min(self.threads, len(pixels))))
         results: list[np.ndarray | None] = [None] * len(parts)
 
@@ -106,6 +109,8 @@ class OpenVinoBackbone:
             for index, part in enumerate(parts):
                 self._requests.start_async({0: part}, index)
             self._requests.wait_all()
+        if any(result is None for result in results):
+            raise RuntimeError(f"OpenVINO returned no features for part of a batch of {len(pixels)} photos")
         return np.concatenate(results)
 
 

@@ -68,6 +68,7 @@ def test_a_batch_split_across_threads_gives_each_photo_its_own_features(photos, 
         np.testing.assert_allclose(split(pixels), alone, rtol=1e-5, atol=1e-5)
         np.testing.assert_allclose(split(pixels[:1]), alone[:1], rtol=1e-5, atol=1e-5)
         np.testing.assert_allclose(split(pixels[::-1]), alone[::-1], rtol=1e-5, atol=1e-5)
+    assert split(pixels[:0]).shape == (0, alone.shape[1])
 
 
 def test_the_two_runtimes_give_the_same_features_to_a_finer_rounding_than_float32s(photos, monkeypatch):
