@@ -19,6 +19,7 @@ import hashlib
 import os
 import tempfile
 import threading
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -87,9 +88,13 @@ class OpenVinoBackbone:
         self.threads = max(1, threads or os.cpu_count() or 1)
         self.path = Path(path)
         core = openvino.Core()
+        # Not pinned to cores: OpenVINO pins each process's threads to the first cores, so two
+        # processes of one thread each (Ray workers, or the app beside a CLI run) would share one
+        # core (half the speed, measured); one process is as fast either way.
         compiled = core.compile_model(core.read_model(str(path)), "CPU", {
             "PERFORMANCE_HINT": "THROUGHPUT", "NUM_STREAMS": str(self.threads),
-            "INFERENCE_NUM_THREADS": str(self.threads)})
+            "INFERENCE_NUM_THREADS": str(self.threads), "ENABLE_CPU_PINNING": False})
+        self.compiled = compiled
         self._feature_dim = compiled.output(0).get_partial_shape()[1].get_length()
         self._requests = openvino.AsyncInferQueue(compiled, self.threads)
         self._lock = threading.Lock()
@@ -117,12 +122,23 @@ class OpenVinoBackbone:
 def quantized_backbone(backbone: str, weights, image_size: int, pooling: str, threads: int | None = None,
                        runtime: str | None = None) -> QuantizedBackbone | OpenVinoBackbone:
     """The quantized graph of this feature model, converted on first use and then read from the cache,
-    run by ``runtime`` (default: :func:`core.settings.int8_runtime`)."""
-    runtime = runtime or settings.int8_runtime()
-    if runtime not in settings.INT8_RUNTIMES:
-        raise ValueError(f"runtime must be one of {', '.join(settings.INT8_RUNTIMES)}, got {runtime!r}")
+    run by ``runtime`` (default: :func:`core.settings.int8_runtime`).
+
+    Where OpenVINO was chosen for this CPU (not asked for) and cannot compile the graph, ONNX
+    Runtime runs it, with a warning naming the reason: the features are the same to rounding."""
+    chosen = runtime or settings.int8_runtime()
+    if chosen not in settings.INT8_RUNTIMES:
+        raise ValueError(f"runtime must be one of {', '.join(settings.INT8_RUNTIMES)}, got {chosen!r}")
     path = quantized_graph(backbone, weights, image_size, pooling)
-    return OpenVinoBackbone(path, threads) if runtime == "openvino" else QuantizedBackbone(path, threads)
+    if chosen == "openvino":
+        try:
+            return OpenVinoBackbone(path, threads)
+        except Exception as error:  # noqa: BLE001 - OpenVINO raises its own types; a default must not stop embedding
+            if runtime or settings.current().int8_runtime:
+                raise
+            warnings.warn(f"OpenVINO could not run the 8-bit graph ({type(error).__name__}: {error}); "
+                          "ONNX Runtime runs it instead", RuntimeWarning, stacklevel=2)
+    return QuantizedBackbone(path, threads)
 
 
 def quantized_graph(backbone: str, weights, image_size: int, pooling: str) -> Path:

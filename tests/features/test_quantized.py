@@ -62,6 +62,8 @@ def test_a_batch_split_across_threads_gives_each_photo_its_own_features(photos, 
         return network
 
     alone = np.concatenate([backbone(1)(pixels[i:i + 1]) for i in range(len(pixels))])
+    if runtime == "openvino":  # two one-thread workers on one machine must not both be pinned to its first core
+        assert backbone(1).compiled.get_property("ENABLE_CPU_PINNING") is False
     # Odd batches, a batch smaller than the threads, one photo: each row is still its own photo's.
     for threads in (2, 3, 8):
         split = backbone(threads)
@@ -128,3 +130,27 @@ def test_int8_is_the_default_on_a_cpu_and_the_setting_names_its_choices(monkeypa
     monkeypatch.setenv("PRODUCTLENS_PRECISION", "int4")
     with pytest.raises(ValueError, match="float32, bfloat16, int8"):
         settings.embedding_precision()
+
+
+def test_a_default_openvino_that_cannot_run_the_graph_leaves_it_to_onnx_runtime(monkeypatch):
+    from core import settings
+    from core.features import quantized
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("no CPU plugin")
+
+    monkeypatch.setattr(quantized, "OpenVinoBackbone", broken)
+    monkeypatch.setattr(settings, "cpu_flags", lambda: {"amx_int8"})
+    monkeypatch.delenv("PRODUCTLENS_INT8_RUNTIME", raising=False)
+    model = Embedder(backbone="efficientnet_lite0")
+    arguments = ("efficientnet_lite0", "imagenet", model.image_size, model.pooling)
+    with pytest.warns(RuntimeWarning, match="OpenVINO could not run the 8-bit graph .*no CPU plugin"):
+        network = quantized_backbone(*arguments)
+    assert network.runtime == "onnxruntime"
+    # Asked for by name, it is not replaced: the error says what went wrong.
+    monkeypatch.setenv("PRODUCTLENS_INT8_RUNTIME", "openvino")
+    with pytest.raises(RuntimeError, match="no CPU plugin"):
+        quantized_backbone(*arguments)
+    monkeypatch.delenv("PRODUCTLENS_INT8_RUNTIME")
+    with pytest.raises(RuntimeError, match="no CPU plugin"):
+        quantized_backbone(*arguments, runtime="openvino")
