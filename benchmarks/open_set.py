@@ -7,7 +7,8 @@ variety of a known one: another apple); half of the coarse categories with all
 their fine ones (an unknown is another kind of product); and the issue's case,
 only the apple varieties labelled. The head is trained as the app trains it (with
 the crop views) and predicts from each photo averaged with its views, as the app
-does. Scores: what the app flags by (:mod:`core.model.novelty`: the standard scores
+does; the detector, as the app's since stop 30, learns from and judges those vectors too.
+Scores: what the app flags by (:mod:`core.model.novelty`: the standard scores
 of the distance to the nearest labelled category and of the head's confidence
 against held-out labelled products', added), and each part alone: the Mahalanobis
 distance (the app's score in stops 23-25), the head's confidence (maximum softmax
@@ -68,6 +69,7 @@ def main() -> None:
     train, val = data.train, data.val
     prediction_key = data.embedder.prediction_key
     val_predicted = data.catalog.embeddings(prediction_key, val.ids.tolist())[1]
+    train_predicted = (train.features + sum(train.views)) / (1 + len(train.views))
     coarse_train = np.array([data.coarse[label] for label in train.labels])
     coarse_val = np.array([data.coarse[label] for label in val.labels])
     fine, coarse = np.unique(train.labels), np.unique(coarse_train)
@@ -82,11 +84,13 @@ def main() -> None:
             features, labels = train.features[in_train], train.labels[in_train]
             head = HeadClassifier().fit(features, labels, augmented_views=[view[in_train] for view in train.views])
             confidence = head.predict_proba(val_predicted).max(axis=1)
-            detector = NoveltyDetector().fit(features, labels, held_out_confidence(head, len(features)))
-            combined = detector.score(val.features, confidence)
+            # As the app: the detector learns from and judges the prediction vectors (photo + crop views).
+            detector = NoveltyDetector().fit(train_predicted[in_train], labels,
+                                             held_out_confidence(head, len(features)))
+            combined = detector.score(val_predicted, confidence)
             knowns.append(known)
             scores["combined"].append(combined)
-            scores["distance"].append(detector.distance(val.features))
+            scores["distance"].append(detector.distance(val_predicted))
             scores["confidence"].append(confidence)
             scores["similarity"].append(nearest_similarity(features, val.features))
             new = combined < detector.threshold_

@@ -37,11 +37,15 @@ def predict_catalog(catalog: Catalog, version: ModelVersion | int | None = None,
     # A product someone filed is not a "new category?", whatever it looks like.
     labelled = set(catalog.labelled_product_ids()) if detector is not None else set()
     predicted = 0
-    for ids, features, (photo_ids, photos) in _chunks(catalog, version, embedded, chunk_size, detector is not None):
+    # Versions before stop 30 judged each photo's own vector, read beside the prediction vectors.
+    judges_photos = detector is not None and version.params.get("novelty_vectors") != "prediction"
+    for ids, features, (photo_ids, photos) in _chunks(catalog, version, embedded, chunk_size, judges_photos):
         labels, probabilities = head.top_k(features, top_k)
         new = None
         if detector is not None:
-            # The head's confidence in each product, beside how far its photo is from every category.
+            if not judges_photos:
+                photo_ids, photos = ids, features
+            # The head's confidence in each product, beside how far its vector is from every category.
             confidence = dict(zip(ids.tolist(), probabilities[:, 0].tolist()))
             flagged = dict(zip(photo_ids.tolist(), detector.is_new(
                 photos, np.array([confidence[pid] for pid in photo_ids.tolist()])).tolist()))

@@ -191,7 +191,11 @@ def train_version(catalog: Catalog, embedder: Embedder, head: HeadClassifier | N
     head.fit(rows_features, rows_labels, augmented_views=views, progress=progress, view_scatter=scatter,
              view_means=means, propagated_from=propagated_from)
     train_seconds = time.perf_counter() - started
-    detector = novelty.NoveltyDetector().fit(features, labels, held_out_confidence(head, len(features)))
+    # The detector judges the vector each prediction is made from (the photo averaged with its crop
+    # views): steadier than the photo's alone, and already read when predicting.
+    judged = means[:len(ids)] if means is not None else _with_fallback(catalog, embedder.prediction_key, ids,
+                                                                        features)
+    detector = novelty.NoveltyDetector().fit(judged, labels, held_out_confidence(head, len(features)))
     metrics = {"n_propagated": int(len(rows_ids) - len(ids)), "train_seconds": round(train_seconds, 3)}
     if scatter is not None:  # how much of the cached view scatter this retrain had to redo
         metrics["view_scatter_products_read"] = scatter.recomputed_products_
@@ -236,9 +240,9 @@ def train_streamed(catalog: Catalog, embedding_key: str, prediction_key: str, he
 
     head.fit_streamed(read, ids, labels, chunk=chunk, progress=progress)
     sample = np.sort(np.random.default_rng(0).choice(len(ids), min(len(ids), _DETECTOR_SAMPLE), replace=False))
-    _, photos = catalog.embeddings(embedding_key, ids[sample].tolist())
     confidence = held_out_confidence(head, len(ids))[sample]
-    return ids, labels, novelty.NoveltyDetector().fit(photos, labels[sample], confidence)
+    judged = read(ids[sample]).astype(np.float32)  # the prediction vectors, as in train_version
+    return ids, labels, novelty.NoveltyDetector().fit(judged, labels[sample], confidence)
 
 
 def held_out_confidence(head: HeadClassifier, count: int) -> np.ndarray:
@@ -262,8 +266,9 @@ def _keep_version(catalog, embedder, head, detector, ids, labels, skipped, metri
     metrics = {**head.metrics_, "novelty_threshold": round(detector.threshold_, 4),
                "n_train": int(len(ids)), "n_skipped_without_features": int(skipped),
                "best_epoch": head.best_epoch_, **metrics, **(extra_metrics or {})}
+    # Which vectors the detector scores: versions from before stop 30 judged the photo's own ("embedding").
     params = {"embedder": asdict(EmbedderSettings.of(embedder)), "head": head.get_params(),
-              "prediction_key": embedder.prediction_key, **params}
+              "prediction_key": embedder.prediction_key, "novelty_vectors": "prediction", **params}
     version_id = catalog.add_model_version(embedder.key, list(head.classes_), metrics, params, relative,
                                            activate=activate)
     return catalog.model_version(version_id)

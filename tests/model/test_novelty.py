@@ -1,3 +1,4 @@
+import json
 import shutil
 
 import numpy as np
@@ -187,3 +188,47 @@ def test_only_apples_labelled_milk_is_flagged_and_bulk_accept_skips_it(tmp_path,
     now = catalog.current_labels()
     assert accepted == sum(not f for f in flagged) + sum(not predictions[pid]["new_category"] for pid in known)
     assert all((pid in now) != predictions[pid]["new_category"] for pid in milk)
+
+
+def _flags_from(catalog, version, key, product_ids):
+    """What the version's detector says of ``product_ids`` judging their ``key`` vectors."""
+    from core.model.training import load_version
+
+    _, head = load_version(catalog, version)
+    ids, predicted = catalog.embeddings(version.prediction_key, product_ids)
+    _, judged = catalog.embeddings(key, ids.tolist())
+    detector = NoveltyDetector.load(novelty_path(catalog.model_path(version)))
+    return dict(zip(ids.tolist(), detector.is_new(judged, head.top_k(predicted, 1)[1][:, 0]).tolist()))
+
+
+def test_the_detector_judges_the_vector_the_prediction_is_made_from(tmp_path, embedder, demo_dir):
+    """Each product's photo averaged with its crop views, as the head sees it; a version trained before
+    stop 30 (no ``novelty_vectors``) goes on judging the photo's own vector, the one it learned from."""
+    catalog = Catalog(tmp_path / "ws")
+    ingest.import_paths(catalog, [demo_dir], apply_labels=False)
+    others = catalog.product_ids()
+    for category in ("Banana", "Lemon", "Granny-Smith", "Arla-Standard-Milk"):
+        chosen = [product.id for product in catalog.products() if category in (product.source or "")][:4]
+        catalog.set_labels((pid, category) for pid in chosen)
+        others = [pid for pid in others if pid not in chosen]
+    embed_catalog(catalog, embedder)
+    assert embedder.prediction_key != embedder.key, "the suite's embedder makes crop views"
+    version = train_version(catalog, embedder)
+    assert version.params["novelty_vectors"] == "prediction"
+    learned_from = catalog.embeddings(version.prediction_key, sorted(catalog.current_labels()))[1]
+    np.testing.assert_allclose(NoveltyDetector.load(novelty_path(catalog.model_path(version))).mean_,
+                               learned_from.mean(axis=0), rtol=1e-4, atol=1e-5)
+    predict_catalog(catalog, version)
+    stored = {pid: p["new_category"] for pid, p in catalog.predictions(version.id, others).items()}
+    assert stored == _flags_from(catalog, version, version.prediction_key, others)
+    assert stored != _flags_from(catalog, version, version.embedding_key, others), "the two judge differently"
+    assert any(stored.values()) and not all(stored.values())
+
+    with catalog.transaction() as connection:  # as stops 23-29 recorded a version
+        params = {k: v for k, v in version.params.items() if k != "novelty_vectors"}
+        connection.exec_driver_sql("UPDATE model_versions SET params = ? WHERE id = ?",
+                                   (json.dumps(params), version.id))
+    older = catalog.model_version(version.id)
+    predict_catalog(catalog, older)
+    stored = {pid: p["new_category"] for pid, p in catalog.predictions(older.id, others).items()}
+    assert stored == _flags_from(catalog, older, older.embedding_key, others)
