@@ -87,17 +87,20 @@ def command_embed(args) -> int:
     catalog = _catalog(args, create=False)
     if catalog.count_products() == 0:
         raise ProductLensError("the catalogue is empty: run `python -m core import PATH` first")
+    embedder = _embedder(args)
     if args.engine == "ray":
         from core.features.ray_embedding import embed_catalog_on_ray
 
-        report = embed_catalog_on_ray(catalog, _embedder(args), address=args.address, workers=args.workers)
+        report = embed_catalog_on_ray(catalog, embedder, address=args.address, workers=args.workers)
     else:
         update, close = _progress_bar("embed", not args.quiet)
-        report = embed_catalog(catalog, _embedder(args), progress=update)
+        report = embed_catalog(catalog, embedder, progress=update)
         close()
     for product_id, reason in report.failed:
         print(f"failed: product {product_id}: {reason}")
-    result = {"embedding": report.key, "computed": report.computed, "cached": report.cached,
+    # On Ray each worker picks its runtime the same way, on its own machine.
+    result = {"embedding": report.key, "runtime": embedder.runtime, "computed": report.computed,
+              "cached": report.cached,
               "failed": len(report.failed), "seconds": round(report.seconds, 2),
               "images_per_second": round(report.images_per_second, 2)}
     print(json.dumps(result))

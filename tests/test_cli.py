@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from core import settings
 from core.storage import Catalog
 
 REPO = Path(__file__).resolve().parents[1]
@@ -48,6 +49,7 @@ def test_full_batch_workflow(tmp_path, demo_dir):
 
     embedded = last_json(run("embed", workspace=workspace))
     assert embedded["computed"] == 80 and embedded["images_per_second"] > 0
+    assert embedded["runtime"] == settings.int8_runtime(), "says what ran the 8-bit graph on this machine"
     assert last_json(run("embed", workspace=workspace))["cached"] == 80
 
     refused = run("train", "--epochs", "40", workspace=workspace, check=False)

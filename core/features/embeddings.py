@@ -82,6 +82,7 @@ class Embedder:
         self._forward = None
         # CPU threads of the int8 runtime; None: all of this machine's (a Ray actor sets its share).
         self.threads: int | None = None
+        self._runtime: str | None = None
 
     @property
     def key(self) -> str:
@@ -124,6 +125,14 @@ class Embedder:
         return self._precision
 
     @property
+    def runtime(self) -> str:
+        """What runs the network: ``"tensorflow"``, or for int8 ``"onnxruntime"`` or ``"openvino"``
+        (:func:`core.settings.int8_runtime`; once the network is built, the one actually running it)."""
+        if self.precision != "int8":
+            return "tensorflow"
+        return self._runtime or settings.int8_runtime()
+
+    @property
     def model(self):
         if self._model is None:
             # An int8 embedder's Keras model (fine-tuning, export) is the float32 one it was quantized from.
@@ -137,6 +146,7 @@ class Embedder:
             from core.features.quantized import quantized_backbone
 
             network = quantized_backbone(self.backbone, self.weights, self.image_size, self.pooling, self.threads)
+            self._runtime = network.runtime
 
             def forward(pixels, flip):
                 if not flip:

@@ -147,6 +147,11 @@ def test_a_default_openvino_that_cannot_run_the_graph_leaves_it_to_onnx_runtime(
     with pytest.warns(RuntimeWarning, match="OpenVINO could not run the 8-bit graph .*no CPU plugin"):
         network = quantized_backbone(*arguments)
     assert network.runtime == "onnxruntime"
+    # The embedder says which runtime it uses: the chosen one until it runs, then the one that runs.
+    assert model.runtime == "openvino" and Embedder(precision="float32").runtime == "tensorflow"
+    with pytest.warns(RuntimeWarning):
+        model.embed_pixels(np.zeros((1, model.image_size, model.image_size, 3), np.uint8))
+    assert model.runtime == "onnxruntime"
     # Asked for by name, it is not replaced: the error says what went wrong.
     monkeypatch.setenv("PRODUCTLENS_INT8_RUNTIME", "openvino")
     with pytest.raises(RuntimeError, match="no CPU plugin"):
